@@ -1,0 +1,8 @@
+"""User-facing errors: the CLI prints them as one ``error: ...`` line and exits 2."""
+
+
+class UserError(ValueError):
+    """A mistake the user can fix (bad option, missing file, wrong shape...).
+
+    The message says what to do; the CLI shows it without a traceback.
+    """

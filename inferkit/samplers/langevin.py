@@ -1,0 +1,29 @@
+"""Short-run Langevin dynamics: the gradient flow of :mod:`shortrun` plus diffusion noise.
+
+    z_0 ~ p(z),    z_{k+1} = z_k + S_k grad_z log p(x, z_k) + sqrt(2 S_k) eps_k,   eps_k ~ N(0, I)
+
+With the noise path held fixed each step's Jacobian is still ``I + S_k H_k``, so the tuners'
+log-determinant gives the entropy of ``q`` *conditional on the noise*; since
+``H(z_K) >= H(z_K | eps)``, the J they minimise is an upper bound on ``KL(q_s || p(z|x)) - log p(x)``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from inferkit.interfaces import Latents, Model
+from inferkit.samplers.shortrun import ShortRun
+
+
+class Langevin(ShortRun):
+    """Noisy short-run Langevin (Nijkamp et al., ECCV 2020); options as :class:`ShortRun`."""
+
+    noise_scale = 1.0
+
+    def sample_noise(self, model: Model, n: int, *, generator: torch.Generator | None = None
+                     ) -> list[Latents]:
+        """``eps_0..eps_{K-1} ~ N(0, I)``, shaped like the latents."""
+        reference = next(model.parameters())
+        return [tuple(torch.randn(n, *shape, generator=generator, device=reference.device,
+                                  dtype=reference.dtype) for shape in model.latent_shapes)
+                for _ in range(self.num_steps)]
