@@ -26,9 +26,11 @@ LOGDET_METHODS = ("exact", "stepwise")
 class ObjectiveInfo:
     """Diagnostics of one ``kl_objective`` evaluation.
 
-    ``min_eigenvalue`` is the smallest eigenvalue of any ``I + S_k H_k`` met (stepwise) or the
-    smallest ``|det|`` sign check (exact); ``invertible`` is False when some step map has a
-    non-positive eigenvalue, i.e. F is not a diffeomorphism there and ``J`` is not a KL.
+    ``min_eigenvalue`` is the smallest eigenvalue of any ``I + S_k H_k`` met along the path (both
+    log-det methods: with ``exact`` the per-step eigenvalues are computed as well, without a graph,
+    since the sign of ``det dF/dz_0`` alone misses an even number of negative eigenvalues);
+    ``invertible`` is False when some step map has a non-positive (or non-finite) eigenvalue, i.e.
+    F is not a diffeomorphism there and ``J`` is not a KL.
     """
 
     invertible: bool
@@ -92,9 +94,13 @@ def stepwise_log_det(model: Model, sampler: GradientFlow, x: Tensor, states: lis
         hess = hessians(model, x, z, mask).to(torch.float64)
         hess = 0.5 * (hess + hess.transpose(-1, -2))
         root = root_steps[k]
-        step_map = torch.eye(hess.shape[-1], dtype=torch.float64, device=x.device) \
-            + root[:, None] * hess * root[None, :]
-        eig = torch.linalg.eigvalsh(step_map)
+        eye = torch.eye(hess.shape[-1], dtype=torch.float64, device=x.device)
+        step_map = eye + root[:, None] * hess * root[None, :]
+        # A diverged path (inf/NaN latents) gives a non-finite Hessian, on which eigvalsh raises;
+        # report NaN eigenvalues for those examples instead (J is NaN there, F "not invertible").
+        finite = torch.isfinite(step_map).all(-1).all(-1)
+        eig = torch.linalg.eigvalsh(torch.where(finite[:, None, None], step_map, eye))
+        eig = torch.where(finite[:, None], eig, torch.full_like(eig, math.nan))
         log_det = log_det + eig.abs().log().sum(-1)
         min_eig = torch.minimum(min_eig, eig.min(-1).values.detach())
     return log_det, min_eig
@@ -126,12 +132,14 @@ def exact_log_det(model: Model, sampler: GradientFlow, x: Tensor, z0: Latents,
 
 def kl_objective(model: Model, sampler: Sampler, x: Tensor, *, num_samples: int = 1,
                  logdet: str = "stepwise", mask: Tensor | None = None,
-                 generator: torch.Generator | None = None, return_info: bool = False):
+                 generator: torch.Generator | None = None, return_info: bool = False,
+                 differentiable: bool = True):
     """``J(s)`` per example (float64, ``[batch]``), averaged over ``num_samples`` draws of ``z_0``.
 
     ``J + log p(x) = KL(q_s || p(z|x))`` for noise-free dynamics; with noise (Langevin) the
     entropy is conditional on the noise path and ``J + log p(x)`` is an upper bound on the KL.
-    With ``return_info=True`` returns ``(J, ObjectiveInfo)``.
+    With ``return_info=True`` returns ``(J, ObjectiveInfo)``. ``differentiable=False`` evaluates
+    without building an autograd graph (the values are the same; grid search needs no gradient).
     """
     if not isinstance(sampler, GradientFlow):
         raise UserError(f"sampler {type(sampler).__name__} has no differentiable gradient flow, so the "
@@ -145,20 +153,24 @@ def kl_objective(model: Model, sampler: Sampler, x: Tensor, *, num_samples: int 
     mask_rep = None if mask is None else mask.expand_as(x).repeat_interleave(num_samples, dim=0)
     z0 = model.sample_prior(x_rep.shape[0], generator=generator)
     noise = sampler.sample_noise(model, x_rep.shape[0], generator=generator)
-    with torch.enable_grad():
+    # torch.func transforms (grad, hessian, jacrev) work under no_grad too, so the values do not
+    # depend on the grad mode; only whether a graph to the step sizes and parameters is kept.
+    with torch.enable_grad() if differentiable else torch.no_grad():
         if logdet == "stepwise":
             states = sampler.path(model, x_rep, z0, noise, mask_rep)
             z_final = states[-1]
             log_det, min_eig = stepwise_log_det(model, sampler, x_rep, states[:-1], mask_rep)
         else:
             z_final = sampler.flow(model, x_rep, z0, noise, mask_rep)
-            log_det, sign = exact_log_det(model, sampler, x_rep, z0, noise, mask_rep)
-            min_eig = sign.detach()
+            log_det, _ = exact_log_det(model, sampler, x_rep, z0, noise, mask_rep)
+            with torch.no_grad():  # invertibility check: every step map, not only the sign of det
+                states = sampler.path(model, x_rep, z0, noise, mask_rep)
+                _, min_eig = stepwise_log_det(model, sampler, x_rep, states[:-1], mask_rep)
         per_draw = (model.log_prior(z0).to(torch.float64) - log_det
                     - model.log_joint(x_rep, z_final, mask_rep).to(torch.float64))
     objective = per_draw.view(batch, num_samples).mean(1)
     if not return_info:
         return objective
-    smallest = float(min_eig.min())
+    smallest = float(min_eig.detach().min())
     return objective, ObjectiveInfo(invertible=smallest > 0, min_eigenvalue=smallest,
                                     log_det=log_det.view(batch, num_samples).mean(1))

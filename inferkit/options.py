@@ -72,10 +72,36 @@ def coerce(value: Any, annotation: Any) -> Any:
             except (ValueError, TypeError) as exc:
                 errors.append(str(exc))
         raise ValueError("; ".join(errors))
+    if origin is typing.Literal:
+        for choice in typing.get_args(annotation):
+            if type(value) is type(choice) and value == choice:
+                return choice
+            if isinstance(value, str) and type(choice) in (int, float, bool):
+                try:
+                    if _parse_scalar(value, type(choice)) == choice:
+                        return choice
+                except ValueError:
+                    pass
+        raise ValueError(f"not one of {', '.join(repr(c) for c in typing.get_args(annotation))}: {value!r}")
+    if annotation in (tuple, list):  # bare ``tuple`` / ``list``: items kept as strings
+        annotation = tuple[str, ...] if annotation is tuple else list[str]
+        origin = typing.get_origin(annotation)
     if origin in (tuple, list):
-        args = [a for a in typing.get_args(annotation) if a is not Ellipsis] or [str]
-        items = _split_list(value) if isinstance(value, str) else list(value)
-        converted = [coerce(item, args[0]) for item in items]
+        args = typing.get_args(annotation)
+        if isinstance(value, str):
+            items = _split_list(value)
+        elif isinstance(value, (list, tuple)):
+            items = list(value)
+        elif isinstance(value, (int, float)):  # one number (e.g. from TOML) is a list of one
+            items = [value]
+        else:
+            raise ValueError(f"expected a comma-separated list, got {value!r}")
+        if origin is tuple and args and Ellipsis not in args:  # fixed length, e.g. tuple[int, str]
+            if len(items) != len(args):
+                raise ValueError(f"expected {len(args)} comma-separated values, got {len(items)}")
+            return tuple(coerce(item, arg) for item, arg in zip(items, args))
+        item_type = (args or (str,))[0]
+        converted = [coerce(item, item_type) for item in items]
         return tuple(converted) if origin is tuple else converted
     if annotation in (int, float, bool, str):
         if isinstance(value, str):
@@ -86,7 +112,7 @@ def coerce(value: Any, annotation: Any) -> Any:
             return float(value)
         if annotation is int and isinstance(value, int) and not isinstance(value, bool):
             return value
-        if isinstance(value, annotation):
+        if isinstance(value, annotation) and not (isinstance(value, bool) and annotation is not bool):
             return value
         raise ValueError(f"expected {annotation.__name__}, got {value!r}")
     return value
@@ -114,4 +140,8 @@ def build(cls: type, options: dict[str, Any], *, what: str) -> Any:
             kwargs[key] = coerce(raw, annotation)
         except (ValueError, TypeError) as exc:
             raise UserError(f"{what} option {key}={raw!r} is not valid ({exc}); expected {annotation}") from None
+    missing = [name for name, (_, default) in known.items()
+               if default is inspect.Parameter.empty and name not in kwargs]
+    if missing:
+        raise UserError(f"{what} needs the option(s) {', '.join(missing)}; give them as key=value")
     return cls(**kwargs)

@@ -23,7 +23,12 @@ class Langevin(ShortRun):
     def sample_noise(self, model: Model, n: int, *, generator: torch.Generator | None = None
                      ) -> list[Latents]:
         """``eps_0..eps_{K-1} ~ N(0, I)``, shaped like the latents."""
-        reference = next(model.parameters())
-        return [tuple(torch.randn(n, *shape, generator=generator, device=reference.device,
-                                  dtype=reference.dtype) for shape in model.latent_shapes)
+        # Noise is made where the model lives (never on the host and copied over).
+        reference = next(model.parameters(), None)
+        if reference is None:
+            reference = next(model.buffers(), None)
+        device = None if reference is None else reference.device
+        dtype = None if reference is None else reference.dtype
+        return [tuple(torch.randn(n, *shape, generator=generator, device=device, dtype=dtype)
+                      for shape in model.latent_shapes)
                 for _ in range(self.num_steps)]

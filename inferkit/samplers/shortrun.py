@@ -33,13 +33,20 @@ class ShortRun(Sampler):
 
     noise_scale: float = 0.0  # multiplies sqrt(2 s) eps; 1 for Langevin
 
-    def __init__(self, num_steps: int = 20, step_size: float | tuple[float, ...] = 0.1, per: str = "shared"):
+    def __init__(self, num_steps: int = 20, step_size: float | tuple[float, ...] = 0.05, per: str = "shared"):
         super().__init__()
         if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
             raise UserError(f"num_steps must be a positive integer (K), got {num_steps!r}")
         if per not in STEP_SIZE_LAYOUTS:
             raise UserError(f"per must be one of {', '.join(STEP_SIZE_LAYOUTS)}, got {per!r}")
-        values = [float(step_size)] if not isinstance(step_size, Sequence) else [float(s) for s in step_size]
+        try:
+            if isinstance(step_size, Sequence) and not isinstance(step_size, str):
+                values = [float(s) for s in step_size]
+            else:
+                values = [float(step_size)]
+        except (TypeError, ValueError):
+            raise UserError(f"step_size must be a positive number or a sequence of them, got {step_size!r}"
+                            ) from None
         if not values or not all(math.isfinite(s) and s > 0 for s in values):
             raise UserError(f"step_size must be positive and finite, got {step_size!r}")
         if per == "shared" and len(values) != 1:

@@ -53,18 +53,27 @@ class KLGrid(Tuner):
             raise UserError(f"kl-grid: sampler {type(sampler).__name__} has no step_size to tune; "
                             "use the 'fixed' tuner")
         if self.batch_size:
+            # A mask with a batch dimension of its own is cut like x; a broadcast mask ([D], [1, D])
+            # applies to every row and is kept whole.
+            if mask is not None and mask.dim() == x.dim() and mask.shape[0] == x.shape[0]:
+                mask = mask[: self.batch_size]
             x = x[: self.batch_size]
-            mask = None if mask is None or mask.shape[0] == 1 else mask[: self.batch_size]
         previous = step_size.detach().clone()
         history = []
-        for s in self.grid:
+        try:
+            for s in self.grid:
+                with torch.no_grad():
+                    step_size.fill_(s)
+                generator = torch.Generator(device=x.device).manual_seed(self.seed)
+                objective, info = kl_objective(model, sampler, x, num_samples=self.num_samples,
+                                               logdet=self.logdet, mask=mask, generator=generator,
+                                               return_info=True, differentiable=False)
+                history.append({"step_size": s, "J": float(objective.detach().mean()),
+                                "invertible": info.invertible, "min_eigenvalue": info.min_eigenvalue})
+        except BaseException:  # leave the sampler as it was found
             with torch.no_grad():
-                step_size.fill_(s)
-            generator = torch.Generator(device=x.device).manual_seed(self.seed)
-            objective, info = kl_objective(model, sampler, x, num_samples=self.num_samples, logdet=self.logdet,
-                                           mask=mask, generator=generator, return_info=True)
-            history.append({"step_size": s, "J": float(objective.mean()), "invertible": info.invertible,
-                            "min_eigenvalue": info.min_eigenvalue})
+                step_size.copy_(previous)
+            raise
         usable = [h for h in history if h["invertible"] and math.isfinite(h["J"])]
         if not usable:
             with torch.no_grad():

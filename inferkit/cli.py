@@ -1,0 +1,257 @@
+"""The ``inferkit`` command line (typer + rich).
+
+A user's mistake ends with one line ``error: ...``, exit code 2, and nothing written.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import click
+import torch
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from inferkit.errors import UserError
+from inferkit.options import parse_assignments
+from inferkit.registry import list_plugins
+from inferkit.runs import CHECKPOINT_FILE, PluginSpec, RunSpec, TrainConfig, build_objects, resolve_device
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
+                  help="Short-run inference and learning for deep latent-variable models.")
+console = Console()
+err_console = Console(stderr=True)
+
+_OPT_HELP = "key=value option for the {} plugin (repeatable)"
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+    if not path.is_file():
+        raise UserError(f"config file {path} does not exist; give the path of a TOML file with --config")
+    try:
+        return tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"config file {path} is not valid TOML ({exc})") from None
+
+
+def _plugin_from(config: dict[str, Any], key: str, name: str | None, default: str, options: list[str],
+                 flag: str) -> PluginSpec:
+    section = config.get(key, {})
+    if not isinstance(section, dict):
+        raise UserError(f"config file: [{key}] must be a table with name and options")
+    merged = dict(section.get("options", {}))
+    merged.update(parse_assignments(options, flag))
+    return PluginSpec(name=name or section.get("name", default), options=merged)
+
+
+def _load_run(run: Path):
+    spec = RunSpec.load(run)
+    data, model, sampler, tuner = build_objects(spec, resolve=False)
+    path = run / CHECKPOINT_FILE
+    if not path.is_file():
+        raise UserError(f"{run} has no checkpoint yet; train it with `inferkit run` (or --resume) first")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        model.load_state_dict(state["model"])
+        sampler.load_state_dict(state["sampler"])
+    except Exception as exc:
+        raise UserError(f"checkpoint {path} cannot be read ({type(exc).__name__}); it may be damaged") from None
+    return spec, data, model, sampler, tuner, state
+
+
+@app.command()
+def run(
+    model: Optional[str] = typer.Option(None, help="model plugin (see `inferkit list`) [default: ladder]"),
+    sampler: Optional[str] = typer.Option(None, help="sampler plugin [default: shortrun]"),
+    tuner: Optional[str] = typer.Option(None, help="tuner plugin [default: kl-grid]"),
+    data: Optional[str] = typer.Option(None, help="dataset plugin [default: shapes, built in]"),
+    data_dir: Optional[Path] = typer.Option(None, help="folder with the data set's files (e.g. MNIST IDX)"),
+    model_opt: list[str] = typer.Option([], help=_OPT_HELP.format("model")),
+    sampler_opt: list[str] = typer.Option([], help=_OPT_HELP.format("sampler")),
+    tuner_opt: list[str] = typer.Option([], help=_OPT_HELP.format("tuner")),
+    data_opt: list[str] = typer.Option([], help=_OPT_HELP.format("dataset")),
+    train_opt: list[str] = typer.Option([], help="key=value training setting (see TrainConfig)"),
+    config: Optional[Path] = typer.Option(None, help="TOML file with [model], [sampler], [tuner], [data], [train]"),
+    iterations: Optional[int] = typer.Option(None, help="training iterations"),
+    batch_size: Optional[int] = typer.Option(None, help="examples per iteration"),
+    tune_every: Optional[int] = typer.Option(None, help="run the tuner every T_s iterations (0: never)"),
+    seed: Optional[int] = typer.Option(None, help="random seed (same seed, same numbers on CPU)"),
+    device: Optional[str] = typer.Option(None, help="cpu or cuda"),
+    out: Optional[Path] = typer.Option(None, help="run folder to create [default: runs/<time>-<model>-<sampler>]"),
+    resume: Optional[Path] = typer.Option(None, help="continue the run in this folder from its checkpoint"),
+    quiet: bool = typer.Option(False, help="no progress bar"),
+) -> None:
+    """Train a model with a sampler and a tuner (Algorithm 1) and write a run folder."""
+    from inferkit.trainer import train
+
+    if resume is not None:
+        spec = RunSpec.load(resume)
+        if iterations is not None:
+            spec.train.iterations = iterations
+        if device is not None:
+            spec.train.device = device
+        resolve_device(spec.train.device)
+        data_obj, model_obj, sampler_obj, tuner_obj = build_objects(spec, resolve=False)
+        if not (resume / CHECKPOINT_FILE).is_file():
+            raise UserError(f"{resume} has no checkpoint to resume from; start a new run instead")
+        result = train(model_obj, sampler_obj, tuner_obj, data_obj, spec, resume, resume=True, progress=not quiet)
+        _report(result.summary, result.run_dir)
+        return
+
+    file_config = _read_toml(config) if config is not None else {}
+    data_spec = _plugin_from(file_config, "data", data, "shapes", data_opt, "--data-opt")
+    if data_dir is not None:
+        data_spec.options["data_dir"] = str(data_dir)
+    spec = RunSpec(
+        model=_plugin_from(file_config, "model", model, "ladder", model_opt, "--model-opt"),
+        sampler=_plugin_from(file_config, "sampler", sampler, "shortrun", sampler_opt, "--sampler-opt"),
+        tuner=_plugin_from(file_config, "tuner", tuner, "kl-grid", tuner_opt, "--tuner-opt"),
+        data=data_spec,
+    )
+    train_values = dict(file_config.get("train", {}))
+    train_values.update(parse_assignments(train_opt, "--train-opt"))
+    for key, value in (("iterations", iterations), ("batch_size", batch_size), ("tune_every", tune_every),
+                       ("seed", seed), ("device", device)):
+        if value is not None:
+            train_values[key] = value
+    spec.train = TrainConfig.from_dict(train_values)
+    spec.train.validate()
+    resolve_device(spec.train.device)
+    if spec.data.options.get("data_dir") is not None and "data_dir" not in _option_names("dataset", spec.data.name):
+        raise UserError(f"dataset {spec.data.name!r} is generated by inferkit and takes no --data-dir")
+    data_obj, model_obj, sampler_obj, tuner_obj = build_objects(spec)
+    run_dir = out or Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{spec.model.name}-{spec.sampler.name}"
+    if (run_dir / "config.json").exists() or (run_dir.exists() and any(run_dir.iterdir())):
+        raise UserError(f"{run_dir} already exists and is not empty; give a new --out, or --resume {run_dir}")
+    result = train(model_obj, sampler_obj, tuner_obj, data_obj, spec, run_dir, progress=not quiet)
+    _report(result.summary, result.run_dir)
+
+
+def _option_names(kind: str, name: str) -> set[str]:
+    from inferkit.options import option_types
+    from inferkit.registry import plugin_class
+
+    return set(option_types(plugin_class(kind, name)))
+
+
+def _report(summary: dict[str, Any], run_dir: Path) -> None:
+    table = Table(title=f"run {run_dir}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in summary.items():
+        table.add_row(key, f"{value:.6g}" if isinstance(value, float) else str(value))
+    console.print(table)
+
+
+@app.command("list")
+def list_command() -> None:
+    """Every installed plugin by group, with its distribution and whether it imports."""
+    table = Table(title="inferkit plugins")
+    for column in ("group", "name", "distribution", "target", "status"):
+        table.add_column(column)
+    for info in list_plugins():
+        status = "[green]ok[/green]" if info.ok else f"[red]error: {info.error}[/red]"
+        table.add_row(info.kind, info.name, info.distribution, info.target, status)
+    console.print(table)
+
+
+@app.command()
+def sample(
+    run: Path = typer.Argument(..., help="run folder"),
+    num: int = typer.Option(64, help="number of samples"),
+    seed: int = typer.Option(0, help="random seed"),
+    output: Optional[Path] = typer.Option(None, help="PNG file [default: RUN/samples.png]"),
+) -> None:
+    """Draw ancestral samples from a trained model and save them as a PNG grid."""
+    from inferkit.images import is_image_shape, save_grid
+
+    if num < 1:
+        raise UserError(f"--num must be a positive integer, got {num}")
+    _, _, model, _, _, _ = _load_run(run)
+    if not is_image_shape(tuple(model.data_shape)):
+        raise UserError(f"model data of shape {tuple(model.data_shape)} are not images; nothing to draw")
+    with torch.no_grad():
+        images = model.sample(num, generator=torch.Generator().manual_seed(seed))
+    path = save_grid(images, output or run / "samples.png")
+    console.print(f"wrote {path}")
+
+
+@app.command("eval")
+def eval_command(
+    run: Path = typer.Argument(..., help="run folder"),
+    num_examples: int = typer.Option(0, help="test examples to use (0: all)"),
+    seed: int = typer.Option(0, help="random seed of the inference"),
+) -> None:
+    """Evaluate a run on its test split and write RUN/eval.json."""
+    from inferkit.evaluation import reconstruction_mse
+    from inferkit.runs import write_json_atomic
+
+    if num_examples < 0:
+        raise UserError(f"--num-examples must be >= 0, got {num_examples}")
+    spec, data, model, sampler, _, state = _load_run(run)
+    x = data.test.x if num_examples == 0 else data.test.x[:num_examples]
+    result = {"iteration": int(state["iteration"]), "test_examples": int(x.shape[0]),
+              "test_reconstruction_mse": reconstruction_mse(model, sampler, x, seed=seed)}
+    write_json_atomic(run / "eval.json", result)
+    _report(result, run)
+
+
+@app.command()
+def tune(
+    run: Path = typer.Argument(..., help="run folder"),
+    tuner: Optional[str] = typer.Option(None, help="tuner plugin [default: the run's]"),
+    tuner_opt: list[str] = typer.Option([], help=_OPT_HELP.format("tuner")),
+    num_examples: int = typer.Option(16, help="test examples for the objective"),
+) -> None:
+    """Run a tuner on a trained run's test data and print J at every point it tried."""
+    from inferkit.registry import load_tuner
+    from inferkit.runs import write_json_atomic
+
+    if num_examples < 1:
+        raise UserError(f"--num-examples must be a positive integer, got {num_examples}")
+    spec, data, model, sampler, run_tuner, _ = _load_run(run)
+    if tuner is not None or tuner_opt:
+        options = spec.tuner.options if tuner is None else {}
+        options = {**options, **parse_assignments(tuner_opt, "--tuner-opt")}
+        run_tuner = load_tuner(tuner or spec.tuner.name, **options)
+    result = run_tuner.tune(model, sampler, data.test.x[:num_examples])
+    table = Table(title=f"tuner on {run}")
+    for column in ("step size", "J", "invertible"):
+        table.add_column(column, justify="right")
+    for point in result.history:
+        table.add_row(f"{point['step_size']:.4g}", f"{point['J']:.6g}", str(point["invertible"]))
+    console.print(table)
+    chosen = {k: v.tolist() for k, v in result.hyperparameters.items()}
+    console.print(f"chosen: {chosen}  J = {result.objective:.6g}")
+    write_json_atomic(run / "tune.json", {"objective": result.objective, "hyperparameters": chosen,
+                                          "history": result.history})
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: run the app, turning user mistakes into one ``error:`` line and exit code 2."""
+    try:
+        app(args=argv, standalone_mode=False)
+    except UserError as exc:
+        err_console.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
+        return 2
+    except click.exceptions.NoArgsIsHelpError as exc:
+        console.print(exc.ctx.get_help() if exc.ctx else "")
+        return 0
+    except click.ClickException as exc:
+        err_console.print(f"error: {exc.format_message()}", markup=False, highlight=False, soft_wrap=True)
+        return 2
+    except click.exceptions.Abort:
+        err_console.print("error: interrupted", markup=False)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

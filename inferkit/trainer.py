@@ -1,0 +1,199 @@
+"""Learning with short-run inference (the papers' Algorithm 1), for any model, sampler and tuner.
+
+Every iteration t: draw a batch ``x``; every ``T_s`` iterations let the tuner set the sampler's
+hyperparameters; infer ``z ~ q(z | x)``; take one Adam step on ``sampler.loss`` (for short-run
+samplers ``-mean log p_theta(x, z_K)`` with ``z_K`` held fixed). The learning rate decays
+step-wise and the observation sigma anneals linearly.
+
+Reproducibility: the batch of iteration t and every random draw in it depend on ``(seed, t)``
+alone, so a run resumed from a checkpoint gives the same numbers as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from bisect import bisect_right
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from inferkit.data.base import step_indices
+from inferkit.errors import UserError
+from inferkit.evaluation import reconstruction_mse, seeded_generator
+from inferkit.images import is_image_shape, save_grid
+from inferkit.interfaces import HasObservationNoise, Model, Sampler, Tuner
+from inferkit.runs import CHECKPOINT_FILE, RunSpec, TrainConfig, save_atomic, write_json_atomic
+
+METRICS_FILE = "metrics.jsonl"
+TUNER_FILE = "tuner.jsonl"
+SUMMARY_FILE = "summary.json"
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns."""
+
+    model: Model
+    sampler: Sampler
+    run_dir: Path
+    summary: dict[str, Any]
+
+
+def learning_rate(config: TrainConfig, iteration: int) -> float:
+    """``eta_t = eta * gamma^(number of milestones passed)`` (step-wise decay)."""
+    milestones = sorted(round(m * config.iterations) for m in config.lr_milestones)
+    return config.learning_rate * config.lr_gamma ** bisect_right(milestones, iteration)
+
+
+def observation_sigma(config: TrainConfig, iteration: int) -> float:
+    """Linear annealing from ``sigma_start`` to ``sigma_end`` over ``sigma_anneal`` of the run."""
+    span = config.sigma_anneal * config.iterations
+    fraction = 1.0 if span <= 0 else min(1.0, iteration / span)
+    return config.sigma_start + fraction * (config.sigma_end - config.sigma_start)
+
+
+def _step_size_summary(sampler: Sampler) -> float:
+    step = sampler.hyperparameters().get("step_size")
+    return math.nan if step is None else float(step.detach().double().mean())
+
+
+def _append_jsonl(path: Path, record: dict[str, Any]) -> None:
+    with open(path, "a") as handle:
+        handle.write(json.dumps(record) + "\n")
+
+
+def _truncate_jsonl(path: Path, before_iteration: int) -> None:
+    """Drop records at or after ``before_iteration`` (written after the checkpoint we resume from)."""
+    if not path.exists():
+        return
+    kept = [line for line in path.read_text().splitlines()
+            if line.strip() and json.loads(line).get("iteration", -1) < before_iteration]
+    path.write_text("".join(line + "\n" for line in kept))
+
+
+def _save_images(model: Model, sampler: Sampler, x_test: torch.Tensor, run_dir: Path, tag: str,
+                 seed: int) -> None:
+    if not is_image_shape(tuple(model.data_shape)):
+        return
+    with torch.no_grad():
+        samples = model.sample(64, generator=seeded_generator(seed, 7, x_test.device))
+    save_grid(samples, run_dir / f"samples_{tag}.png", nrow=8)
+    originals = x_test[:32]
+    recon = sampler.infer(model, originals, generator=seeded_generator(seed, 11, x_test.device)).z
+    with torch.no_grad():
+        decoded = model.decode(recon)
+    rows = torch.cat([originals[:8], decoded[:8], originals[8:16], decoded[8:16]])
+    save_grid(rows, run_dir / f"reconstructions_{tag}.png", nrow=8)
+
+
+def train(model: Model, sampler: Sampler, tuner: Tuner, data, spec: RunSpec, run_dir: str | Path, *,
+          resume: bool = False, progress: bool = True, console: Console | None = None) -> TrainResult:
+    """Run Algorithm 1 and write the run folder (config, checkpoint, metrics, tuner history, images,
+    summary). With ``resume`` continue from the folder's checkpoint."""
+    config = spec.train
+    config.validate()
+    run_dir = Path(run_dir)
+    device = torch.device(config.device)
+    console = console or Console(stderr=True)
+    model.to(device)
+    sampler.to(device)
+    train_split, test_split = data.train.to(device), data.test.to(device)
+    if len(train_split) < config.batch_size:
+        raise UserError(f"batch size {config.batch_size} is larger than the {len(train_split)} training examples; "
+                        "lower --batch-size")
+    x_test = test_split.x[: config.eval_examples]
+    parameters = [p for p in list(model.parameters()) + list(sampler.parameters()) if p.requires_grad]
+    optimizer = torch.optim.Adam(parameters, lr=config.learning_rate)
+    anneal = isinstance(model, HasObservationNoise)
+
+    start = 0
+    checkpoint_path = run_dir / CHECKPOINT_FILE
+    if resume:
+        try:
+            state = torch.load(checkpoint_path, map_location=device, weights_only=False)
+            model.load_state_dict(state["model"])
+            sampler.load_state_dict(state["sampler"])
+            optimizer.load_state_dict(state["optimizer"])
+            start = int(state["iteration"])
+            mse_start = float(state["test_mse_start"])
+            elapsed_before = float(state.get("seconds", 0.0))
+        except FileNotFoundError:
+            raise UserError(f"{run_dir} has no checkpoint to resume from; start a new run instead") from None
+        except Exception as exc:
+            raise UserError(f"checkpoint {checkpoint_path} cannot be read ({type(exc).__name__}); it may be "
+                            "damaged or from another model") from None
+        for name in (METRICS_FILE, TUNER_FILE):
+            _truncate_jsonl(run_dir / name, start)
+    else:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        spec.save(run_dir)
+        if anneal:
+            model.set_observation_sigma(observation_sigma(config, 0))
+        mse_start = reconstruction_mse(model, sampler, x_test, seed=config.seed)
+        elapsed_before = 0.0
+
+    def checkpoint(iteration: int, seconds: float) -> None:
+        save_atomic({"iteration": iteration, "model": model.state_dict(), "sampler": sampler.state_dict(),
+                     "optimizer": optimizer.state_dict(), "test_mse_start": mse_start, "seconds": seconds,
+                     "spec": spec.to_dict()}, checkpoint_path)
+
+    columns = [TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("loss {task.fields[loss]:.4g}  mse {task.fields[mse]:.4f}  "
+                          "s {task.fields[step]:.3g}  {task.fields[speed]:.2f} it/s"), TimeRemainingColumn()]
+    began = time.perf_counter()
+    loss_value, mse_value = math.nan, math.nan
+    with Progress(*columns, console=console, disable=not progress, transient=False) as bar:
+        task = bar.add_task("train", total=config.iterations, completed=start, loss=math.nan, mse=math.nan,
+                            step=_step_size_summary(sampler), speed=0.0)
+        for t in range(start, config.iterations):
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(config, t)
+            if anneal:
+                model.set_observation_sigma(observation_sigma(config, t))
+            batch = train_split.batch(step_indices(len(train_split), config.batch_size, seed=config.seed, step=t))
+            x, index = batch["x"], batch["index"]
+            if config.tune_every and t % config.tune_every == 0:
+                result = tuner.tune(model, sampler, x)
+                _append_jsonl(run_dir / TUNER_FILE, {
+                    "iteration": t, "objective": result.objective, "history": result.history,
+                    "hyperparameters": {k: v.tolist() for k, v in result.hyperparameters.items()}})
+            inference = sampler.infer(model, x, index=index, generator=seeded_generator(config.seed, t, device))
+            loss = sampler.loss(model, x, inference)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            done = t + 1
+            if done % config.log_every == 0 or done == config.iterations:
+                with torch.no_grad():
+                    mse_value = float((model.decode(inference.z) - x).pow(2).mean())
+                loss_value = float(loss.detach())
+                seconds = time.perf_counter() - began
+                speed = (done - start) / max(seconds, 1e-9)
+                _append_jsonl(run_dir / METRICS_FILE, {
+                    "iteration": t, "loss": loss_value, "mse": mse_value, "step_size": _step_size_summary(sampler),
+                    "learning_rate": learning_rate(config, t),
+                    "sigma": observation_sigma(config, t) if anneal else None, "iterations_per_second": speed})
+                bar.update(task, loss=loss_value, mse=mse_value, step=_step_size_summary(sampler), speed=speed)
+            bar.update(task, completed=done)
+            if done % config.image_every == 0:
+                _save_images(model, sampler, x_test, run_dir, f"{done:06d}", config.seed)
+            if done % config.checkpoint_every == 0 or done == config.iterations:
+                checkpoint(done, elapsed_before + time.perf_counter() - began)
+
+    seconds = elapsed_before + time.perf_counter() - began
+    mse_end = reconstruction_mse(model, sampler, x_test, seed=config.seed)
+    _save_images(model, sampler, x_test, run_dir, "final", config.seed)
+    summary = {
+        "iterations": config.iterations, "seconds": seconds,
+        "iterations_per_second": (config.iterations - start) / max(time.perf_counter() - began, 1e-9),
+        "test_mse_start": mse_start, "test_mse_end": mse_end, "final_loss": loss_value,
+        "final_step_size": _step_size_summary(sampler), "eval_examples": int(x_test.shape[0]),
+    }
+    write_json_atomic(run_dir / SUMMARY_FILE, summary)
+    return TrainResult(model=model, sampler=sampler, run_dir=run_dir, summary=summary)

@@ -1,0 +1,152 @@
+"""Configuration of the ``ladder`` model: every option, validated, JSON round-trip."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import numbers
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from inferkit.errors import UserError
+
+PARAMETERIZATIONS = ("centered", "whitened")
+MAX_LATENT_DIM = 64
+MIN_IMAGE_SIZE = 8
+MAX_IMAGE_SIZE = 256
+
+
+def default_latent_dims(num_layers: int) -> tuple[int, ...]:
+    """Bottom-first default dims ``d_l = min(64, 8 * 2**(L - l))``, l = 1..L.
+
+    The top layer has 8 units and each lower layer doubles, capped at 64
+    (L=3: (32, 16, 8)); the paper's Table 4 uses (128, 64, 32) for CIFAR-10.
+    """
+    return tuple(min(MAX_LATENT_DIM, 8 * 2 ** (num_layers - l)) for l in range(1, num_layers + 1))
+
+
+def _int(name: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise UserError(f"ladder: {name} must be an integer, got {value!r}; give e.g. {name}={max(minimum, 1)}")
+    value = int(value)
+    if value < minimum:
+        raise UserError(f"ladder: {name} must be at least {minimum}, got {value}; give {name}>={minimum}")
+    return value
+
+
+def _positive_float(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise UserError(f"ladder: {name} must be a number, got {value!r}; give a positive float")
+    value = float(value)
+    if not math.isfinite(value) or value <= 0.0:
+        raise UserError(f"ladder: {name} must be a finite number > 0, got {value}; give a positive float")
+    return value
+
+
+def _dims(value: Any) -> tuple[int, ...]:
+    if isinstance(value, str):  # "32,16,8" as typed on a command line
+        text = value.strip().strip("()[]")
+        try:
+            value = tuple(int(p) for p in text.replace(" ", ",").split(",") if p)
+        except ValueError:
+            raise UserError(
+                f"ladder: latent_dims {value!r} is not a list of integers; give e.g. latent_dims=32,16,8"
+            ) from None
+    if not isinstance(value, (tuple, list)):
+        raise UserError(f"ladder: latent_dims must be a tuple of integers, got {value!r}; give e.g. (32, 16, 8)")
+    return tuple(_int("latent_dims entry", v, 1) for v in value)
+
+
+@dataclass(frozen=True)
+class LadderConfig:
+    """Options of :class:`~inferkit_ladder.LadderModel` (validated on creation).
+
+    ``latent_dims`` is bottom first (d_1, ..., d_L); ``()`` means
+    :func:`default_latent_dims` and is replaced by the resolved tuple.
+    """
+
+    num_layers: int = 3
+    latent_dims: tuple[int, ...] = ()
+    nf: int = 32
+    image_size: int = 32
+    channels: int = 3
+    observation_sigma: float = 0.3
+    parameterization: str = "centered"
+    min_sigma: float = 1e-2
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        set_(self, "num_layers", _int("num_layers", self.num_layers, 1))
+        dims = _dims(self.latent_dims)
+        if not dims:
+            dims = default_latent_dims(self.num_layers)
+        if len(dims) != self.num_layers:
+            raise UserError(
+                f"ladder: latent_dims has {len(dims)} entries but num_layers is {self.num_layers}; "
+                "give one dimension per layer, bottom first"
+            )
+        set_(self, "latent_dims", dims)
+        set_(self, "nf", _int("nf", self.nf, 1))
+        size = _int("image_size", self.image_size, 1)
+        if size % 4 != 0 or not MIN_IMAGE_SIZE <= size <= MAX_IMAGE_SIZE:
+            raise UserError(
+                f"ladder: image_size {size} is not supported; give a multiple of 4 between "
+                f"{MIN_IMAGE_SIZE} and {MAX_IMAGE_SIZE} (e.g. 16, 28, 32, 64)"
+            )
+        set_(self, "image_size", size)
+        set_(self, "channels", _int("channels", self.channels, 1))
+        set_(self, "observation_sigma", _positive_float("observation_sigma", self.observation_sigma))
+        if self.parameterization not in PARAMETERIZATIONS:
+            raise UserError(
+                f"ladder: unknown parameterization {self.parameterization!r}; "
+                "give parameterization=centered or parameterization=whitened"
+            )
+        set_(self, "min_sigma", _positive_float("min_sigma", self.min_sigma))
+
+    # -- round trip ---------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict of every option (tuples become lists)."""
+        out = dataclasses.asdict(self)
+        out["latent_dims"] = list(self.latent_dims)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LadderConfig:
+        """Inverse of :meth:`to_dict`; unknown keys are a :class:`UserError`."""
+        if not isinstance(data, dict):
+            raise UserError(f"ladder: a config must be a mapping of options, got {type(data).__name__}")
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(data) - set(names))
+        if unknown:
+            raise UserError(
+                f"ladder: unknown option(s) {', '.join(unknown)}; valid options are {', '.join(names)}"
+            )
+        data = dict(data)
+        if isinstance(data.get("latent_dims"), list):
+            data["latent_dims"] = tuple(data["latent_dims"])
+        return cls(**data)
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the options as JSON to ``path`` (atomically: temp file then rename)."""
+        path = os.fspath(path)
+        tmp = f"{path}.tmp"
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(self.to_dict(), fh, indent=2, sort_keys=True)
+            fh.write("\n")
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> LadderConfig:
+        """Read a config written by :meth:`save`."""
+        try:
+            with open(path, encoding="utf-8") as fh:
+                data = json.load(fh)
+        except FileNotFoundError:
+            raise UserError(f"ladder: config file {os.fspath(path)} not found; check the path") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise UserError(
+                f"ladder: config file {os.fspath(path)} is not valid JSON ({exc}); re-save it with LadderConfig.save"
+            ) from None
+        return cls.from_dict(data)

@@ -1,0 +1,411 @@
+"""Tests of the ``ladder`` model plugin (small sizes: the file runs in well under a minute)."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+from importlib import metadata
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from inferkit_ladder import LadderConfig, LadderModel
+from inferkit_ladder.config import default_latent_dims
+from torch.distributions import Normal
+
+from inferkit.errors import UserError
+from inferkit.interfaces import HasObservationNoise, Model
+
+FAST = settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+IMAGE_SIZES = [16, 28, 32, 64]
+
+
+def small_model(*, num_layers=2, latent_dims=(3, 2), image_size=16, channels=1, nf=4, seed=0, **kw):
+    torch.manual_seed(seed)
+    return LadderModel(
+        num_layers=num_layers, latent_dims=latent_dims, image_size=image_size, channels=channels, nf=nf, **kw
+    )
+
+
+def gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def random_x(model: LadderModel, n: int, seed: int = 1) -> torch.Tensor:
+    w = model.out.weight
+    return torch.rand(n, *model.data_shape, generator=gen(seed), dtype=w.dtype) * 2 - 1
+
+
+@st.composite
+def model_options(draw, max_layers=5, sizes=IMAGE_SIZES):
+    num_layers = draw(st.integers(1, max_layers))
+    dims = tuple(draw(st.lists(st.integers(1, 6), min_size=num_layers, max_size=num_layers)))
+    return {
+        "num_layers": num_layers,
+        "latent_dims": dims,
+        "image_size": draw(st.sampled_from(sizes)),
+        "channels": draw(st.sampled_from([1, 3])),
+        "nf": draw(st.sampled_from([2, 4])),
+        "parameterization": draw(st.sampled_from(["centered", "whitened"])),
+    }
+
+
+def reference_log_joint(model: LadderModel, x, z, mask=None):
+    """Independent computation of log p(x, z) from the submodules with torch.distributions."""
+    cfg = model.config
+    n, L, nf, half = z[0].shape[0], cfg.num_layers, cfg.nf, cfg.image_size // 4
+    std = Normal(torch.zeros((), dtype=x.dtype), torch.ones((), dtype=x.dtype))
+    zc = list(z)
+    log_p = std.log_prob(z[-1]).sum(-1)
+    h = None
+    for l in reversed(range(L)):
+        proj, det = model.proj[l], model.det[l]
+        hl = proj.up(proj.linear(zc[l]).reshape(n, nf, half, half))
+        hl = hl + det.conv2(F.gelu(det.conv1(hl)))
+        h = hl if h is None else hl + h
+        if l >= 1:
+            mu_head, sg_head = model.mu[l - 1], model.sigma[l - 1]
+            mu = mu_head.linear(F.gelu(mu_head.conv(h)).reshape(n, -1))
+            sigma = F.softplus(sg_head.linear(F.gelu(sg_head.conv(h)).reshape(n, -1))) + cfg.min_sigma
+            if cfg.parameterization == "whitened":
+                zc[l - 1] = mu + sigma * z[l - 1]
+                log_p = log_p + std.log_prob(z[l - 1]).sum(-1)
+            else:
+                log_p = log_p + Normal(mu, sigma).log_prob(z[l - 1]).sum(-1)
+    mean = torch.tanh(model.out(h))
+    pix = Normal(mean, torch.tensor(model.observation_sigma, dtype=x.dtype)).log_prob(x)
+    if mask is not None:
+        pix = pix * mask
+    return log_p + pix.sum((1, 2, 3))
+
+
+# -- shapes and ranges ---------------------------------------------------------------------
+@FAST
+@given(opts=model_options(), n=st.integers(1, 3))
+def test_shapes(opts, n):
+    model = LadderModel(**opts)
+    L, dims = opts["num_layers"], opts["latent_dims"]
+    assert model.latent_shapes == tuple((d,) for d in dims)
+    assert model.data_shape == (opts["channels"], opts["image_size"], opts["image_size"])
+    assert model.num_layers == L and model.latent_dim == sum(dims)
+    z = model.sample_prior(n, generator=gen(0))
+    assert isinstance(z, tuple) and [tuple(t.shape) for t in z] == [(n, d) for d in dims]
+    x = model.decode(z)
+    assert tuple(x.shape) == (n, *model.data_shape)
+    assert tuple(model.sample(n, generator=gen(1)).shape) == (n, *model.data_shape)
+    assert tuple(model.log_joint(x, z).shape) == (n,)
+    assert tuple(model.log_prior(z).shape) == (n,)
+    conds = model.conditionals(z)
+    assert len(conds) == L
+    for (mu, sigma), d in zip(conds, dims):
+        assert tuple(mu.shape) == tuple(sigma.shape) == (n, d) and bool((sigma > 0).all())
+
+
+@pytest.mark.parametrize("image_size,channels", [(28, 1), (32, 3), (64, 3), (16, 1)])
+def test_paper_image_sizes_with_default_dims(image_size, channels):
+    model = LadderModel(image_size=image_size, channels=channels, nf=8)
+    assert model.latent_shapes == ((32,), (16,), (8,))
+    x = model.sample(2, generator=gen(0))
+    assert tuple(x.shape) == (2, channels, image_size, image_size)
+
+
+def test_default_latent_dims():
+    assert default_latent_dims(1) == (8,)
+    assert default_latent_dims(3) == (32, 16, 8)
+    assert default_latent_dims(5) == (64, 64, 32, 16, 8)
+    assert LadderConfig().latent_dims == (32, 16, 8)
+
+
+@FAST
+@given(opts=model_options(sizes=[16, 28]), seed=st.integers(0, 2**16))
+def test_decode_range(opts, seed):
+    model = LadderModel(**opts)
+    z = tuple(3 * t for t in model.sample_prior(4, generator=gen(seed)))
+    x = model.decode(z)
+    assert bool(torch.isfinite(x).all()) and bool((x.abs() < 1).all())
+
+
+# -- the density ---------------------------------------------------------------------------
+@FAST
+@given(opts=model_options(max_layers=4, sizes=[16, 28]), seed=st.integers(0, 2**16))
+def test_log_joint_matches_reference(opts, seed):
+    model = LadderModel(**opts).double()
+    z = model.sample_prior(3, generator=gen(seed))
+    x = random_x(model, 3, seed)
+    mask = (torch.rand(3, 1, *model.data_shape[1:], generator=gen(seed + 1)) > 0.5).double()
+    with torch.no_grad():
+        torch.testing.assert_close(model.log_joint(x, z), reference_log_joint(model, x, z))
+        torch.testing.assert_close(model.log_joint(x, z, mask), reference_log_joint(model, x, z, mask))
+        zero = torch.zeros_like(x)
+        torch.testing.assert_close(model.log_prior(z), reference_log_joint(model, x, z, zero))
+
+
+def test_single_layer_by_hand():
+    model = small_model(num_layers=1, latent_dims=(4,)).double()
+    z = (torch.randn(2, 4, generator=gen(0), dtype=torch.float64),)
+    x = random_x(model, 2)
+    p, d = model.proj[0], model.det[0]
+    h = p.up(p.linear(z[0]).reshape(2, 4, 4, 4))
+    h = h + d.conv2(F.gelu(d.conv1(h)))
+    mean = torch.tanh(model.out(h))
+    s = model.observation_sigma
+    expected = (
+        -0.5 * (z[0] ** 2).sum(1) - 2 * math.log(2 * math.pi)
+        + (-0.5 * ((x - mean) / s) ** 2 - math.log(s) - 0.5 * math.log(2 * math.pi)).sum((1, 2, 3))
+    )
+    torch.testing.assert_close(model.log_joint(x, z), expected)
+
+
+@pytest.mark.parametrize("parameterization", ["centered", "whitened"])
+def test_masks(parameterization):
+    model = small_model(num_layers=3, latent_dims=(4, 3, 2), channels=3, parameterization=parameterization)
+    model = model.double()
+    z = model.sample_prior(3, generator=gen(2))
+    x = random_x(model, 3)
+    ones, zeros = torch.ones_like(x), torch.zeros_like(x)
+    torch.testing.assert_close(model.log_joint(x, z, ones), model.log_joint(x, z))
+    torch.testing.assert_close(model.log_joint(x, z, zeros), model.log_prior(z))
+    # A broadcast mask (one per pixel, shared by channels and batch) equals the full one.
+    pixel_mask = (torch.rand(1, 1, 16, 16, generator=gen(3)) > 0.5).double()
+    full = pixel_mask.expand_as(x).clone()
+    torch.testing.assert_close(model.log_joint(x, z, pixel_mask), model.log_joint(x, z, full))
+    # Bool masks work too.
+    torch.testing.assert_close(model.log_joint(x, z, full.bool()), model.log_joint(x, z, full))
+
+
+@pytest.mark.parametrize("parameterization", ["centered", "whitened"])
+def test_masked_log_joint_ignores_hidden_pixels(parameterization):
+    model = small_model(channels=3, parameterization=parameterization).double()
+    z0 = model.sample_prior(2, generator=gen(4))
+    x = random_x(model, 2)
+    mask = (torch.rand(2, 1, 16, 16, generator=gen(5)) > 0.5).double()
+    hidden = (mask == 0).expand_as(x)
+    assert bool(hidden.any())
+
+    def value_and_grad(x_):
+        z = tuple(t.clone().requires_grad_(True) for t in z0)
+        v = model.log_joint(x_, z, mask)
+        grads = torch.autograd.grad(v.sum(), z)
+        return v.detach(), grads
+
+    v0, g0 = value_and_grad(x)
+    for fill in (torch.randn_like(x) * 100, torch.full_like(x, float("nan")), torch.full_like(x, float("inf"))):
+        v1, g1 = value_and_grad(torch.where(hidden, fill, x))
+        assert torch.equal(v0, v1)
+        for a, b in zip(g0, g1):
+            assert bool(torch.isfinite(b).all()) and torch.equal(a, b)
+    # ...while changing an observed pixel does change it.
+    observed = ~hidden
+    v2, _ = value_and_grad(torch.where(observed, x + 0.1, x))
+    assert not torch.allclose(v0, v2)
+
+
+def test_bad_mask_and_shapes_raise_user_error():
+    model = small_model()
+    z = model.sample_prior(2, generator=gen(0))
+    x = random_x(model, 2)
+    with pytest.raises(UserError):
+        model.log_joint(x, z, torch.ones(2, 1, 8, 8))
+    with pytest.raises(UserError):
+        model.log_joint(torch.zeros(2, 3, 16, 16), z)
+    with pytest.raises(UserError):
+        model.log_joint(x, z[:1])
+    with pytest.raises(UserError):
+        model.log_joint(x, (z[0], torch.zeros(2, 5)))
+    with pytest.raises(UserError):
+        model.decode(z[0])
+
+
+@FAST
+@given(opts=model_options(max_layers=4, sizes=[16]), seed=st.integers(0, 2**16))
+def test_centered_and_whitened_agree(opts, seed):
+    opts = dict(opts, parameterization="centered")
+    centered = LadderModel(**opts).double()
+    whitened = LadderModel(**dict(opts, parameterization="whitened")).double()
+    whitened.load_state_dict(centered.state_dict())
+    z = centered.sample_prior(3, generator=gen(seed))
+    x = random_x(centered, 3, seed)
+    with torch.no_grad():
+        conds = centered.conditionals(z)
+        eps = tuple((zl - mu) / sigma for zl, (mu, sigma) in zip(z, conds))
+        torch.testing.assert_close(eps, centered.whiten(z))
+        torch.testing.assert_close(whitened.center(eps), z)
+        log_det = sum(sigma.log().sum(-1) for _, sigma in conds)
+        torch.testing.assert_close(centered.log_joint(x, z), whitened.log_joint(x, eps) - log_det,
+                                   rtol=1e-12, atol=1e-9)
+        torch.testing.assert_close(centered.log_prior(z), whitened.log_prior(eps) - log_det,
+                                   rtol=1e-12, atol=1e-9)
+        torch.testing.assert_close(centered.decode(z), whitened.decode(eps))
+        # The same seed gives the same prior sample, seen through either parameterization.
+        torch.testing.assert_close(centered.sample_prior(3, generator=gen(seed)),
+                                   whitened.center(whitened.sample_prior(3, generator=gen(seed))))
+
+
+def test_conditionals_top_is_standard_normal_and_sigma_floor():
+    model = small_model(num_layers=3, latent_dims=(4, 3, 2), min_sigma=0.5)
+    z = model.sample_prior(5, generator=gen(0))
+    conds = model.conditionals(z)
+    mu_top, sigma_top = conds[-1]
+    assert torch.equal(mu_top, torch.zeros(5, 2)) and torch.equal(sigma_top, torch.ones(5, 2))
+    for _, sigma in conds[:-1]:
+        assert bool((sigma > 0.5).all())
+
+
+@pytest.mark.parametrize("parameterization", ["centered", "whitened"])
+def test_sample_prior_reproducible(parameterization):
+    model = small_model(num_layers=3, latent_dims=(4, 3, 2), parameterization=parameterization)
+    state = torch.get_rng_state()
+    a = model.sample_prior(4, generator=gen(7))
+    assert torch.equal(torch.get_rng_state(), state), "sample_prior must draw only from the generator"
+    b = model.sample_prior(4, generator=gen(7))
+    c = model.sample_prior(4, generator=gen(8))
+    assert all(torch.equal(s, t) for s, t in zip(a, b))
+    assert not all(torch.equal(s, t) for s, t in zip(a, c))
+    assert all(not t.requires_grad for t in a)
+    torch.testing.assert_close(model.sample(4, generator=gen(7)), model.decode(a))
+
+
+# -- autodiff ------------------------------------------------------------------------------
+@pytest.mark.parametrize("parameterization", ["centered", "whitened"])
+def test_vmap_hessian_symmetric_and_matches_autograd(parameterization):
+    model = small_model(num_layers=3, latent_dims=(3, 2, 2), parameterization=parameterization).double()
+    n, dims = 3, [3, 2, 2]
+    z = torch.cat(model.sample_prior(n, generator=gen(0)), dim=1)
+    x = random_x(model, n)
+    mask = torch.ones(1, 16, 16, dtype=torch.float64)
+    mask[:, :8] = 0
+
+    def f(z_flat, x_one):  # one example, as a batch of one
+        return model.log_joint(x_one[None], tuple(t[None] for t in z_flat.split(dims)), mask).sum()
+
+    H = torch.func.vmap(torch.func.hessian(f))(z, x)
+    assert tuple(H.shape) == (n, 7, 7)
+    torch.testing.assert_close(H, H.transpose(1, 2))
+    G = torch.func.vmap(torch.func.jacrev(f))(z, x)
+    G_fwd = torch.func.vmap(torch.func.jacfwd(f))(z, x)
+    for i in range(n):
+        def f_i(v, x_i=x[i]):
+            return f(v, x_i)
+
+        H_ref = torch.autograd.functional.hessian(f_i, z[i])
+        torch.testing.assert_close(H[i], H_ref)
+        g_ref = torch.autograd.functional.jacobian(f_i, z[i])
+        torch.testing.assert_close(G[i], g_ref)
+        torch.testing.assert_close(G_fwd[i], g_ref)
+
+
+@pytest.mark.parametrize("parameterization", ["centered", "whitened"])
+def test_gradcheck_float64(parameterization):
+    model = small_model(parameterization=parameterization).double()
+    z = tuple(t.requires_grad_(True) for t in model.sample_prior(2, generator=gen(1)))
+    x = random_x(model, 2)
+    mask = (torch.rand(2, 1, 16, 16, generator=gen(2)) > 0.3).double()
+    assert model.log_joint(x, z).dtype == torch.float64
+    assert torch.autograd.gradcheck(lambda *zs: model.log_joint(x, zs, mask), z)
+
+
+def test_log_joint_trains_every_parameter():
+    model = small_model(num_layers=3, latent_dims=(4, 3, 2), channels=3)
+    z = model.sample_prior(2, generator=gen(0))
+    loss = -model.log_joint(random_x(model, 2), z).mean()
+    loss.backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and bool(torch.isfinite(p.grad).all()), name
+        assert p.grad.abs().sum() > 0, name
+
+
+# -- observation noise, config, options ----------------------------------------------------
+def test_observation_sigma_in_state_dict():
+    model = small_model(observation_sigma=0.3)
+    assert isinstance(model, Model) and isinstance(model, HasObservationNoise)
+    assert isinstance(model.observation_sigma, float) and model.observation_sigma == pytest.approx(0.3)
+    z = model.sample_prior(2, generator=gen(0))
+    x = random_x(model, 2)
+    before = model.log_joint(x, z)
+    model.set_observation_sigma(0.1)
+    assert model.observation_sigma == pytest.approx(0.1)
+    assert not torch.allclose(before, model.log_joint(x, z))
+    fresh = small_model(observation_sigma=0.3, seed=1)
+    fresh.load_state_dict(model.state_dict())
+    assert fresh.observation_sigma == pytest.approx(0.1)
+    torch.testing.assert_close(fresh.log_joint(x, z), model.log_joint(x, z))
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(UserError):
+            model.set_observation_sigma(bad)
+
+
+@FAST
+@given(opts=model_options(), sigma=st.floats(1e-3, 10.0), min_sigma=st.floats(1e-4, 1.0))
+def test_config_round_trip(tmp_path_factory, opts, sigma, min_sigma):
+    cfg = LadderConfig(**opts, observation_sigma=sigma, min_sigma=min_sigma)
+    assert LadderConfig.from_dict(cfg.to_dict()) == cfg
+    assert LadderConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    path = tmp_path_factory.mktemp("cfg") / "ladder.json"
+    cfg.save(path)
+    assert LadderConfig.load(path) == cfg
+    model = LadderModel.from_config(cfg)
+    assert model.config == cfg
+
+
+def test_config_load_errors(tmp_path):
+    with pytest.raises(UserError):
+        LadderConfig.load(tmp_path / "missing.json")
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(UserError):
+        LadderConfig.load(bad)
+    with pytest.raises(UserError):
+        LadderConfig.from_dict({"num_layers": 2, "colour": 3})
+
+
+def test_constructor_options_match_config():
+    sig = inspect.signature(LadderModel.__init__, eval_str=True)
+    params = [p for name, p in sig.parameters.items() if name != "self"]
+    fields = LadderConfig.__dataclass_fields__
+    assert [p.name for p in params] == list(fields)
+    for p in params:
+        assert p.kind is inspect.Parameter.KEYWORD_ONLY
+        assert p.annotation in (int, float, str, tuple[int, ...]), p.name
+        assert p.default == fields[p.name].default, p.name
+    assert LadderModel(latent_dims="4,3,2", nf=2, image_size=16).latent_shapes == ((4,), (3,), (2,))
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"num_layers": 0},
+        {"num_layers": -1},
+        {"num_layers": 2.5},
+        {"num_layers": True},
+        {"num_layers": 3, "latent_dims": (4, 4)},
+        {"num_layers": 2, "latent_dims": (4, 0)},
+        {"latent_dims": "a,b"},
+        {"nf": 0},
+        {"channels": 0},
+        {"image_size": 30},
+        {"image_size": 4},
+        {"image_size": 512},
+        {"observation_sigma": 0.0},
+        {"observation_sigma": -0.1},
+        {"observation_sigma": float("nan")},
+        {"parameterization": "diagonal"},
+        {"min_sigma": 0.0},
+        {"min_sigma": float("inf")},
+    ],
+)
+def test_bad_options_raise_user_error(options):
+    with pytest.raises(UserError) as info:
+        LadderModel(**options)
+    message = str(info.value)
+    assert message.startswith("ladder: ") and "\n" not in message
+
+
+def test_entry_point_registers_ladder():
+    eps = metadata.entry_points(group="inferkit.models")
+    found = [ep for ep in eps if ep.name == "ladder"]
+    if not found:
+        pytest.skip("inferkit-ladder is not installed")
+    assert found[0].load() is LadderModel

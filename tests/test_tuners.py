@@ -1,0 +1,248 @@
+"""Tuners: kl-grid against the linear-Gaussian closed forms, non-invertible grid points, fixed."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import inferkit
+from inferkit import Inference, Model, Sampler, TuneResult, UserError
+from inferkit.models.linear_gaussian import LinearGaussian
+from inferkit.samplers import Langevin, ShortRun
+from inferkit.tuners import Fixed, KLGrid
+from inferkit.tuners.kl_grid import PAPER_GRID
+
+F64 = torch.float64
+
+
+def lg(latent_dim=3, data_dim=6, sigma=0.5, seed=0):
+    return LinearGaussian(latent_dim=latent_dim, data_dim=data_dim, sigma=sigma, seed=seed, dtype="float64")
+
+
+def lambda_max(model) -> float:
+    return float(torch.linalg.eigvalsh(model.posterior_precision().detach()).max())
+
+
+def data(model, batch, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    x = model.sample(batch, generator=generator)
+    return (x + model.sigma * torch.randn(x.shape, generator=generator, dtype=F64)).detach()
+
+
+def per_draw_kl(model, x, num_samples, seed, s, num_steps):
+    """Per draw (same z_0 as the tuner's seeded generator): log q_s(z_K) - log p(z_K | x), [batch, samples]."""
+    z0 = model.sample_prior(x.shape[0] * num_samples, generator=torch.Generator().manual_seed(seed))[0]
+    mean, cov = (t.detach() for t in model.posterior(x.repeat_interleave(num_samples, 0)))
+    a = model.flow_matrix(torch.full((num_steps,), s, dtype=F64)).detach()
+    eye = torch.eye(a.shape[0], dtype=F64)
+    z_k = z0 @ a.T + mean @ (eye - a).T
+    q = torch.distributions.MultivariateNormal(mean @ (eye - a).T, covariance_matrix=a @ a.T)
+    p = torch.distributions.MultivariateNormal(mean, covariance_matrix=cov)
+    return (q.log_prob(z_k) - p.log_prob(z_k)).view(x.shape[0], num_samples)
+
+
+def test_kl_grid_records_every_point_exactly_and_picks_the_closed_form_argmin():
+    model = lg()
+    lam = lambda_max(model)
+    num_steps, num_samples, batch, seed = 4, 150, 4, 7
+    grid = tuple(r / lam for r in (0.02, 0.08, 0.3, 0.7))
+    x = data(model, 10)
+    sampler = ShortRun(num_steps=num_steps, step_size=0.5 / lam)
+    tuner = KLGrid(grid=grid, num_samples=num_samples, batch_size=batch, seed=seed)
+    result = tuner.tune(model, sampler, x)
+    assert isinstance(result, TuneResult)
+    assert [h["step_size"] for h in result.history] == list(grid)
+    used = x[:batch]  # batch_size: only the first rows are used
+    log_marginal = model.log_marginal(used).detach()
+    closed_form, stderr = [], []
+    for h in result.history:
+        draws = per_draw_kl(model, used, num_samples, seed, h["step_size"], num_steps)
+        # Every recorded J is exactly the mean of the closed-form per-draw values minus log p(x).
+        assert h["J"] == pytest.approx(float((draws.mean(1) - log_marginal).mean()), abs=1e-8)
+        assert h["invertible"] is True
+        assert h["min_eigenvalue"] == pytest.approx(1 - h["step_size"] * lam, abs=1e-9)
+        closed_form.append(float(model.flow_kl(used, torch.full((num_steps,), h["step_size"], dtype=F64))
+                                 .detach().mean()))
+        stderr.append(float(draws.mean(0).std() / math.sqrt(num_samples)))
+    order = sorted(range(len(grid)), key=closed_form.__getitem__)
+    best, runner_up = order[0], order[1]
+    # The closed-form gap is far beyond the Monte-Carlo error, so the argmin must agree.
+    assert closed_form[runner_up] - closed_form[best] > 5 * (stderr[best] + stderr[runner_up])
+    assert result.hyperparameters["step_size"].item() == pytest.approx(grid[best])
+    assert sampler.step_size.item() == pytest.approx(grid[best])  # written into the sampler
+    assert result.objective == pytest.approx(result.history[best]["J"])
+    # The result holds a copy, not the live tensor.
+    sampler.step_size.fill_(1.0)
+    assert result.hyperparameters["step_size"].item() == pytest.approx(grid[best])
+
+
+def test_non_invertible_points_are_recorded_and_never_chosen_even_with_a_lower_j():
+    """K = 2: s = 1.2 / lambda_max makes I - s P have a negative eigenvalue (its J can be lower than a
+    timid step's); s = 2.5 / lambda_max makes the flow diverge. Both are flagged and skipped, with
+    either log-det method (with the exact one det A > 0 here: the sign alone would not tell)."""
+    model = lg()
+    lam = lambda_max(model)
+    grid = (0.001 / lam, 1.2 / lam, 2.5 / lam)
+    x = data(model, 4)
+    for logdet in ("stepwise", "exact"):
+        sampler = ShortRun(num_steps=2, step_size=0.5 / lam)
+        result = KLGrid(grid=grid, num_samples=4, logdet=logdet).tune(model, sampler, x)
+        assert [h["invertible"] for h in result.history] == [True, False, False]
+        assert result.history[1]["J"] < result.history[0]["J"]  # would have won on J alone
+        assert result.history[1]["min_eigenvalue"] == pytest.approx(1 - 1.2, abs=1e-9)
+        assert sampler.step_size.item() == pytest.approx(grid[0])
+        assert result.objective == pytest.approx(result.history[0]["J"])
+
+
+def test_all_non_invertible_grid_raises_and_leaves_the_step_size():
+    model = lg()
+    lam = lambda_max(model)
+    sampler = ShortRun(num_steps=3, step_size=0.123)
+    with pytest.raises(UserError, match="not invertible"):
+        KLGrid(grid=(2.5 / lam, 4.0 / lam)).tune(model, sampler, data(model, 4))
+    assert sampler.step_size.item() == pytest.approx(0.123)
+
+
+class Cubic(Model):
+    """Nonlinear: log N(z; 0, I) + log N(x; z^3, 0.25 I); a large step blows the path up to inf."""
+
+    def __init__(self):
+        super().__init__()
+        self.latent_shapes = ((2,),)
+        self.data_shape = (2,)
+        self.register_buffer("anchor", torch.zeros((), dtype=F64))
+
+    def sample_prior(self, n, *, generator=None):
+        return (torch.randn(n, 2, generator=generator, dtype=F64),)
+
+    def log_prior(self, z):
+        return -0.5 * (z[0].pow(2).sum(-1) + 2 * math.log(2 * math.pi))
+
+    def decode(self, z):
+        return z[0] ** 3
+
+    def log_joint(self, x, z, mask=None):
+        per = -2.0 * (x - self.decode(z)) ** 2 - math.log(0.5) - 0.5 * math.log(2 * math.pi)
+        return self.log_prior(z) + per.sum(-1)
+
+
+def test_diverging_grid_point_on_a_nonlinear_model_is_skipped():
+    model = Cubic()
+    sampler = ShortRun(num_steps=10, step_size=0.5)
+    result = KLGrid(grid=(1e-4, 10.0)).tune(model, sampler, torch.ones(3, 2, dtype=F64))
+    assert [h["invertible"] for h in result.history] == [True, False]
+    assert not math.isfinite(result.history[1]["J"])
+    assert sampler.step_size.item() == pytest.approx(1e-4)
+
+
+def test_step_size_is_restored_if_an_evaluation_fails(monkeypatch):
+    import inferkit.tuners.kl_grid as kl_grid
+
+    real = kl_grid.kl_objective
+    calls = []
+
+    def failing(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("boom")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(kl_grid, "kl_objective", failing)
+    model = lg()
+    sampler = ShortRun(num_steps=2, step_size=0.0123)
+    with pytest.raises(RuntimeError, match="boom"):
+        KLGrid(grid=(0.01, 0.02, 0.03)).tune(model, sampler, data(model, 2))
+    assert sampler.step_size.item() == pytest.approx(0.0123)
+
+
+@pytest.mark.parametrize("mask_shape", ["vector", "row", "batch"])
+def test_kl_grid_with_a_mask_uses_the_observed_coordinates(mask_shape):
+    """batch_size < D: a broadcast mask ([D] or [1, D]) must not be cut like a batch."""
+    model = lg(latent_dim=2, data_dim=24, sigma=0.8, seed=1)
+    observed = (torch.arange(24) % 3 != 0).to(F64)
+    sub = lg(latent_dim=2, data_dim=16, sigma=0.8, seed=1)
+    with torch.no_grad():
+        sub.weight.copy_(model.weight[observed.bool()])
+        sub.bias.copy_(model.bias[observed.bool()])
+    x = data(model, 20)
+    mask = {"vector": observed, "row": observed[None], "batch": observed.expand(20, -1).clone()}[mask_shape]
+    grid = (0.01, 0.03, 0.05)
+    masked = KLGrid(grid=grid, batch_size=16).tune(model, ShortRun(num_steps=3), x, mask=mask)
+    direct = KLGrid(grid=grid, batch_size=16).tune(sub, ShortRun(num_steps=3), x[:, observed.bool()])
+    for h_masked, h_direct in zip(masked.history, direct.history):
+        assert h_masked["J"] == pytest.approx(h_direct["J"], abs=1e-9)
+
+
+def test_kl_grid_on_per_step_and_langevin_samplers():
+    model = lg()
+    x = data(model, 4)
+    per_step = ShortRun(num_steps=3, step_size=(0.01, 0.02, 0.03), per="step")
+    result = KLGrid(grid=(0.01, 0.02)).tune(model, per_step, x)
+    chosen = result.hyperparameters["step_size"]
+    assert chosen.shape == (3,) and torch.all(chosen == chosen[0])
+    assert torch.equal(per_step.step_size, chosen)
+    langevin = Langevin(num_steps=3, step_size=0.05)
+    result = KLGrid(grid=(0.01, 0.02, 0.04)).tune(model, langevin, x)
+    assert len(result.history) == 3 and all(math.isfinite(h["J"]) for h in result.history)
+    assert langevin.step_size.item() in (0.01, 0.02, 0.04)
+
+
+def test_kl_grid_does_not_build_a_graph_or_warn():
+    model = lg()  # parameters require grad
+    x = data(model, 4)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = KLGrid(grid=(0.01, 0.02)).tune(model, ShortRun(num_steps=2), x)
+    assert all(isinstance(h["J"], float) for h in result.history)
+    assert model.weight.grad is None
+
+
+class NoStepSize(Sampler):
+    def infer(self, model, x, *, index=None, mask=None, generator=None):
+        return Inference(z=model.sample_prior(x.shape[0], generator=generator))
+
+
+def test_kl_grid_errors():
+    model = lg()
+    with pytest.raises(UserError, match="step_size"):
+        KLGrid().tune(model, NoStepSize(), data(model, 2))
+    for kwargs in (dict(grid=()), dict(grid=(0.1, -0.1)), dict(grid=(math.nan,)), dict(num_samples=0),
+                   dict(batch_size=-1), dict(logdet="approx")):
+        with pytest.raises(UserError):
+            KLGrid(**kwargs)
+
+
+def test_kl_grid_defaults_and_options_by_name():
+    assert KLGrid().grid == PAPER_GRID
+    assert PAPER_GRID == pytest.approx([0.01 * i for i in range(1, 16)], abs=1e-12)
+    tuner = inferkit.load_tuner("kl-grid", grid="0.01,0.05", num_samples="3", logdet="exact")
+    assert isinstance(tuner, KLGrid) and tuner.grid == (0.01, 0.05) and tuner.num_samples == 3
+    assert tuner.logdet == "exact"
+
+
+def test_fixed_tuner():
+    model = lg()
+    x = data(model, 2)
+    sampler = ShortRun(num_steps=2, step_size=0.05)
+    result = Fixed().tune(model, sampler, x)
+    assert sampler.step_size.item() == pytest.approx(0.05)
+    assert math.isnan(result.objective) and result.history == []
+    result = Fixed(step_size=0.02).tune(model, sampler, x)
+    assert sampler.step_size.item() == pytest.approx(0.02)
+    assert result.hyperparameters["step_size"].item() == pytest.approx(0.02)
+    per_step = ShortRun(num_steps=3, step_size=(0.1, 0.2, 0.3), per="step")
+    Fixed(step_size=0.04).tune(model, per_step, x)
+    assert torch.allclose(per_step.step_size, torch.full((3,), 0.04, dtype=F64))
+    assert Fixed(step_size=0.5).tune(model, NoStepSize(), x).hyperparameters == {}
+    by_name = inferkit.load_tuner("fixed", step_size="0.07")
+    assert isinstance(by_name, Fixed) and by_name.step_size == pytest.approx(0.07)
+    assert inferkit.load_tuner("fixed", step_size="none").step_size is None
+    for bad in (0.0, -1.0, math.nan, math.inf):
+        with pytest.raises(UserError):
+            Fixed(step_size=bad)
+    with pytest.raises(UserError):
+        inferkit.load_tuner("fixed", step_size="fast")
