@@ -154,46 +154,80 @@ def measure_ratios(model: Model, step_size: float, batch: int, num_steps: int, r
             name = names[(i + r) % len(names)]  # rotate the order every round
             times[name].append(timed(methods[name], device))
     med = {name: statistics.median(v) for name, v in times.items()}
+    # Ratios are taken within each round (method and floor measured moments apart), then the median
+    # over rounds: a burst of load from other processes spoils one round, not the comparison.
+    ratio = {name: statistics.median(t / f for t, f in zip(times[name], times["floor"])) for name in names[1:]}
     return {
         "K": num_steps,
         "floor_s": med["floor"],
         "per_gradient_ms": 1e3 * med["floor"] / num_steps,
         **{f"{name}_s": med[name] for name in names[1:]},
-        **{f"{name}_ratio": med[name] / med["floor"] for name in names[1:]},
+        **{f"{name}_ratio": ratio[name] for name in names[1:]},
         "reps": reps,
     }
 
 
 # -- memory: one training step in a fresh process ------------------------------------------------
+def _proc_status_bytes(field: str) -> int:
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise OSError(f"{field} not in /proc/self/status")
+
+
+def reset_peak_rss() -> str:
+    """Reset the kernel's resident-set high-water mark (Linux >= 4.0: ``5 > /proc/self/clear_refs``) so
+    that the peak of the step alone is read back; returns the method used."""
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+        _proc_status_bytes("VmHWM")
+        return "VmHWM"
+    except OSError:
+        return "ru_maxrss"
+
+
 def memory_child(model_key: str, num_steps: int, method: str, batch: int, device: str) -> dict:
     _, model, step_size = build_model(model_key, device)
     generator = torch.Generator(device=device).manual_seed(0)
     x = model.sample(batch, generator=generator).detach()
+    how = "cuda"
     if device.startswith("cuda"):
         sync(device)
         base = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
     else:
-        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        how = reset_peak_rss()
+        base = (_proc_status_bytes("VmRSS") if how == "VmHWM"
+                else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
     if method == "ours":
         sampler = ShortRun(num_steps=num_steps, step_size=step_size)
         inference = sampler.infer(model, x)
         loss = sampler.loss(model, x, inference)
+    elif method == "control":  # the failure the measurement must see: one graph through all K steps
+        z = tuple(t.requires_grad_() for t in model.sample_prior(x.shape[0], generator=generator))
+        for _ in range(num_steps):
+            grads = torch.autograd.grad(model.log_joint(x, z).sum(), z, create_graph=True)
+            z = tuple(t + step_size * g for t, g in zip(z, grads))
+        loss = -model.log_joint(x, z).mean()
     else:
         z = naive_langevin(model, x, num_steps, step_size, device)
         loss = -model.log_joint(x, tuple(z)).mean()
     loss.backward()
     sync(device)
-    if device.startswith("cuda"):
+    if how == "cuda":
         peak = torch.cuda.max_memory_allocated()
+    elif how == "VmHWM":
+        peak = _proc_status_bytes("VmHWM")
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return {"base_bytes": base, "peak_bytes": peak, "step_bytes": peak - base}
+    return {"base_bytes": base, "peak_bytes": peak, "step_bytes": peak - base, "method": how}
 
 
 def measure_memory(model_key: str, args) -> dict:
     out = {}
-    for method in ("ours", "naive"):
+    for method in ("ours", "naive", "control"):
         for num_steps in MEMORY_STEPS:
             command = [sys.executable, os.path.abspath(__file__), "--memory-child", model_key, str(num_steps), method,
                        "--threads", str(args.threads), "--batch", str(args.batch), "--device", args.device]
@@ -224,21 +258,25 @@ def measure_objective(model: Model, step_size: float, batch: int, num_steps: int
 
 # -- report ---------------------------------------------------------------------------------------
 def markdown(report: dict) -> str:
-    lines = [f"### inferkit kernel speed ({report['device']}, {report['threads']} threads, batch "
-             f"{report['batch']}, median of {report['reps']} interleaved rounds)", "",
-             f"torch {report['torch']}, {report['platform']}, load average at start {report['load_start']}, "
-             f"at end {report['load_end']}", "",
-             "Ratio = time(K-step inference) / (K x one forward+backward of log_joint w.r.t. z), same batch "
-             "(1.00 = the floor).", "",
+    title = (f"### inferkit kernel speed ({report['device']}, {report['threads']} threads, batch "
+             f"{report['batch']}, median of {report['reps']} interleaved rounds)")
+    machine = (f"torch {report['torch']}, {report['platform']}, load average at start {report['load_start']}, "
+               f"at end {report['load_end']}")
+    legend = ("Ratio = time(K-step inference) / (K x one forward+backward of log_joint w.r.t. z), same batch "
+              "(1.00 = the floor; median over rounds of the within-round ratio).")
+    lines = [title, "", f"command: `{report['command']}`", "", machine, "", legend, "",
              "| model | K | grad ms | shortrun | langevin | naive langevin |",
              "|---|---:|---:|---:|---:|---:|"]
     for row in report["speed"]:
         lines.append(f"| {row['model']} | {row['K']} | {row['per_gradient_ms']:.3f} | {row['shortrun_ratio']:.3f} | "
                      f"{row['langevin_ratio']:.3f} | {row['naive_langevin_ratio']:.3f} |")
     lines += ["", f"Peak memory of one training step (inference + loss.backward()), {report['memory_method']}:", "",
-              "| model | ours K=5 | ours K=50 | naive K=5 | naive K=50 |", "|---|---:|---:|---:|---:|"]
+              "(control: a loop that keeps one graph through all K steps, to show the measurement sees growth)", "",
+              "| model | ours K=5 | ours K=50 | naive K=5 | naive K=50 | control K=5 | control K=50 |",
+              "|---|---:|---:|---:|---:|---:|---:|"]
     for row in report["memory"]:
-        cells = [f"{row[k]['step_bytes'] / 2**20:.2f} MiB" for k in ("ours_K5", "ours_K50", "naive_K5", "naive_K50")]
+        cells = [f"{row[k]['step_bytes'] / 2**20:.2f} MiB"
+                 for k in ("ours_K5", "ours_K50", "naive_K5", "naive_K50", "control_K5", "control_K50")]
         lines.append(f"| {row['model']} | " + " | ".join(cells) + " |")
     lines += ["", "Seconds per kl_objective evaluation (noise-free shortrun, one draw per example, no graph):", "",
               "| model | K | batch | stepwise log-det | exact log-det |", "|---|---:|---:|---:|---:|"]
@@ -287,8 +325,10 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "device": args.device, "threads": args.threads, "batch": args.batch, "reps": reps, "quick": args.quick,
         "torch": torch.__version__, "platform": platform.platform(), "load_start": load_average(),
-        "memory_method": ("growth of ru_maxrss over the level after building model and data, fresh subprocess "
-                          "per cell" if args.device == "cpu" else
+        "command": "python benchmarks/kernel_speed.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "memory_method": ("peak resident set (VmHWM, reset through /proc/self/clear_refs after building model "
+                          "and data; ru_maxrss where that is unavailable) minus the resident set at that point, "
+                          "fresh subprocess per cell" if args.device == "cpu" else
                           "torch.cuda.max_memory_allocated over the allocated level, fresh subprocess per cell"),
         "speed": [], "memory": [], "objective": [],
     }

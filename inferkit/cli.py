@@ -9,9 +9,13 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-import click
 import torch
 import typer
+
+try:  # typer >= 0.20 vendors click
+    from typer import _click as click
+except ImportError:  # pragma: no cover
+    import click
 from rich.console import Console
 from rich.table import Table
 
@@ -241,8 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         err_console.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
         return 2
-    except click.exceptions.NoArgsIsHelpError as exc:
-        console.print(exc.ctx.get_help() if exc.ctx else "")
+    except click.exceptions.NoArgsIsHelpError:  # the help was already shown
         return 0
     except click.ClickException as exc:
         err_console.print(f"error: {exc.format_message()}", markup=False, highlight=False, soft_wrap=True)

@@ -59,9 +59,9 @@ def coerce(value: Any, annotation: Any) -> Any:
     origin = typing.get_origin(annotation)
     if origin in (typing.Union, types.UnionType):
         members = [a for a in typing.get_args(annotation) if a is not type(None)]
-        if value is None or (isinstance(value, str) and value.lower() in ("none", "")):
-            if type(None) in typing.get_args(annotation):
-                return None
+        if (value is None or (isinstance(value, str) and value.lower() in ("none", ""))) \
+                and type(None) in typing.get_args(annotation):
+            return None
         # Try list-like members first for "a,b" strings, scalars first otherwise.
         is_listy = isinstance(value, (list, tuple)) or (isinstance(value, str) and "," in value)
         ordered = sorted(members, key=lambda a: (typing.get_origin(a) in (tuple, list)) != is_listy)

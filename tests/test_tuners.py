@@ -138,7 +138,7 @@ def test_diverging_grid_point_on_a_nonlinear_model_is_skipped():
 
 
 def test_step_size_is_restored_if_an_evaluation_fails(monkeypatch):
-    import inferkit.tuners.kl_grid as kl_grid
+    from inferkit.tuners import kl_grid
 
     real = kl_grid.kl_objective
     calls = []
@@ -210,8 +210,8 @@ def test_kl_grid_errors():
     model = lg()
     with pytest.raises(UserError, match="step_size"):
         KLGrid().tune(model, NoStepSize(), data(model, 2))
-    for kwargs in (dict(grid=()), dict(grid=(0.1, -0.1)), dict(grid=(math.nan,)), dict(num_samples=0),
-                   dict(batch_size=-1), dict(logdet="approx")):
+    for kwargs in ({"grid": ()}, {"grid": (0.1, -0.1)}, {"grid": (math.nan,)}, {"num_samples": 0},
+                   {"batch_size": -1}, {"logdet": "approx"}):
         with pytest.raises(UserError):
             KLGrid(**kwargs)
 

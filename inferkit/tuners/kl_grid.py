@@ -4,7 +4,10 @@
 
 Every grid point uses the same ``z_0`` draws (common random numbers), so differences in J are
 differences in s. A point where some ``I + s H_k`` has a non-positive eigenvalue (F not
-invertible there, J not a KL) is recorded with ``invertible: False`` and never chosen.
+invertible there, J not a KL) is recorded with ``invertible: False`` and never chosen. When no
+point of the grid is invertible (the posterior has sharpened beyond the grid, as it does while a
+generator learns), the grid is scaled by ``shrink`` and searched again, up to ``max_shrinks`` times;
+every round is recorded in the history.
 """
 
 from __future__ import annotations
@@ -30,10 +33,11 @@ class KLGrid(Tuner):
         batch_size: examples of the given batch to use (0: all).
         logdet: ``"stepwise"`` (default) or ``"exact"``.
         seed: seed of the common random numbers.
+        shrink, max_shrinks: scale factor of the grid, and how many times, when no point is invertible.
     """
 
     def __init__(self, grid: tuple[float, ...] = PAPER_GRID, num_samples: int = 1, batch_size: int = 16,
-                 logdet: str = "stepwise", seed: int = 0):
+                 logdet: str = "stepwise", seed: int = 0, shrink: float = 0.25, max_shrinks: int = 4):
         grid = tuple(float(s) for s in grid)
         if not grid or not all(math.isfinite(s) and s > 0 for s in grid):
             raise UserError(f"kl-grid: grid must be positive, finite step sizes, got {grid}")
@@ -41,6 +45,10 @@ class KLGrid(Tuner):
             raise UserError("kl-grid: num_samples must be >= 1 and batch_size >= 0")
         if logdet not in LOGDET_METHODS:
             raise UserError(f"kl-grid: logdet must be one of {', '.join(LOGDET_METHODS)}, got {logdet!r}")
+        if not 0 < shrink < 1 or max_shrinks < 0:
+            raise UserError("kl-grid: shrink must lie in (0, 1) and max_shrinks must be >= 0")
+        self.shrink = shrink
+        self.max_shrinks = max_shrinks
         self.grid = grid
         self.num_samples = num_samples
         self.batch_size = batch_size
@@ -59,27 +67,32 @@ class KLGrid(Tuner):
                 mask = mask[: self.batch_size]
             x = x[: self.batch_size]
         previous = step_size.detach().clone()
-        history = []
+        history: list[dict] = []
+        usable: list[dict] = []
         try:
-            for s in self.grid:
-                with torch.no_grad():
-                    step_size.fill_(s)
-                generator = torch.Generator(device=x.device).manual_seed(self.seed)
-                objective, info = kl_objective(model, sampler, x, num_samples=self.num_samples,
-                                               logdet=self.logdet, mask=mask, generator=generator,
-                                               return_info=True, differentiable=False)
-                history.append({"step_size": s, "J": float(objective.detach().mean()),
-                                "invertible": info.invertible, "min_eigenvalue": info.min_eigenvalue})
+            for round_ in range(self.max_shrinks + 1):
+                for s in (value * self.shrink**round_ for value in self.grid):
+                    with torch.no_grad():
+                        step_size.fill_(s)
+                    generator = torch.Generator(device=x.device).manual_seed(self.seed)
+                    objective, info = kl_objective(model, sampler, x, num_samples=self.num_samples,
+                                                   logdet=self.logdet, mask=mask, generator=generator,
+                                                   return_info=True, differentiable=False)
+                    history.append({"step_size": s, "J": float(objective.detach().mean()), "round": round_,
+                                    "invertible": info.invertible, "min_eigenvalue": info.min_eigenvalue})
+                usable = [h for h in history if h["invertible"] and math.isfinite(h["J"])]
+                if usable:
+                    break
         except BaseException:  # leave the sampler as it was found
             with torch.no_grad():
                 step_size.copy_(previous)
             raise
-        usable = [h for h in history if h["invertible"] and math.isfinite(h["J"])]
         if not usable:
             with torch.no_grad():
                 step_size.copy_(previous)
-            raise UserError("kl-grid: the flow is not invertible at any grid step size (some I + s H has a "
-                            "non-positive eigenvalue); give a grid of smaller step sizes with --tuner-opt grid=...")
+            raise UserError(f"kl-grid: the flow is not invertible at any grid step size, even scaled by "
+                            f"{self.shrink}^{self.max_shrinks} (some I + s H has a non-positive eigenvalue); give "
+                            "smaller step sizes with --tuner-opt grid=... or a larger max_shrinks")
         best = min(usable, key=lambda h: h["J"])
         with torch.no_grad():
             step_size.fill_(best["step_size"])
