@@ -69,7 +69,7 @@ def hessians(model: Model, x: Tensor, z: Latents, mask: Tensor | None = None) ->
         return model.log_joint(x_row.unsqueeze(0), z_one, m)[0]
 
     in_dims = (0, 0, None if mask is None else 0)
-    return torch.func.vmap(torch.func.hessian(log_joint_single), in_dims=in_dims)(flatten_latents(z), x, mask)
+    return torch.func.vmap(torch.func.jacrev(torch.func.jacrev(log_joint_single)), in_dims=in_dims)(flatten_latents(z), x, mask)
 
 
 def _unit_step_sizes(sampler: GradientFlow, model: Model, device, dtype) -> Tensor:

@@ -29,14 +29,14 @@ CHECKPOINT_FILE = "checkpoint.pt"
 class TrainConfig:
     """Algorithm 1's settings (defaults sized so the headline command runs in minutes on a CPU)."""
 
-    iterations: int = 500
+    iterations: int = 300
     batch_size: int = 32
-    learning_rate: float = 2e-3
+    learning_rate: float = 1e-3
     lr_milestones: tuple[float, ...] = (0.6, 0.85)
     """Fractions of ``iterations`` at which the learning rate is multiplied by ``lr_gamma``."""
     lr_gamma: float = 0.3
     sigma_start: float = 0.3
-    sigma_end: float = 0.1
+    sigma_end: float = 0.2
     sigma_anneal: float = 0.5
     """Fraction of the run over which observation sigma goes linearly from start to end."""
     tune_every: int = 100
@@ -44,7 +44,7 @@ class TrainConfig:
     seed: int = 0
     log_every: int = 10
     checkpoint_every: int = 100
-    image_every: int = 250
+    image_every: int = 100
     eval_examples: int = 128
     device: str = "cpu"
 

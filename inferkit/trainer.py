@@ -173,6 +173,10 @@ def train(model: Model, sampler: Sampler, tuner: Tuner, data, spec: RunSpec, run
                 with torch.no_grad():
                     mse_value = float((model.decode(inference.z) - x).pow(2).mean())
                 loss_value = float(loss.detach())
+                if not math.isfinite(loss_value):
+                    raise UserError(f"training diverged at iteration {t} (non-finite loss); the last good "
+                                    f"checkpoint is in {run_dir}; lower the step size or the learning rate, "
+                                    "or tune more often (--tune-every)")
                 seconds = time.perf_counter() - began
                 speed = (done - start) / max(seconds, 1e-9)
                 _append_jsonl(run_dir / METRICS_FILE, {

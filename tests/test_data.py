@@ -76,10 +76,10 @@ def test_shapes_shape_and_range(size):
 
 
 def test_shapes_default_options():
-    """The defaults give 4096 / 512 images of 32x32."""
+    """The defaults give 4096 / 512 images of 16x16 (sized for a CPU run)."""
     d = ShapesDataset()
     assert len(d.train) == 4096 and len(d.test) == 512
-    assert d.data_shape == (3, 32, 32)
+    assert d.data_shape == (3, 16, 16)
 
 
 def test_shapes_generation_is_fast():

@@ -153,7 +153,7 @@ def test_langevin_kl_is_the_kl_of_the_exact_langevin_law(latent_dim, data_dim, s
     model = make(latent_dim, data_dim, sigma, seed)
     x = model.sample(2, generator=torch.Generator().manual_seed(seed))
     precision = model.posterior_precision()
-    s = rel_step / float(torch.linalg.eigvalsh(precision).max())
+    s = rel_step / float(torch.linalg.eigvalsh(precision.detach()).max())
     step_sizes = torch.full((num_steps,), s, dtype=torch.float64)
     eye = torch.eye(latent_dim, dtype=torch.float64)
     step = eye - s * precision

@@ -101,8 +101,28 @@ def test_all_non_invertible_grid_raises_and_leaves_the_step_size():
     lam = lambda_max(model)
     sampler = ShortRun(num_steps=3, step_size=0.123)
     with pytest.raises(UserError, match="not invertible"):
-        KLGrid(grid=(2.5 / lam, 4.0 / lam)).tune(model, sampler, data(model, 4))
+        KLGrid(grid=(2.5 / lam, 4.0 / lam), max_shrinks=0).tune(model, sampler, data(model, 4))
     assert sampler.step_size.item() == pytest.approx(0.123)
+    # Shrinking cannot rescue a grid that stays above 1 / lambda_max: still an error, step size kept.
+    with pytest.raises(UserError, match="not invertible"):
+        KLGrid(grid=(400 / lam,), shrink=0.5, max_shrinks=2).tune(model, sampler, data(model, 4))
+    assert sampler.step_size.item() == pytest.approx(0.123)
+
+
+def test_a_grid_beyond_the_posterior_is_shrunk_until_some_point_is_invertible():
+    """Every point of the grid is non-invertible: the grid is scaled by `shrink` and searched again;
+    every round is in the history and the choice comes from the first round with a usable point."""
+    model = lg()
+    lam = lambda_max(model)
+    grid = (1.5 / lam, 3.0 / lam)
+    sampler = ShortRun(num_steps=3, step_size=0.5 / lam)
+    result = KLGrid(grid=grid, shrink=0.25, max_shrinks=3).tune(model, sampler, data(model, 4))
+    rounds = [h["round"] for h in result.history]
+    assert rounds == [0, 0, 1, 1]  # 1.5/4 and 3/4 of 1/lambda_max are invertible: stop after round 1
+    assert [h["invertible"] for h in result.history] == [False, False, True, True]
+    assert [h["step_size"] for h in result.history[2:]] == pytest.approx([0.25 * g for g in grid])
+    best = min(result.history[2:], key=lambda h: h["J"])
+    assert sampler.step_size.item() == pytest.approx(best["step_size"])
 
 
 class Cubic(Model):
@@ -211,7 +231,8 @@ def test_kl_grid_errors():
     with pytest.raises(UserError, match="step_size"):
         KLGrid().tune(model, NoStepSize(), data(model, 2))
     for kwargs in ({"grid": ()}, {"grid": (0.1, -0.1)}, {"grid": (math.nan,)}, {"num_samples": 0},
-                   {"batch_size": -1}, {"logdet": "approx"}):
+                   {"batch_size": -1}, {"logdet": "approx"}, {"shrink": 1.0}, {"shrink": 0.0},
+                   {"max_shrinks": -1}):
         with pytest.raises(UserError):
             KLGrid(**kwargs)
 

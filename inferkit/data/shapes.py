@@ -117,7 +117,7 @@ def render_shapes(factors: np.ndarray | Tensor, image_size: int) -> Tensor:
 class ShapesDataset(ImageData):
     """Synthetic coloured shapes with known factors (see module docstring).
 
-    ``ShapesDataset(num_train=4096, num_test=512, image_size=32, seed=0)``; items carry
+    ``ShapesDataset(num_train=4096, num_test=512, image_size=16, seed=0)``; items carry
     ``x`` ``[3, S, S]``, ``index``, ``label`` (shape class) and ``factors`` (level indices).
     """
 
@@ -128,7 +128,7 @@ class ShapesDataset(ImageData):
     NUM_COMBINATIONS = NUM_COMBINATIONS
 
     def __init__(
-        self, num_train: int = 4096, num_test: int = 512, image_size: int = 32, seed: int = 0
+        self, num_train: int = 4096, num_test: int = 512, image_size: int = 16, seed: int = 0
     ) -> None:
         num_train = as_int("num_train", num_train, minimum=1)
         num_test = as_int("num_test", num_test, minimum=1)

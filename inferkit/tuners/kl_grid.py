@@ -34,11 +34,15 @@ class KLGrid(Tuner):
         logdet: ``"stepwise"`` (default) or ``"exact"``.
         seed: seed of the common random numbers.
         shrink, max_shrinks: scale factor of the grid, and how many times, when no point is invertible.
+        stop_at_singular: walk the grid in increasing order and skip the step sizes above the first
+            non-invertible one (recorded as ``evaluated: False``): ``1 + s lambda`` only falls as s grows
+            for the negative curvature that makes F singular, so they would not be usable either.
     """
 
-    def __init__(self, grid: tuple[float, ...] = PAPER_GRID, num_samples: int = 1, batch_size: int = 16,
-                 logdet: str = "stepwise", seed: int = 0, shrink: float = 0.25, max_shrinks: int = 4):
-        grid = tuple(float(s) for s in grid)
+    def __init__(self, grid: tuple[float, ...] = PAPER_GRID, num_samples: int = 1, batch_size: int = 4,
+                 logdet: str = "stepwise", seed: int = 0, shrink: float = 0.25, max_shrinks: int = 4,
+                 stop_at_singular: bool = True):
+        grid = tuple(sorted(float(s) for s in grid))
         if not grid or not all(math.isfinite(s) and s > 0 for s in grid):
             raise UserError(f"kl-grid: grid must be positive, finite step sizes, got {grid}")
         if num_samples < 1 or batch_size < 0:
@@ -47,6 +51,7 @@ class KLGrid(Tuner):
             raise UserError(f"kl-grid: logdet must be one of {', '.join(LOGDET_METHODS)}, got {logdet!r}")
         if not 0 < shrink < 1 or max_shrinks < 0:
             raise UserError("kl-grid: shrink must lie in (0, 1) and max_shrinks must be >= 0")
+        self.stop_at_singular = stop_at_singular
         self.shrink = shrink
         self.max_shrinks = max_shrinks
         self.grid = grid
@@ -71,7 +76,12 @@ class KLGrid(Tuner):
         usable: list[dict] = []
         try:
             for round_ in range(self.max_shrinks + 1):
+                singular = False
                 for s in (value * self.shrink**round_ for value in self.grid):
+                    if singular:
+                        history.append({"step_size": s, "J": math.nan, "round": round_, "invertible": False,
+                                        "min_eigenvalue": math.nan, "evaluated": False})
+                        continue
                     with torch.no_grad():
                         step_size.fill_(s)
                     generator = torch.Generator(device=x.device).manual_seed(self.seed)
@@ -79,7 +89,9 @@ class KLGrid(Tuner):
                                                    logdet=self.logdet, mask=mask, generator=generator,
                                                    return_info=True, differentiable=False)
                     history.append({"step_size": s, "J": float(objective.detach().mean()), "round": round_,
-                                    "invertible": info.invertible, "min_eigenvalue": info.min_eigenvalue})
+                                    "invertible": info.invertible, "min_eigenvalue": info.min_eigenvalue,
+                                    "evaluated": True})
+                    singular = self.stop_at_singular and not info.invertible
                 usable = [h for h in history if h["invertible"] and math.isfinite(h["J"])]
                 if usable:
                     break

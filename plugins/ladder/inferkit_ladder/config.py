@@ -19,12 +19,12 @@ MAX_IMAGE_SIZE = 256
 
 
 def default_latent_dims(num_layers: int) -> tuple[int, ...]:
-    """Bottom-first default dims ``d_l = min(64, 8 * 2**(L - l))``, l = 1..L.
+    """Bottom-first default dims ``d_l = min(64, 4 * 2**(L - l))``, l = 1..L.
 
     The top layer has 8 units and each lower layer doubles, capped at 64
     (L=3: (32, 16, 8)); the paper's Table 4 uses (128, 64, 32) for CIFAR-10.
     """
-    return tuple(min(MAX_LATENT_DIM, 8 * 2 ** (num_layers - l)) for l in range(1, num_layers + 1))
+    return tuple(min(MAX_LATENT_DIM, 4 * 2 ** (num_layers - l)) for l in range(1, num_layers + 1))
 
 
 def _int(name: str, value: Any, minimum: int) -> int:

@@ -99,7 +99,7 @@ class LadderModel(Model):
     ``parameterization="centered"``: the latents are the z_l themselves.
     ``parameterization="whitened"``: the latents are ``eps_l ~ N(0, I)`` with
     ``z_L = eps_L`` and ``z_l = mu_l + sigma_l * eps_l`` computed top-down (same p(x)).
-    Default latent dims are ``d_l = min(64, 8 * 2**(L-l))``, bottom first.
+    Default latent dims are ``d_l = min(64, 4 * 2**(L-l))``, bottom first.
     """
 
     def __init__(

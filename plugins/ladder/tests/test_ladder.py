@@ -114,9 +114,9 @@ def test_paper_image_sizes_with_default_dims(image_size, channels):
 
 def test_default_latent_dims():
     assert default_latent_dims(1) == (8,)
-    assert default_latent_dims(3) == (32, 16, 8)
-    assert default_latent_dims(5) == (64, 64, 32, 16, 8)
-    assert LadderConfig().latent_dims == (32, 16, 8)
+    assert default_latent_dims(3) == (16, 8, 4)
+    assert default_latent_dims(5) == (64, 32, 16, 8, 4)
+    assert LadderConfig().latent_dims == (16, 8, 4)
 
 
 @FAST
