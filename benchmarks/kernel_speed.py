@@ -83,6 +83,9 @@ class TinyConvDecoder(Model):
 
 def build_model(name: str, device: str) -> tuple[str, Model, float]:
     """(label, model, step size) for a model key."""
+    if name == "ladder-default":  # benchmarks/speed.py: the ladder plugin's defaults on 3x16x16
+        torch.manual_seed(0)
+        return "ladder defaults 3x16x16", inferkit.load_model("ladder", image_size=16, channels=3).to(device), 0.01
     if name.startswith("lg"):
         dim = int(name[2:])
         model = LinearGaussian(latent_dim=dim, data_dim=784, sigma=0.5, seed=0)
