@@ -179,12 +179,16 @@ class LeakyShortRun(ShortRun):
         return Inference(z=z)
 
 
+@pytest.mark.parametrize("differentiable_step", [False, True])
 @pytest.mark.parametrize("cls", [ShortRun, Langevin])
-def test_no_graph_survives_a_step_and_z_is_detached(cls):
+def test_no_graph_survives_a_step_and_z_is_detached(cls, differentiable_step):
+    """Also when a tuner has made the step size a tensor that requires grad (as a gradient tuner does)."""
     model = Recording()
     x = data(model, 4)
     num_steps = 12
-    result = run_recorded(cls(num_steps=num_steps, step_size=0.01), model, x)
+    sampler = cls(num_steps=num_steps, step_size=0.01)
+    sampler.step_size.requires_grad_(differentiable_step)
+    result = run_recorded(sampler, model, x)
     assert model.calls == num_steps
     assert all(model.leaf_inputs)
     # When step k starts, nothing that steps 0..k-1 saved for backward is still alive.

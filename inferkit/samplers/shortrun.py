@@ -99,16 +99,22 @@ class ShortRun(Sampler):
         """
         z = tuple(t.detach() for t in model.sample_prior(x.shape[0], generator=generator))
         dtype, device = z[0].dtype, z[0].device
-        steps = self.step_size_matrix(len(z)).to(device=device, dtype=dtype)
-        noise_scales = (2 * steps).sqrt() * self.noise_scale if self.noise_scale else None
-        for k in range(self.num_steps):
-            z = tuple(t.requires_grad_() for t in z)
-            with torch.enable_grad():
+        # Detached: a step size a tuner made differentiable must not link the steps into one graph.
+        steps = self.step_size_matrix(len(z)).detach().to(device=device, dtype=dtype)
+        step_rows = [list(row) for row in steps.unbind(0)]  # 0-dim views made once, not per step
+        noise_rows = None
+        if self.noise_scale:
+            noise_rows = [list(row) for row in ((2 * steps).sqrt() * self.noise_scale).unbind(0)]
+        with torch.enable_grad():
+            for k in range(self.num_steps):
+                z = tuple(t.requires_grad_() for t in z)
                 grads = torch.autograd.grad(model.log_joint(x, z, mask).sum(), z)
-            with torch.no_grad():
-                z = tuple(torch.addcmul(t, g, steps[k, layer]) for layer, (t, g) in enumerate(zip(z, grads)))
-                if noise_scales is not None:
-                    z = tuple(torch.addcmul(t, e, noise_scales[k, layer])
+                # The update reads detached z and graph-free gradients: no graph outlives the step.
+                row = step_rows[k]
+                z = tuple(torch.addcmul(t.detach(), g, row[layer]) for layer, (t, g) in enumerate(zip(z, grads)))
+                if noise_rows is not None:
+                    row = noise_rows[k]
+                    z = tuple(torch.addcmul(t, e, row[layer])
                               for layer, (t, e) in enumerate(zip(z, self._noise_like(z, generator))))
         return Inference(z=z, info={"num_steps": self.num_steps})
 

@@ -107,7 +107,7 @@ class LadderModel(Model):
         *,
         num_layers: int = 3,
         latent_dims: tuple[int, ...] = (),
-        nf: int = 32,
+        nf: int = 16,
         image_size: int = 32,
         channels: int = 3,
         observation_sigma: float = 0.3,
