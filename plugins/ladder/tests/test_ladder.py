@@ -107,13 +107,13 @@ def test_shapes(opts, n):
 @pytest.mark.parametrize("image_size,channels", [(28, 1), (32, 3), (64, 3), (16, 1)])
 def test_paper_image_sizes_with_default_dims(image_size, channels):
     model = LadderModel(image_size=image_size, channels=channels, nf=8)
-    assert model.latent_shapes == ((32,), (16,), (8,))
+    assert model.latent_shapes == ((16,), (8,), (4,))
     x = model.sample(2, generator=gen(0))
     assert tuple(x.shape) == (2, channels, image_size, image_size)
 
 
 def test_default_latent_dims():
-    assert default_latent_dims(1) == (8,)
+    assert default_latent_dims(1) == (4,)
     assert default_latent_dims(3) == (16, 8, 4)
     assert default_latent_dims(5) == (64, 32, 16, 8, 4)
     assert LadderConfig().latent_dims == (16, 8, 4)
