@@ -73,7 +73,7 @@ class LadderConfig:
     image_size: int = 32
     channels: int = 3
     observation_sigma: float = 0.3
-    parameterization: str = "centered"
+    parameterization: str = "whitened"
     min_sigma: float = 1e-2
 
     def __post_init__(self) -> None:

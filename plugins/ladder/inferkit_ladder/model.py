@@ -111,7 +111,7 @@ class LadderModel(Model):
         image_size: int = 32,
         channels: int = 3,
         observation_sigma: float = 0.3,
-        parameterization: str = "centered",
+        parameterization: str = "whitened",
         min_sigma: float = 1e-2,
     ) -> None:
         super().__init__()
