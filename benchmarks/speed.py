@@ -19,9 +19,9 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import kernel_speed  # noqa: E402  (shares the timed loops and the memory subprocess)
+import kernel_speed
 
-import inferkit  # noqa: E402
+import inferkit
 
 
 def seconds_per_iteration(model, sampler, x, reps: int) -> float:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch
 import typer
@@ -65,31 +65,31 @@ def _load_run(run: Path):
         state = torch.load(path, map_location="cpu", weights_only=False)
         model.load_state_dict(state["model"])
         sampler.load_state_dict(state["sampler"])
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint is a user-facing error
         raise UserError(f"checkpoint {path} cannot be read ({type(exc).__name__}); it may be damaged") from None
     return spec, data, model, sampler, tuner, state
 
 
 @app.command()
 def run(
-    model: Optional[str] = typer.Option(None, help="model plugin (see `inferkit list`) [default: ladder]"),
-    sampler: Optional[str] = typer.Option(None, help="sampler plugin [default: shortrun]"),
-    tuner: Optional[str] = typer.Option(None, help="tuner plugin [default: kl-grid]"),
-    data: Optional[str] = typer.Option(None, help="dataset plugin [default: shapes, built in]"),
-    data_dir: Optional[Path] = typer.Option(None, help="folder with the data set's files (e.g. MNIST IDX)"),
+    model: str | None = typer.Option(None, help="model plugin (see `inferkit list`) [default: ladder]"),
+    sampler: str | None = typer.Option(None, help="sampler plugin [default: shortrun]"),
+    tuner: str | None = typer.Option(None, help="tuner plugin [default: kl-grid]"),
+    data: str | None = typer.Option(None, help="dataset plugin [default: shapes, built in]"),
+    data_dir: Path | None = typer.Option(None, help="folder with the data set's files (e.g. MNIST IDX)"),
     model_opt: list[str] = typer.Option([], help=_OPT_HELP.format("model")),
     sampler_opt: list[str] = typer.Option([], help=_OPT_HELP.format("sampler")),
     tuner_opt: list[str] = typer.Option([], help=_OPT_HELP.format("tuner")),
     data_opt: list[str] = typer.Option([], help=_OPT_HELP.format("dataset")),
     train_opt: list[str] = typer.Option([], help="key=value training setting (see TrainConfig)"),
-    config: Optional[Path] = typer.Option(None, help="TOML file with [model], [sampler], [tuner], [data], [train]"),
-    iterations: Optional[int] = typer.Option(None, help="training iterations"),
-    batch_size: Optional[int] = typer.Option(None, help="examples per iteration"),
-    tune_every: Optional[int] = typer.Option(None, help="run the tuner every T_s iterations (0: never)"),
-    seed: Optional[int] = typer.Option(None, help="random seed (same seed, same numbers on CPU)"),
-    device: Optional[str] = typer.Option(None, help="cpu or cuda"),
-    out: Optional[Path] = typer.Option(None, help="run folder to create [default: runs/<time>-<model>-<sampler>]"),
-    resume: Optional[Path] = typer.Option(None, help="continue the run in this folder from its checkpoint"),
+    config: Path | None = typer.Option(None, help="TOML file with [model], [sampler], [tuner], [data], [train]"),
+    iterations: int | None = typer.Option(None, help="training iterations"),
+    batch_size: int | None = typer.Option(None, help="examples per iteration"),
+    tune_every: int | None = typer.Option(None, help="run the tuner every T_s iterations (0: never)"),
+    seed: int | None = typer.Option(None, help="random seed (same seed, same numbers on CPU)"),
+    device: str | None = typer.Option(None, help="cpu or cuda"),
+    out: Path | None = typer.Option(None, help="run folder to create [default: runs/<time>-<model>-<sampler>]"),
+    resume: Path | None = typer.Option(None, help="continue the run in this folder from its checkpoint"),
     quiet: bool = typer.Option(False, help="no progress bar"),
 ) -> None:
     """Train a model with a sampler and a tuner (Algorithm 1) and write a run folder."""
@@ -171,7 +171,7 @@ def sample(
     run: Path = typer.Argument(..., help="run folder"),
     num: int = typer.Option(64, help="number of samples"),
     seed: int = typer.Option(0, help="random seed"),
-    output: Optional[Path] = typer.Option(None, help="PNG file [default: RUN/samples.png]"),
+    output: Path | None = typer.Option(None, help="PNG file [default: RUN/samples.png]"),
 ) -> None:
     """Draw ancestral samples from a trained model and save them as a PNG grid."""
     from inferkit.images import is_image_shape, save_grid
@@ -199,7 +199,7 @@ def eval_command(
 
     if num_examples < 0:
         raise UserError(f"--num-examples must be >= 0, got {num_examples}")
-    spec, data, model, sampler, _, state = _load_run(run)
+    _, data, model, sampler, _, state = _load_run(run)
     x = data.test.x if num_examples == 0 else data.test.x[:num_examples]
     result = {"iteration": int(state["iteration"]), "test_examples": int(x.shape[0]),
               "test_reconstruction_mse": reconstruction_mse(model, sampler, x, seed=seed)}
@@ -210,7 +210,7 @@ def eval_command(
 @app.command()
 def tune(
     run: Path = typer.Argument(..., help="run folder"),
-    tuner: Optional[str] = typer.Option(None, help="tuner plugin [default: the run's]"),
+    tuner: str | None = typer.Option(None, help="tuner plugin [default: the run's]"),
     tuner_opt: list[str] = typer.Option([], help=_OPT_HELP.format("tuner")),
     num_examples: int = typer.Option(16, help="test examples for the objective"),
 ) -> None:

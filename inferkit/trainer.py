@@ -125,7 +125,7 @@ def train(model: Model, sampler: Sampler, tuner: Tuner, data, spec: RunSpec, run
             elapsed_before = float(state.get("seconds", 0.0))
         except FileNotFoundError:
             raise UserError(f"{run_dir} has no checkpoint to resume from; start a new run instead") from None
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint is a user-facing error
             raise UserError(f"checkpoint {checkpoint_path} cannot be read ({type(exc).__name__}); it may be "
                             "damaged or from another model") from None
         for name in (METRICS_FILE, TUNER_FILE):

@@ -98,13 +98,13 @@ def test_resume_continues_exactly(tmp_path, capsys):
 def test_eval_sample_tune_on_a_run(tmp_path, capsys):
     out = tmp_path / "run"
     assert run_cli(["run", *TINY, "--iterations", "3", "--tune-every", "0", "--out", out], capsys)[0] == 0
-    code, stdout, err = run_cli(["eval", out, "--num-examples", "8"], capsys)
+    code, _, err = run_cli(["eval", out, "--num-examples", "8"], capsys)
     assert code == 0, err
     result = json.loads((out / "eval.json").read_text())
     assert result["test_examples"] == 8 and result["test_reconstruction_mse"] > 0
     assert run_cli(["sample", out, "--num", "4", "--output", tmp_path / "s.png"], capsys)[0] == 0
     assert (tmp_path / "s.png").is_file()
-    code, stdout, err = run_cli(["tune", out, "--num-examples", "2"], capsys)
+    code, _, err = run_cli(["tune", out, "--num-examples", "2"], capsys)
     assert code == 0, err
     tuned = json.loads((out / "tune.json").read_text())
     assert [p["step_size"] for p in tuned["history"]][:2] == [0.01, 0.02]
@@ -144,7 +144,7 @@ def test_user_mistakes_are_one_line_errors(args, fragment, capsys, tmp_path, mon
     if torch.cuda.is_available() and "cuda" in args:
         pytest.skip("this machine has a GPU")
     monkeypatch.chdir(tmp_path)
-    code, out, err = run_cli(args, capsys)
+    code, _, err = run_cli(args, capsys)
     assert code == 2
     lines = [line for line in err.strip().splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: "), err
