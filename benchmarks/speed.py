@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model = inferkit.load_model("ladder", image_size=16, channels=3)
-    label = (f"ladder defaults (L=3, z {'+'.join(str(s[0]) for s in model.latent_shapes)}, nf=32, 3x16x16), "
+    label = (f"ladder defaults (L={model.num_layers}, z {'+'.join(str(s[0]) for s in model.latent_shapes)}, nf={model.config.nf}, 3x16x16), "
              f"batch {args.batch}, {args.threads} threads")
     sampler = inferkit.load_sampler("shortrun", num_steps=20, step_size=0.01)
     x = model.sample(args.batch, generator=torch.Generator().manual_seed(0)).detach()
