@@ -49,16 +49,6 @@ def unflatten_latents(flat: Tensor, shapes: tuple[tuple[int, ...], ...]) -> Late
     return tuple(part.reshape(flat.shape[0], *s) for part, s in zip(flat.split(sizes, dim=1), shapes))
 
 
-def _single(fn, shapes):
-    """Turn a batched function of flat latents into one of a single example (for ``vmap``)."""
-
-    def call(z_flat: Tensor, *rows: Tensor | None) -> Tensor:
-        batched = [None if r is None else r.unsqueeze(0) for r in rows]
-        return fn(unflatten_latents(z_flat.unsqueeze(0), shapes), *batched)
-
-    return call
-
-
 def hessians(model: Model, x: Tensor, z: Latents, mask: Tensor | None = None) -> Tensor:
     """Per-example ``H = hess_z log p(x, z)`` of the flattened latents, ``[batch, D, D]``."""
     shapes = model.latent_shapes

@@ -179,11 +179,12 @@ def train(model: Model, sampler: Sampler, tuner: Tuner, data, spec: RunSpec, run
                                     "or tune more often (--tune-every)")
                 seconds = time.perf_counter() - began
                 speed = (done - start) / max(seconds, 1e-9)
+                step_size = _step_size_summary(sampler)
                 _append_jsonl(run_dir / METRICS_FILE, {
-                    "iteration": t, "loss": loss_value, "mse": mse_value, "step_size": _step_size_summary(sampler),
+                    "iteration": t, "loss": loss_value, "mse": mse_value, "step_size": step_size,
                     "learning_rate": learning_rate(config, t),
                     "sigma": observation_sigma(config, t) if anneal else None, "iterations_per_second": speed})
-                bar.update(task, loss=loss_value, mse=mse_value, step=_step_size_summary(sampler), speed=speed)
+                bar.update(task, loss=loss_value, mse=mse_value, step=step_size, speed=speed)
             bar.update(task, completed=done)
             if done % config.image_every == 0:
                 _save_images(model, sampler, x_test, run_dir, f"{done:06d}", config.seed)
