@@ -3,9 +3,16 @@
     J(s) = E_{z_0 ~ p_0}[ log p_0(z_0) - log|det dF/dz_0| - log p(x, F(z_0)) ]
          = KL(q_s || p(z | x)) - log p(x)
 
-``log|det dF/dz_0|`` is computed either ``exact``-ly (the full Jacobian of F by ``torch.func``,
-then ``slogdet``) or ``stepwise`` (``sum_k log|det(I + S_k H_k)|`` with symmetric eigensolvers,
-accumulated in float64). Both are differentiable with respect to the step sizes.
+``log|det dF/dz_0|`` is computed by one of three estimators (``logdet=``):
+
+* ``exact``: the full Jacobian of F by ``torch.func`` (vectorised over the batch), then ``slogdet``;
+* ``stepwise``: ``sum_k log|det(I + S_k H_k)|`` with a symmetric eigensolver on
+  ``I + S_k^{1/2} H_k S_k^{1/2}`` (similar to ``I + S_k H_k``), accumulated in float64;
+* ``stochastic``: each ``log|det(I + S_k H_k)| = tr log(I + S_k^{1/2} H_k S_k^{1/2})`` by stochastic
+  Lanczos quadrature (Ubaru, Chen and Saad 2017) from Hessian-vector products only, so its cost
+  does not grow with the latent dimension D (``num_probes`` x ``lanczos_steps`` HVPs per step).
+
+All three are differentiable with respect to the step sizes and the model's parameters.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ from torch import Tensor
 from inferkit.errors import UserError
 from inferkit.interfaces import GradientFlow, Latents, Model, Sampler
 
-LOGDET_METHODS = ("exact", "stepwise")
+LOGDET_METHODS = ("exact", "stepwise", "stochastic")
 
 
 @dataclass(frozen=True)
@@ -69,6 +76,19 @@ def _unit_step_sizes(sampler: GradientFlow, model: Model, device, dtype) -> Tens
     return matrix.repeat_interleave(sizes, dim=1)
 
 
+def _stack_steps(x: Tensor, states: list[Latents], mask: Tensor | None
+                 ) -> tuple[Tensor, Latents, Tensor | None]:
+    """The K states as one batch of ``K * batch`` rows (step-major), with ``x`` and ``mask`` repeated,
+    so every step's curvature is computed in one vectorised call instead of K."""
+    num_steps = len(states)
+    z_all = tuple(torch.cat(layer, dim=0) for layer in zip(*states))
+    x_all = x.repeat(num_steps, *([1] * (x.dim() - 1)))
+    mask_all = None
+    if mask is not None:
+        mask_all = mask.expand_as(x).repeat(num_steps, *([1] * (x.dim() - 1)))
+    return x_all, z_all, mask_all
+
+
 def stepwise_log_det(model: Model, sampler: GradientFlow, x: Tensor, states: list[Latents],
                      mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """``sum_k log|det(I + S_k H_k)|`` over the states ``z_0..z_{K-1}``, in float64.
@@ -77,22 +97,21 @@ def stepwise_log_det(model: Model, sampler: GradientFlow, x: Tensor, states: lis
     so ``eigvalsh`` of the latter gives its eigenvalues. Returns (log-det ``[batch]``, smallest
     eigenvalue per example ``[batch]``).
     """
-    root_steps = _unit_step_sizes(sampler, model, x.device, torch.float64).sqrt()
-    log_det = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
-    min_eig = torch.full_like(log_det, math.inf)
-    for k, z in enumerate(states):
-        hess = hessians(model, x, z, mask).to(torch.float64)
-        hess = 0.5 * (hess + hess.transpose(-1, -2))
-        root = root_steps[k]
-        eye = torch.eye(hess.shape[-1], dtype=torch.float64, device=x.device)
-        step_map = eye + root[:, None] * hess * root[None, :]
-        # A diverged path (inf/NaN latents) gives a non-finite Hessian, on which eigvalsh raises;
-        # report NaN eigenvalues for those examples instead (J is NaN there, F "not invertible").
-        finite = torch.isfinite(step_map).all(-1).all(-1)
-        eig = torch.linalg.eigvalsh(torch.where(finite[:, None, None], step_map, eye))
-        eig = torch.where(finite[:, None], eig, torch.full_like(eig, math.nan))
-        log_det = log_det + eig.abs().log().sum(-1)
-        min_eig = torch.minimum(min_eig, eig.min(-1).values.detach())
+    batch, num_steps = x.shape[0], len(states)
+    root = _unit_step_sizes(sampler, model, x.device, torch.float64)[:num_steps].sqrt()
+    root = root.repeat_interleave(batch, dim=0)  # [K * batch, D], step-major like the rows
+    x_all, z_all, mask_all = _stack_steps(x, states, mask)
+    hess = hessians(model, x_all, z_all, mask_all).to(torch.float64)
+    hess = 0.5 * (hess + hess.transpose(-1, -2))
+    eye = torch.eye(hess.shape[-1], dtype=torch.float64, device=x.device)
+    step_map = eye + root[:, :, None] * hess * root[:, None, :]
+    # A diverged path (inf/NaN latents) gives a non-finite Hessian, on which eigvalsh raises;
+    # report NaN eigenvalues for those examples instead (J is NaN there, F "not invertible").
+    finite = torch.isfinite(step_map).all(-1).all(-1)
+    eig = torch.linalg.eigvalsh(torch.where(finite[:, None, None], step_map, eye))
+    eig = torch.where(finite[:, None], eig, torch.full_like(eig, math.nan))
+    log_det = eig.abs().log().sum(-1).view(num_steps, batch).sum(0)
+    min_eig = eig.detach().min(-1).values.view(num_steps, batch).min(0).values
     return log_det, min_eig
 
 
@@ -120,16 +139,115 @@ def exact_log_det(model: Model, sampler: GradientFlow, x: Tensor, z0: Latents,
     return log_abs, sign
 
 
+def hessian_vector_products(model: Model, x: Tensor, z: Latents, vectors: Tensor,
+                            mask: Tensor | None = None) -> Tensor:
+    """``H_i v`` for every vector: ``vectors`` is ``[P, batch, D]`` (P vectors per example), the result
+    too, with ``H_i = hess_z log p(x_i, z_i)``. Forward-over-reverse (``torch.func.jvp`` of
+    ``torch.func.grad``), vectorised over the P vectors; examples are independent in ``log p(x, z)``,
+    so one product of the batch's summed log density gives every example's own product."""
+    shapes = model.latent_shapes
+
+    def log_joint_sum(z_flat: Tensor) -> Tensor:
+        return model.log_joint(x, unflatten_latents(z_flat, shapes), mask).sum()
+
+    score = torch.func.grad(log_joint_sum)
+
+    def product(z_flat: Tensor, vector: Tensor) -> Tensor:
+        return torch.func.jvp(score, (z_flat,), (vector,))[1]
+
+    z_flat = flatten_latents(z)
+    return torch.func.vmap(product, in_dims=(None, 0))(z_flat, vectors.to(z_flat.dtype))
+
+
+def lanczos_quadrature(matvec, probes: Tensor, num_steps: int) -> tuple[Tensor, Tensor]:
+    """Stochastic Lanczos quadrature of ``tr log|M|`` for a symmetric ``M`` given only ``v -> M v``.
+
+    For each probe ``v`` (``probes``: ``[P, batch, D]``, Rademacher), ``m`` Lanczos steps from
+    ``v / |v|`` (full reorthogonalisation, float64) give the tridiagonal ``T = U diag(theta) U^T``, and
+    ``v^T log|M| v ~ |v|^2 sum_i U_{0i}^2 log|theta_i|`` (Gauss quadrature of the spectral measure of
+    ``v``; exact once ``m`` reaches the Krylov dimension). Averaging over probes gives Hutchinson's
+    ``tr log|M| = E[v^T log|M| v]``. Returns (estimate ``[batch]``, smallest Ritz value ``[batch]``;
+    Ritz values lie inside the spectrum and their extremes converge first).
+    """
+    norms2 = probes.pow(2).sum(-1)
+    q = probes / norms2.sqrt().unsqueeze(-1)
+    basis = [q]
+    alphas: list[Tensor] = []
+    betas: list[Tensor] = []
+    alive = torch.ones_like(norms2, dtype=torch.bool)
+    q_prev = torch.zeros_like(q)
+    beta_prev = torch.zeros_like(norms2)
+    for j in range(num_steps):
+        w = matvec(q)
+        alpha = (w * q).sum(-1)
+        w = w - alpha.unsqueeze(-1) * q - beta_prev.unsqueeze(-1) * q_prev
+        stacked = torch.stack(basis, dim=-2)  # [P, batch, j+1, D]
+        for _ in range(2):  # full reorthogonalisation, twice is enough (Parlett's rule)
+            w = w - (stacked * (stacked * w.unsqueeze(-2)).sum(-1, keepdim=True)).sum(-2)
+        alphas.append(torch.where(alive, alpha, alphas[0] if alphas else alpha))
+        if j == num_steps - 1:
+            break
+        beta = w.norm(dim=-1)
+        # Breakdown: the Krylov space is invariant, the quadrature already exact; stop this probe.
+        alive = alive & (beta > 1e-10 * alphas[0].abs().clamp_min(1.0))
+        safe_beta = torch.where(alive, beta, torch.ones_like(beta))
+        betas.append(torch.where(alive, beta, torch.zeros_like(beta)))
+        q_prev, q = q, torch.where(alive.unsqueeze(-1), w / safe_beta.unsqueeze(-1), torch.zeros_like(w))
+        beta_prev = betas[-1]
+        basis.append(q)
+    tridiagonal = torch.diag_embed(torch.stack(alphas, -1))
+    if betas:
+        off = torch.stack(betas, -1)
+        tridiagonal = tridiagonal + torch.diag_embed(off, 1) + torch.diag_embed(off, -1)
+    # A diverged path gives non-finite entries, on which eigh raises: report NaN for those rows.
+    finite = torch.isfinite(tridiagonal).all(-1).all(-1)
+    eye = torch.eye(tridiagonal.shape[-1], dtype=tridiagonal.dtype, device=tridiagonal.device)
+    theta, vectors = torch.linalg.eigh(torch.where(finite[..., None, None], tridiagonal, eye))
+    theta = torch.where(finite.unsqueeze(-1), theta, torch.full_like(theta, math.nan))
+    weights = vectors[..., 0, :].pow(2)
+    quadrature = (weights * theta.abs().clamp_min(1e-300).log()).sum(-1) * norms2
+    return quadrature.mean(0), theta.min(-1).values.min(0).values
+
+
+def stochastic_log_det(model: Model, sampler: GradientFlow, x: Tensor, states: list[Latents],
+                       mask: Tensor | None = None, *, num_probes: int = 4, lanczos_steps: int = 12,
+                       generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    """``sum_k log|det(I + S_k H_k)|`` by stochastic Lanczos quadrature on the symmetric
+    ``M_k = I + S_k^{1/2} H_k S_k^{1/2}``, from ``num_probes`` Rademacher probes and
+    ``lanczos_steps`` Hessian-vector products each per step (float64 recurrences; all K steps run
+    in lockstep as one batch). Returns (log-det estimate ``[batch]``, smallest Ritz value per
+    example ``[batch]``: a negative one proves F singular; a positive one is strong but not certain
+    evidence that it is invertible)."""
+    batch, num_steps = x.shape[0], len(states)
+    root = _unit_step_sizes(sampler, model, x.device, torch.float64)[:num_steps].sqrt()
+    root = root.repeat_interleave(batch, dim=0)  # [K * batch, D], step-major like the rows
+    x_all, z_all, mask_all = _stack_steps(x, states, mask)
+    dim = root.shape[1]
+
+    def matvec(v: Tensor) -> Tensor:
+        return v + root * hessian_vector_products(model, x_all, z_all, root * v, mask_all).to(torch.float64)
+
+    signs = torch.randint(0, 2, (num_probes, x_all.shape[0], dim), generator=generator, device=x.device)
+    estimate, ritz_min = lanczos_quadrature(matvec, signs.to(torch.float64) * 2 - 1, min(lanczos_steps, dim))
+    log_det = estimate.view(num_steps, batch).sum(0)
+    return log_det, ritz_min.detach().view(num_steps, batch).min(0).values
+
+
 def kl_objective(model: Model, sampler: Sampler, x: Tensor, *, num_samples: int = 1,
                  logdet: str = "stepwise", mask: Tensor | None = None,
                  generator: torch.Generator | None = None, return_info: bool = False,
-                 differentiable: bool = True):
+                 differentiable: bool = True, num_probes: int = 4, lanczos_steps: int = 12,
+                 entropy: bool = True):
     """``J(s)`` per example (float64, ``[batch]``), averaged over ``num_samples`` draws of ``z_0``.
 
     ``J + log p(x) = KL(q_s || p(z|x))`` for noise-free dynamics; with noise (Langevin) the
     entropy is conditional on the noise path and ``J + log p(x)`` is an upper bound on the KL.
     With ``return_info=True`` returns ``(J, ObjectiveInfo)``. ``differentiable=False`` evaluates
     without building an autograd graph (the values are the same; grid search needs no gradient).
+    ``num_probes`` and ``lanczos_steps`` set the ``stochastic`` estimator (probes are drawn from
+    ``generator`` after ``z_0``, so a fixed seed gives common random numbers across step sizes).
+    ``entropy=False`` drops ``log p_0(z_0) - log|det dF/dz_0|``, leaving ``E[-log p(x, F(z_0))]``:
+    the mode-seeking objective whose minimiser over-shoots (kept for that comparison).
     """
     if not isinstance(sampler, GradientFlow):
         raise UserError(f"sampler {type(sampler).__name__} has no differentiable gradient flow, so the "
@@ -138,6 +256,9 @@ def kl_objective(model: Model, sampler: Sampler, x: Tensor, *, num_samples: int 
         raise UserError(f"logdet must be one of {', '.join(LOGDET_METHODS)}, got {logdet!r}")
     if num_samples < 1:
         raise UserError(f"num_samples must be a positive integer, got {num_samples}")
+    if num_probes < 1 or lanczos_steps < 1:
+        raise UserError(f"num_probes and lanczos_steps must be positive integers, got {num_probes} and "
+                        f"{lanczos_steps}")
     batch = x.shape[0]
     x_rep = x.repeat_interleave(num_samples, dim=0)
     mask_rep = None if mask is None else mask.expand_as(x).repeat_interleave(num_samples, dim=0)
@@ -150,14 +271,20 @@ def kl_objective(model: Model, sampler: Sampler, x: Tensor, *, num_samples: int 
             states = sampler.path(model, x_rep, z0, noise, mask_rep)
             z_final = states[-1]
             log_det, min_eig = stepwise_log_det(model, sampler, x_rep, states[:-1], mask_rep)
+        elif logdet == "stochastic":
+            states = sampler.path(model, x_rep, z0, noise, mask_rep)
+            z_final = states[-1]
+            log_det, min_eig = stochastic_log_det(model, sampler, x_rep, states[:-1], mask_rep,
+                                                  num_probes=num_probes, lanczos_steps=lanczos_steps,
+                                                  generator=generator)
         else:
             z_final = sampler.flow(model, x_rep, z0, noise, mask_rep)
             log_det, _ = exact_log_det(model, sampler, x_rep, z0, noise, mask_rep)
             with torch.no_grad():  # invertibility check: every step map, not only the sign of det
                 states = sampler.path(model, x_rep, z0, noise, mask_rep)
                 _, min_eig = stepwise_log_det(model, sampler, x_rep, states[:-1], mask_rep)
-        per_draw = (model.log_prior(z0).to(torch.float64) - log_det
-                    - model.log_joint(x_rep, z_final, mask_rep).to(torch.float64))
+        energy = -model.log_joint(x_rep, z_final, mask_rep).to(torch.float64)
+        per_draw = energy + (model.log_prior(z0).to(torch.float64) - log_det) if entropy else energy
     objective = per_draw.view(batch, num_samples).mean(1)
     if not return_info:
         return objective

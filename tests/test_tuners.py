@@ -158,9 +158,9 @@ def test_diverging_grid_point_on_a_nonlinear_model_is_skipped():
 
 
 def test_step_size_is_restored_if_an_evaluation_fails(monkeypatch):
-    from inferkit.tuners import kl_grid
+    from inferkit.tuners import kl_common
 
-    real = kl_grid.kl_objective
+    real = kl_common.kl_objective
     calls = []
 
     def failing(*args, **kwargs):
@@ -169,7 +169,7 @@ def test_step_size_is_restored_if_an_evaluation_fails(monkeypatch):
             raise RuntimeError("boom")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(kl_grid, "kl_objective", failing)
+    monkeypatch.setattr(kl_common, "kl_objective", failing)
     model = lg()
     sampler = ShortRun(num_steps=2, step_size=0.0123)
     with pytest.raises(RuntimeError, match="boom"):
@@ -228,11 +228,11 @@ class NoStepSize(Sampler):
 
 def test_kl_grid_errors():
     model = lg()
-    with pytest.raises(UserError, match="step_size"):
+    with pytest.raises(UserError, match="does not apply to sampler NoStepSize.*--tuner fixed"):
         KLGrid().tune(model, NoStepSize(), data(model, 2))
     for kwargs in ({"grid": ()}, {"grid": (0.1, -0.1)}, {"grid": (math.nan,)}, {"num_samples": 0},
                    {"batch_size": -1}, {"logdet": "approx"}, {"shrink": 1.0}, {"shrink": 0.0},
-                   {"max_shrinks": -1}):
+                   {"max_shrinks": -1}, {"num_probes": 0}, {"lanczos_steps": 0}):
         with pytest.raises(UserError):
             KLGrid(**kwargs)
 
@@ -241,8 +241,8 @@ def test_kl_grid_defaults_and_options_by_name():
     assert KLGrid().grid == PAPER_GRID
     assert PAPER_GRID == pytest.approx([0.01 * i for i in range(1, 16)], abs=1e-12)
     tuner = inferkit.load_tuner("kl-grid", grid="0.01,0.05", num_samples="3", logdet="exact")
-    assert isinstance(tuner, KLGrid) and tuner.grid == (0.01, 0.05) and tuner.num_samples == 3
-    assert tuner.logdet == "exact"
+    assert isinstance(tuner, KLGrid) and tuner.grid == (0.01, 0.05)
+    assert tuner.objective.num_samples == 3 and tuner.objective.logdet == "exact"
 
 
 def test_fixed_tuner():

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from inferkit.errors import UserError
 from inferkit.interfaces import Model, Sampler, Tuner, TuneResult
-from inferkit.objective import LOGDET_METHODS, kl_objective
+from inferkit.tuners.kl_common import KLObjectiveOptions, require_step_size
 
 PAPER_GRID = tuple(round(0.01 * i, 2) for i in range(1, 16))  # 0.01, 0.02, ..., 0.15
 
@@ -29,10 +29,8 @@ class KLGrid(Tuner):
 
     Args:
         grid: candidate step sizes (default the papers' 0.01, 0.02, ..., 0.15).
-        num_samples: draws of ``z_0`` per example for the expectation in J.
-        batch_size: examples of the given batch to use (0: all).
-        logdet: ``"stepwise"`` (default) or ``"exact"``.
-        seed: seed of the common random numbers.
+        num_samples, batch_size, logdet, seed, num_probes, lanczos_steps: the estimate of J
+            (:class:`~inferkit.tuners.kl_common.KLObjectiveOptions`).
         shrink, max_shrinks: scale factor of the grid, and how many times, when no point is invertible.
         stop_at_singular: walk the grid in increasing order and skip the step sizes above the first
             non-invertible one (recorded as ``evaluated: False``): ``1 + s lambda`` only falls as s grows
@@ -41,36 +39,23 @@ class KLGrid(Tuner):
 
     def __init__(self, grid: tuple[float, ...] = PAPER_GRID, num_samples: int = 1, batch_size: int = 4,
                  logdet: str = "stepwise", seed: int = 0, shrink: float = 0.25, max_shrinks: int = 4,
-                 stop_at_singular: bool = True):
+                 stop_at_singular: bool = True, num_probes: int = 4, lanczos_steps: int = 12):
         grid = tuple(sorted(float(s) for s in grid))
         if not grid or not all(math.isfinite(s) and s > 0 for s in grid):
             raise UserError(f"kl-grid: grid must be positive, finite step sizes, got {grid}")
-        if num_samples < 1 or batch_size < 0:
-            raise UserError("kl-grid: num_samples must be >= 1 and batch_size >= 0")
-        if logdet not in LOGDET_METHODS:
-            raise UserError(f"kl-grid: logdet must be one of {', '.join(LOGDET_METHODS)}, got {logdet!r}")
+        self.objective = KLObjectiveOptions(num_samples=num_samples, batch_size=batch_size, logdet=logdet,
+                                            seed=seed, num_probes=num_probes, lanczos_steps=lanczos_steps)
+        self.objective.validate("kl-grid")
         if not 0 < shrink < 1 or max_shrinks < 0:
             raise UserError("kl-grid: shrink must lie in (0, 1) and max_shrinks must be >= 0")
         self.stop_at_singular = stop_at_singular
         self.shrink = shrink
         self.max_shrinks = max_shrinks
         self.grid = grid
-        self.num_samples = num_samples
-        self.batch_size = batch_size
-        self.logdet = logdet
-        self.seed = seed
 
     def tune(self, model: Model, sampler: Sampler, x: Tensor, mask: Tensor | None = None) -> TuneResult:
-        step_size = sampler.hyperparameters().get("step_size")
-        if step_size is None:
-            raise UserError(f"kl-grid: sampler {type(sampler).__name__} has no step_size to tune; "
-                            "use the 'fixed' tuner")
-        if self.batch_size:
-            # A mask with a batch dimension of its own is cut like x; a broadcast mask ([D], [1, D])
-            # applies to every row and is kept whole.
-            if mask is not None and mask.dim() == x.dim() and mask.shape[0] == x.shape[0]:
-                mask = mask[: self.batch_size]
-            x = x[: self.batch_size]
+        step_size = require_step_size("kl-grid", sampler)
+        x, mask = self.objective.select(x, mask)
         previous = step_size.detach().clone()
         history: list[dict] = []
         usable: list[dict] = []
@@ -84,10 +69,7 @@ class KLGrid(Tuner):
                         continue
                     with torch.no_grad():
                         step_size.fill_(s)
-                    generator = torch.Generator(device=x.device).manual_seed(self.seed)
-                    objective, info = kl_objective(model, sampler, x, num_samples=self.num_samples,
-                                                   logdet=self.logdet, mask=mask, generator=generator,
-                                                   return_info=True, differentiable=False)
+                    objective, info = self.objective.evaluate(model, sampler, x, mask, differentiable=False)
                     history.append({"step_size": s, "J": float(objective.detach().mean()), "round": round_,
                                     "invertible": info.invertible, "min_eigenvalue": info.min_eigenvalue,
                                     "evaluated": True})
