@@ -19,7 +19,7 @@ from torch import Tensor
 
 from inferkit.errors import UserError
 from inferkit.interfaces import Model, Sampler, Tuner, TuneResult
-from inferkit.objective import LOGDET_METHODS, kl_objective
+from inferkit.objective import LOGDET_METHODS, check_kl_objective, kl_objective
 
 PAPER_GRID = tuple(round(0.01 * i, 2) for i in range(1, 16))  # 0.01, 0.02, ..., 0.15
 
@@ -60,11 +60,16 @@ class KLGrid(Tuner):
         self.logdet = logdet
         self.seed = seed
 
-    def tune(self, model: Model, sampler: Sampler, x: Tensor, mask: Tensor | None = None) -> TuneResult:
-        step_size = sampler.hyperparameters().get("step_size")
-        if step_size is None:
+    def check(self, model: Model, sampler: Sampler) -> None:
+        """The sampler must admit the KL objective and have a ``step_size``."""
+        check_kl_objective(sampler)
+        if sampler.hyperparameters().get("step_size") is None:
             raise UserError(f"kl-grid: sampler {type(sampler).__name__} has no step_size to tune; "
                             "use the 'fixed' tuner")
+
+    def tune(self, model: Model, sampler: Sampler, x: Tensor, mask: Tensor | None = None) -> TuneResult:
+        self.check(model, sampler)
+        step_size = sampler.hyperparameters()["step_size"]
         if self.batch_size:
             # A mask with a batch dimension of its own is cut like x; a broadcast mask ([D], [1, D])
             # applies to every row and is kept whole.
