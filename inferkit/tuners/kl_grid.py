@@ -61,11 +61,13 @@ class KLGrid(Tuner):
         self.seed = seed
 
     def check(self, model: Model, sampler: Sampler) -> None:
-        """The sampler must admit the KL objective and have a ``step_size``."""
-        check_kl_objective(sampler)
-        if sampler.hyperparameters().get("step_size") is None:
+        """The sampler must admit the KL objective and have a ``step_size`` (a sampler's own reason
+        why the objective does not apply, e.g. amortized or persistent, is reported first)."""
+        own_reason = getattr(sampler, "kl_objective_unsupported", None)
+        if own_reason is None and sampler.hyperparameters().get("step_size") is None:
             raise UserError(f"kl-grid: sampler {type(sampler).__name__} has no step_size to tune; "
                             "use the 'fixed' tuner")
+        check_kl_objective(sampler)
 
     def tune(self, model: Model, sampler: Sampler, x: Tensor, mask: Tensor | None = None) -> TuneResult:
         self.check(model, sampler)
