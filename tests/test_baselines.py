@@ -137,9 +137,9 @@ def test_trainer_sets_up_the_encoder_before_the_optimiser(name, options, tmp_pat
 
 # -- ABP: persistent chains ----------------------------------------------------------------------
 def test_abp_chains_resume_exactly_from_a_checkpoint(tmp_path, capsys):
+    import inferkit.trainer as trainer_module
     from inferkit.runs import RunSpec, build_objects
     from inferkit.trainer import train
-    import inferkit.trainer as trainer_module
 
     args = ["run", *TINY, "--sampler", "abp", *SAMPLER_OPTS["abp"], "--iterations", "6", "--tune-every", "0"]
     full = tmp_path / "full"
@@ -453,7 +453,7 @@ def test_lvae_log_q_is_the_density_of_the_latents_the_model_sees():
     coordinates; the Ladder-VAE draws the same centered sample for both, so ``log p(x, z) - log q``
     must agree sample by sample (the log-Jacobian of ``from_centered`` is accounted for)."""
     torch.manual_seed(0)
-    opts = dict(num_layers=3, latent_dims=(4, 3, 2), nf=4, image_size=16, channels=1)
+    opts = {"num_layers": 3, "latent_dims": (4, 3, 2), "nf": 4, "image_size": 16, "channels": 1}
     whitened = inferkit.load_model("ladder", parameterization="whitened", **opts).double()
     centered = inferkit.load_model("ladder", parameterization="centered", **opts).double()
     centered.load_state_dict(whitened.state_dict())
