@@ -105,6 +105,9 @@ def test_kl_objective_states_why_it_does_not_apply():
     abp = ABP(step_size=0.01)
     Fixed(step_size=0.02).tune(model, abp, x)
     assert abp.step_size.item() == 0.02
+    Fixed().check(model, VAE())
+    with pytest.raises(UserError, match="no step_size"):
+        Fixed(step_size=0.02).check(model, VAE())
 
 
 def _tiny_ladder_data():
@@ -307,8 +310,10 @@ def test_vae_elbo_is_log_marginal_minus_the_kl_to_the_posterior(latent_dim, data
     expected = log_marginal - kl
     standard_error = samples.std(1) / math.sqrt(repeats)
     assert ((samples.mean(1) - expected).abs() < 5 * standard_error + 1e-9).all()
-    assert (samples.mean(1) + 5 * standard_error < log_marginal).all()
     assert (expected < log_marginal).all()
+    assert (samples.mean(1) - 5 * standard_error < log_marginal).all()
+    clear = kl > 10 * standard_error  # where q is visibly off the posterior the estimate is visibly below
+    assert (samples.mean(1) + 5 * standard_error < log_marginal)[clear].all()
 
 
 def test_vae_elbo_is_tight_at_the_true_posterior():
