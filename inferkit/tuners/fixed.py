@@ -19,14 +19,7 @@ class Fixed(Tuner):
             raise UserError(f"fixed: step_size must be positive and finite, got {step_size}")
         self.step_size = step_size
 
-    def check(self, model: Model, sampler: Sampler) -> None:
-        """A step size to set needs a sampler that has one (amortized encoders do not)."""
-        if self.step_size is not None and "step_size" not in sampler.hyperparameters():
-            raise UserError(f"fixed: sampler {type(sampler).__name__} has no step_size to set; drop the "
-                            "tuner's step_size option")
-
     def tune(self, model: Model, sampler: Sampler, x: Tensor, mask: Tensor | None = None) -> TuneResult:
-        self.check(model, sampler)
         current = sampler.hyperparameters()
         if self.step_size is not None and "step_size" in current:
             with torch.no_grad():
