@@ -3,6 +3,7 @@
 from inferkit.errors import UserError
 from inferkit.interfaces import (
     GradientFlow,
+    HasLayerConditionals,
     HasObservationNoise,
     Inference,
     Latents,
@@ -16,6 +17,7 @@ from inferkit.registry import list_plugins, load_dataset, load_model, load_sampl
 
 __all__ = [
     "GradientFlow",
+    "HasLayerConditionals",
     "HasObservationNoise",
     "Inference",
     "Latents",

@@ -61,6 +61,7 @@ def _load_run(run: Path):
     path = run / CHECKPOINT_FILE
     if not path.is_file():
         raise UserError(f"{run} has no checkpoint yet; train it with `inferkit run` (or --resume) first")
+    sampler.setup(model, num_examples=len(data.train))  # the trainer's hook: encoders, chain stores
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
         model.load_state_dict(state["model"])
@@ -74,7 +75,8 @@ def _load_run(run: Path):
 def run(
     model: str | None = typer.Option(None, help="model plugin (see `inferkit list`) [default: ladder]"),
     sampler: str | None = typer.Option(None, help="sampler plugin [default: shortrun]"),
-    tuner: str | None = typer.Option(None, help="tuner plugin [default: kl-grid]"),
+    tuner: str | None = typer.Option(None, help="tuner plugin [default: kl-grid; fixed for samplers the KL "
+                                     "objective does not apply to (abp, vae, lvae)]"),
     data: str | None = typer.Option(None, help="dataset plugin [default: shapes, built in]"),
     data_dir: Path | None = typer.Option(None, help="folder with the data set's files (e.g. MNIST IDX)"),
     model_opt: list[str] = typer.Option([], help=_OPT_HELP.format("model")),
@@ -113,10 +115,12 @@ def run(
     data_spec = _plugin_from(file_config, "data", data, "shapes", data_opt, "--data-opt")
     if data_dir is not None:
         data_spec.options["data_dir"] = str(data_dir)
+    sampler_spec = _plugin_from(file_config, "sampler", sampler, "shortrun", sampler_opt, "--sampler-opt")
     spec = RunSpec(
         model=_plugin_from(file_config, "model", model, "ladder", model_opt, "--model-opt"),
-        sampler=_plugin_from(file_config, "sampler", sampler, "shortrun", sampler_opt, "--sampler-opt"),
-        tuner=_plugin_from(file_config, "tuner", tuner, "kl-grid", tuner_opt, "--tuner-opt"),
+        sampler=sampler_spec,
+        tuner=_plugin_from(file_config, "tuner", tuner, _default_tuner(sampler_spec.name), tuner_opt,
+                           "--tuner-opt"),
         data=data_spec,
     )
     train_values = dict(file_config.get("train", {}))
@@ -136,6 +140,14 @@ def run(
     data_obj, model_obj, sampler_obj, tuner_obj = build_objects(spec)
     result = train(model_obj, sampler_obj, tuner_obj, data_obj, spec, run_dir, progress=not quiet)
     _report(result.summary, result.run_dir)
+
+
+def _default_tuner(sampler_name: str) -> str:
+    """``kl-grid``, or ``fixed`` for a sampler the KL objective does not apply to (amortized, persistent)."""
+    from inferkit.objective import kl_objective_unavailable
+    from inferkit.registry import plugin_class
+
+    return "kl-grid" if kl_objective_unavailable(plugin_class("sampler", sampler_name)) is None else "fixed"
 
 
 def _option_names(kind: str, name: str) -> set[str]:

@@ -102,7 +102,27 @@ class TuneResult:
 
 
 class Sampler(torch.nn.Module, abc.ABC):
-    """Turns data ``x`` into latents ``z ~ q(z | x)`` for a given model."""
+    """Turns data ``x`` into latents ``z ~ q(z | x)`` for a given model.
+
+    Lifecycle, as the trainer drives it: ``setup(model, num_examples=N)`` once, before the optimiser
+    is built and before a checkpoint is loaded (amortized samplers build their encoder there,
+    persistent ones size their chain store); then per iteration ``begin_iteration(t, T)`` (schedules
+    such as KL warm-up), ``infer`` and ``loss``.
+    """
+
+    kl_objective_unsupported: str | None = None
+    """Why :func:`inferkit.kl_objective` does not apply to this sampler (``None``: it applies if the
+    sampler is a :class:`GradientFlow`); KL tuners show it to the user."""
+
+    def setup(self, model: Model, *, num_examples: int | None = None) -> None:
+        """Prepare for ``model`` (and its ``data_shape``) and a training set of ``num_examples``
+        (``None``: unknown). Called before the optimiser is built, so parameters made here are
+        trained; must be idempotent (a second call for the same model keeps what exists).
+        Default: nothing to prepare."""
+
+    def begin_iteration(self, iteration: int, total: int) -> None:
+        """Called by the trainer at the start of training iteration ``iteration`` of ``total``
+        (0-based), before tuning and inference. Default: nothing."""
 
     @abc.abstractmethod
     def infer(
@@ -124,6 +144,31 @@ class Sampler(torch.nn.Module, abc.ABC):
     def hyperparameters(self) -> dict[str, Tensor]:
         """The live tensors a tuner may set (in place)."""
         return {}
+
+
+@runtime_checkable
+class HasLayerConditionals(Protocol):
+    """Optional: a hierarchical prior walked top-down one layer at a time (what a Ladder-VAE needs).
+
+    ``p(z) = p(z_L) prod_{l<L} N(z_l; mu_l, diag sigma_l^2)`` with ``mu_l, sigma_l`` functions of the
+    layers above, in the model's *centered* coordinates ``z_l`` (the variables of the conditionals,
+    whatever coordinates ``log_joint`` takes). Layers are 0-based, bottom first, shapes as
+    ``latent_shapes``.
+    """
+
+    def layer_conditional(self, layer: int, z_above: Tensor | None, state: Any = None
+                          ) -> tuple[Tensor, Tensor, Any]:
+        """``(mu, sigma, state)`` of ``p(z_layer | z_{>layer})``. Called top-down: first for the top
+        layer (``z_above=None``, ``state=None``; mean and scale may be broadcastable, e.g. batch 1),
+        then for each lower layer with the centered sample of the layer just above and the ``state``
+        the previous call returned."""
+        ...
+
+    def from_centered(self, z: Latents, conditionals: list[tuple[Tensor, Tensor]]) -> tuple[Latents, Tensor]:
+        """The latents ``log_joint`` takes for centered ``z``, and ``log|det d(latents)/dz|`` per
+        example; ``conditionals`` are the ``(mu, sigma)`` of every layer at ``z`` (bottom first), as
+        :meth:`layer_conditional` gave them."""
+        ...
 
 
 @runtime_checkable
@@ -149,3 +194,7 @@ class Tuner(abc.ABC):
     @abc.abstractmethod
     def tune(self, model: Model, sampler: Sampler, x: Tensor, mask: Tensor | None = None) -> TuneResult:
         """Choose hyperparameters, write them into the sampler, and report."""
+
+    def check(self, model: Model, sampler: Sampler) -> None:
+        """Raise :class:`~inferkit.errors.UserError` if this tuner cannot work with ``sampler`` (the
+        trainer calls it before training starts). Default: every sampler will do."""

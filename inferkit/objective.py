@@ -231,6 +231,27 @@ def stochastic_log_det(model: Model, sampler: GradientFlow, x: Tensor, states: l
     estimate, ritz_min = lanczos_quadrature(matvec, signs.to(torch.float64) * 2 - 1, min(lanczos_steps, dim))
     log_det = estimate.view(num_steps, batch).sum(0)
     return log_det, ritz_min.detach().view(num_steps, batch).min(0).values
+_FLOW_METHODS = ("flow", "path", "step_size_matrix", "sample_noise")
+
+
+def kl_objective_unavailable(sampler: Sampler | type) -> str | None:
+    """Why ``J(s)`` cannot be evaluated for ``sampler`` (an instance or a class), or ``None`` when it
+    can: the sampler's own ``kl_objective_unsupported`` reason (amortized or persistent samplers), or
+    the lack of a differentiable gradient flow."""
+    reason = getattr(sampler, "kl_objective_unsupported", None)
+    if reason:
+        return reason
+    if not all(callable(getattr(sampler, name, None)) for name in _FLOW_METHODS):
+        return "it has no differentiable gradient flow"
+    return None
+
+
+def check_kl_objective(sampler: Sampler) -> None:
+    """Raise :class:`UserError` saying why, when ``J(s)`` does not apply to ``sampler``."""
+    reason = kl_objective_unavailable(sampler)
+    if reason is not None:
+        raise UserError(f"the KL objective does not apply to sampler {type(sampler).__name__}: {reason}; "
+                        "use the 'fixed' tuner (--tuner fixed)")
 
 
 def kl_objective(model: Model, sampler: Sampler, x: Tensor, *, num_samples: int = 1,
@@ -249,9 +270,10 @@ def kl_objective(model: Model, sampler: Sampler, x: Tensor, *, num_samples: int 
     ``entropy=False`` drops ``log p_0(z_0) - log|det dF/dz_0|``, leaving ``E[-log p(x, F(z_0))]``:
     the mode-seeking objective whose minimiser over-shoots (kept for that comparison).
     """
-    if not isinstance(sampler, GradientFlow):
-        raise UserError(f"sampler {type(sampler).__name__} has no differentiable gradient flow, so the "
-                        "KL objective does not apply to it; use the 'fixed' tuner")
+    check_kl_objective(sampler)
+    if not isinstance(sampler, GradientFlow):  # pragma: no cover - check_kl_objective tested the methods
+        raise UserError(f"sampler {type(sampler).__name__} has no differentiable gradient flow; "
+                        "use the 'fixed' tuner")
     if logdet not in LOGDET_METHODS:
         raise UserError(f"logdet must be one of {', '.join(LOGDET_METHODS)}, got {logdet!r}")
     if num_samples < 1:

@@ -102,7 +102,12 @@ def train(model: Model, sampler: Sampler, tuner: Tuner, data, spec: RunSpec, run
     device = torch.device(config.device)
     console = console or Console(stderr=True)
     model.to(device)
+    # Lifecycle hooks (interfaces.Sampler/Tuner): before the optimiser and the checkpoint, before anything
+    # is written, so a sampler's own parameters are trained and a tuner that cannot work fails early.
+    sampler.setup(model, num_examples=len(data.train))
     sampler.to(device)
+    if config.tune_every:
+        tuner.check(model, sampler)
     train_split, test_split = data.train.to(device), data.test.to(device)
     if len(train_split) < config.batch_size:
         raise UserError(f"batch size {config.batch_size} is larger than the {len(train_split)} training examples; "
@@ -156,6 +161,7 @@ def train(model: Model, sampler: Sampler, tuner: Tuner, data, spec: RunSpec, run
                 group["lr"] = learning_rate(config, t)
             if anneal:
                 model.set_observation_sigma(observation_sigma(config, t))
+            sampler.begin_iteration(t, config.iterations)
             batch = train_split.batch(step_indices(len(train_split), config.batch_size, seed=config.seed, step=t))
             x, index = batch["x"], batch["index"]
             if config.tune_every and t % config.tune_every == 0:

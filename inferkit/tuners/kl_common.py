@@ -14,8 +14,8 @@ import torch
 from torch import Tensor
 
 from inferkit.errors import UserError
-from inferkit.interfaces import GradientFlow, Model, Sampler
-from inferkit.objective import LOGDET_METHODS, ObjectiveInfo, kl_objective
+from inferkit.interfaces import Model, Sampler
+from inferkit.objective import LOGDET_METHODS, ObjectiveInfo, kl_objective, kl_objective_unavailable
 
 
 @dataclass
@@ -63,13 +63,14 @@ class KLObjectiveOptions:
 
 
 def require_step_size(tuner: str, sampler: Sampler) -> Tensor:
-    """The sampler's live ``step_size`` tensor, or a :class:`UserError` saying why J does not apply."""
-    if not isinstance(sampler, GradientFlow):
-        reason = getattr(sampler, "kl_objective_unavailable", None) or (
-            "it has no differentiable gradient flow from the prior")
+    """The sampler's live ``step_size`` tensor, or a :class:`UserError` saying why J does not apply
+    (the sampler's own reason first: amortized or persistent samplers)."""
+    reason = kl_objective_unavailable(sampler)
+    if reason is not None:
         raise UserError(f"{tuner}: the KL objective does not apply to sampler {type(sampler).__name__}: "
-                        f"{reason}; use --tuner fixed")
+                        f"{reason}; use the 'fixed' tuner (--tuner fixed)")
     step_size = sampler.hyperparameters().get("step_size")
     if step_size is None:
-        raise UserError(f"{tuner}: sampler {type(sampler).__name__} has no step_size to tune; use --tuner fixed")
+        raise UserError(f"{tuner}: sampler {type(sampler).__name__} has no step_size to tune; "
+                        "use the 'fixed' tuner (--tuner fixed)")
     return step_size

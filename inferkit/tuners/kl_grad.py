@@ -78,6 +78,10 @@ class KLGrad(Tuner):
         self.target = objective
         self.max_shrinks = max_shrinks
 
+    def check(self, model: Model, sampler: Sampler) -> None:
+        """Refuse, before training starts, a sampler the KL objective does not apply to."""
+        require_step_size("kl-grad", sampler)
+
     def tune(self, model: Model, sampler: Sampler, x: Tensor, mask: Tensor | None = None) -> TuneResult:
         step_size = require_step_size("kl-grad", sampler)
         x, mask = self.objective.select(x, mask)

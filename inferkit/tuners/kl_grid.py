@@ -53,6 +53,10 @@ class KLGrid(Tuner):
         self.max_shrinks = max_shrinks
         self.grid = grid
 
+    def check(self, model: Model, sampler: Sampler) -> None:
+        """Refuse, before training starts, a sampler the KL objective does not apply to."""
+        require_step_size("kl-grid", sampler)
+
     def tune(self, model: Model, sampler: Sampler, x: Tensor, mask: Tensor | None = None) -> TuneResult:
         step_size = require_step_size("kl-grid", sampler)
         x, mask = self.objective.select(x, mask)

@@ -313,6 +313,40 @@ class LadderModel(Model):
         top = z[-1]
         return list(zip(td.mu, td.sigma)) + [(torch.zeros_like(top), torch.ones_like(top))]
 
+    # -- inferkit.HasLayerConditionals (the Ladder-VAE's top-down pass) -------------------
+    def layer_conditional(self, layer: int, z_above: Tensor | None, state: Tensor | None = None
+                          ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """``(mu, sigma, h)`` of ``p(z_{layer+1} | z_{>layer+1})`` for the 0-based ``layer``, walked
+        top-down: the top (``layer = L-1``) is ``N(0, I)`` (shape ``[1, d_L]``); below it
+        ``h_d^(l) = d_l(p_l(z_{l+1})) + h_d^(l+1)``, ``mu_l = mu_l(h_d^(l))``,
+        ``sigma_l = sigma_l(h_d^(l))`` with ``z_{l+1}`` = ``z_above`` CENTERED and
+        ``h_d^(l+1)`` = ``state``."""
+        L = self.config.num_layers
+        if not 0 <= layer < L:
+            raise UserError(f"ladder: layer {layer} does not exist; layers are 0..{L - 1} (bottom first)")
+        if layer == L - 1:
+            ref = self.out.weight
+            zeros = torch.zeros(1, *self.latent_shapes[-1], device=ref.device, dtype=ref.dtype)
+            return zeros, torch.ones_like(zeros), None
+        if z_above is None:
+            raise UserError("ladder: layer_conditional below the top needs the centered sample of the layer above")
+        h = self.top_down_step(layer + 1, z_above, state)
+        mu, sigma = self.head(layer + 1, h)
+        return mu, sigma, h
+
+    def from_centered(self, z: Latents, conditionals: list[tuple[Tensor, Tensor]]) -> tuple[Latents, Tensor]:
+        """The model's latents for centered ``z`` and ``log|det d(latents)/dz|`` per example: the
+        identity (0) when centered; ``eps_l = (z_l - mu_l) / sigma_l`` (``eps_L = z_L``) with
+        ``-sum_l sum log sigma_l`` when whitened (the Jacobian is triangular)."""
+        self._check_latents(z)
+        if not self.whitened:
+            return tuple(z), torch.zeros(z[0].shape[0], dtype=z[0].dtype, device=z[0].device)
+        eps = tuple((zl - mu) / sigma for zl, (mu, sigma) in zip(z, conditionals))
+        log_det = torch.zeros(z[0].shape[0], dtype=z[0].dtype, device=z[0].device)
+        for zl, (_, sigma) in zip(z, conditionals):
+            log_det = log_det - sigma.log().expand_as(zl).sum(-1)
+        return eps, log_det
+
     def whiten(self, z: Latents) -> Latents:
         """Centered to whitened: ``eps_l = (z_l - mu_l) / sigma_l``, ``eps_L = z_L``."""
         self._check_latents(z)

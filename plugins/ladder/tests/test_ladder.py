@@ -409,3 +409,54 @@ def test_entry_point_registers_ladder():
     if not found:
         pytest.skip("inferkit-ladder is not installed")
     assert found[0].load() is LadderModel
+
+
+# -- inferkit.HasLayerConditionals (what the Ladder-VAE walks top-down) ------------------------------
+@pytest.mark.parametrize("parameterization", ["centered", "whitened"])
+def test_layer_conditionals_walked_top_down_match_the_prior(parameterization):
+    from inferkit.interfaces import HasLayerConditionals
+
+    model = small_model(num_layers=3, latent_dims=(4, 3, 2), parameterization=parameterization).double()
+    assert isinstance(model, HasLayerConditionals)
+    eps = tuple(torch.randn(5, d, generator=gen(l), dtype=torch.float64) for l, d in enumerate((4, 3, 2)))
+    z = model.center(eps)  # centered latents
+    walked, state = [None] * 3, None
+    for layer in (2, 1, 0):
+        mean, std, state = model.layer_conditional(layer, None if layer == 2 else z[layer + 1], state)
+        walked[layer] = (mean, std)
+    assert torch.equal(walked[2][0], torch.zeros(1, 2, dtype=torch.float64))
+    for (mean, std), (ref_mean, ref_std) in zip(walked, model.conditionals(z)):
+        torch.testing.assert_close(mean.expand_as(ref_mean), ref_mean)
+        torch.testing.assert_close(std.expand_as(ref_std), ref_std)
+    # log p(z) in centered coordinates from the walked conditionals
+    centered_prior = sum(Normal(m, s).log_prob(t).sum(-1) for t, (m, s) in zip(z, walked))
+    latents, log_det = model.from_centered(z, walked)
+    if parameterization == "centered":
+        assert all(torch.equal(a, b) for a, b in zip(latents, z)) and torch.equal(log_det, torch.zeros(5))
+        torch.testing.assert_close(model.log_prior(latents), centered_prior)
+    else:
+        for a, b in zip(latents, eps):
+            torch.testing.assert_close(a, b)
+        # change of variables: log p_eps(eps) = log p_z(z) + log|det dz/deps| = log p_z(z) - log_det
+        torch.testing.assert_close(model.log_prior(latents), centered_prior - log_det)
+
+
+def test_from_centered_log_det_is_the_jacobian_of_whitening():
+    model = small_model(num_layers=2, latent_dims=(3, 2)).double()
+    z = model.center(tuple(torch.randn(1, d, dtype=torch.float64, generator=gen(d)) for d in (3, 2)))
+
+    def whiten_flat(flat):
+        parts = (flat[:3].unsqueeze(0), flat[3:].unsqueeze(0))
+        return torch.cat([t[0] for t in model.whiten(parts)])
+
+    jac = torch.func.jacrev(whiten_flat)(torch.cat([t[0] for t in z]))
+    _, log_det = model.from_centered(z, model.conditionals(z))
+    torch.testing.assert_close(log_det[0], torch.linalg.slogdet(jac)[1])
+
+
+def test_layer_conditional_user_errors():
+    model = small_model()
+    with pytest.raises(UserError, match="layers are 0..1"):
+        model.layer_conditional(2, None)
+    with pytest.raises(UserError, match="layer above"):
+        model.layer_conditional(0, None)
