@@ -33,9 +33,11 @@ LOGDET_METHODS = ("exact", "stepwise", "stochastic")
 class ObjectiveInfo:
     """Diagnostics of one ``kl_objective`` evaluation.
 
-    ``min_eigenvalue`` is the smallest eigenvalue of any ``I + S_k H_k`` met along the path (both
-    log-det methods: with ``exact`` the per-step eigenvalues are computed as well, without a graph,
-    since the sign of ``det dF/dz_0`` alone misses an even number of negative eigenvalues);
+    ``min_eigenvalue`` is the smallest eigenvalue of any ``I + S_k H_k`` met along the path (every
+    log-det method: with ``exact`` the per-step eigenvalues are computed as well, without a graph,
+    since the sign of ``det dF/dz_0`` alone misses an even number of negative eigenvalues;
+    ``stochastic`` reports the smallest Lanczos Ritz value; a sampler with its own
+    ``stepwise_log_det``, such as momentum, reports its own signed margin);
     ``invertible`` is False when some step map has a non-positive (or non-finite) eigenvalue, i.e.
     F is not a diffeomorphism there and ``J`` is not a KL.
     """
@@ -289,7 +291,13 @@ def kl_objective(model: Model, sampler: Sampler, x: Tensor, *, num_samples: int 
     # torch.func transforms (grad, hessian, jacrev) work under no_grad too, so the values do not
     # depend on the grad mode; only whether a graph to the step sizes and parameters is kept.
     with torch.enable_grad() if differentiable else torch.no_grad():
-        if logdet == "stepwise":
+        own_stepwise = getattr(sampler, "stepwise_log_det", None)  # a flow whose steps are not I + S H
+        if logdet == "stochastic" and getattr(sampler, "stochastic_log_det_unsupported", None):
+            raise UserError(f"logdet=stochastic does not apply to sampler {type(sampler).__name__}: "
+                            f"{sampler.stochastic_log_det_unsupported}")
+        if logdet == "stepwise" and own_stepwise is not None:
+            z_final, log_det, min_eig = own_stepwise(model, x_rep, z0, mask_rep)
+        elif logdet == "stepwise":
             states = sampler.path(model, x_rep, z0, noise, mask_rep)
             z_final = states[-1]
             log_det, min_eig = stepwise_log_det(model, sampler, x_rep, states[:-1], mask_rep)
@@ -303,8 +311,11 @@ def kl_objective(model: Model, sampler: Sampler, x: Tensor, *, num_samples: int 
             z_final = sampler.flow(model, x_rep, z0, noise, mask_rep)
             log_det, _ = exact_log_det(model, sampler, x_rep, z0, noise, mask_rep)
             with torch.no_grad():  # invertibility check: every step map, not only the sign of det
-                states = sampler.path(model, x_rep, z0, noise, mask_rep)
-                _, min_eig = stepwise_log_det(model, sampler, x_rep, states[:-1], mask_rep)
+                if own_stepwise is not None:
+                    _, _, min_eig = own_stepwise(model, x_rep, z0, mask_rep)
+                else:
+                    states = sampler.path(model, x_rep, z0, noise, mask_rep)
+                    _, min_eig = stepwise_log_det(model, sampler, x_rep, states[:-1], mask_rep)
         energy = -model.log_joint(x_rep, z_final, mask_rep).to(torch.float64)
         per_draw = energy + (model.log_prior(z0).to(torch.float64) - log_det) if entropy else energy
     objective = per_draw.view(batch, num_samples).mean(1)

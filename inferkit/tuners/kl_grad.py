@@ -3,6 +3,9 @@
     J(s) = E_{z_0 ~ p_0}[ log p_0(z_0) - log|det dF_s/dz_0| - log p(x, F_s(z_0)) ]
     u <- Adam(u, grad_u J(exp(u))),   s = exp(u)   (so every step size stays positive)
 
+With ``parameters="step_size,momentum"`` a momentum sampler's coefficient is tuned as well, as
+``mu = sigmoid(u_mu)`` (so it stays in (0, 1)).
+
 Works for whatever shape the sampler's ``step_size`` has: one shared s, one per latent layer
 (``per="layer"``) or one per step (``per="step"``, s_1..s_K). The ``z_0`` draws (and noise, probes)
 are fixed by ``seed`` for the whole descent, so J is one deterministic function of s (a sample
@@ -31,16 +34,25 @@ from inferkit.tuners.kl_common import KLObjectiveOptions, require_step_size
 OBJECTIVES = ("kl", "energy")
 
 
+# Unconstrained coordinates u of each tunable hyperparameter: s = exp(u) > 0, mu = sigmoid(u) in (0, 1).
+TRANSFORMS = {
+    "step_size": (torch.log, torch.exp),
+    "momentum": (torch.logit, torch.sigmoid),
+}
+
+
 @contextmanager
-def differentiable_step_size(sampler: Sampler, step_size: Tensor) -> Iterator[None]:
-    """Let the sampler read ``step_size`` (a tensor in an autograd graph) in place of its buffer for
-    the duration of the block; the buffer object is put back afterwards, whatever happens."""
-    buffer = sampler.step_size
-    sampler.step_size = step_size
+def differentiable_hyperparameters(sampler: Sampler, values: dict[str, Tensor]) -> Iterator[None]:
+    """Let the sampler read ``values`` (tensors in an autograd graph) in place of its hyperparameter
+    buffers for the duration of the block; the buffer objects are put back afterwards, whatever happens."""
+    buffers = {name: getattr(sampler, name) for name in values}
     try:
+        for name, value in values.items():
+            setattr(sampler, name, value)
         yield
     finally:
-        sampler.step_size = buffer
+        for name, buffer in buffers.items():
+            setattr(sampler, name, buffer)
 
 
 class KLGrad(Tuner):
@@ -52,14 +64,15 @@ class KLGrad(Tuner):
         tolerance, patience: stop once ``max |Delta log s| < tolerance`` for ``patience`` steps running.
         objective: ``"kl"`` (J) or ``"energy"`` (``E[-log p(x, F(z_0))]``, no entropy).
         max_shrinks: halvings of the initial s allowed when the flow is not invertible there.
+        parameters: the hyperparameters to tune: ``step_size`` and optionally ``momentum``.
         num_samples, batch_size, logdet, seed, num_probes, lanczos_steps: the estimate of J
             (:class:`~inferkit.tuners.kl_common.KLObjectiveOptions`).
     """
 
     def __init__(self, learning_rate: float = 0.05, max_iterations: int = 100, tolerance: float = 1e-3,
-                 patience: int = 3, objective: str = "kl", max_shrinks: int = 8, num_samples: int = 1,
-                 batch_size: int = 4, logdet: str = "stepwise", seed: int = 0, num_probes: int = 4,
-                 lanczos_steps: int = 12):
+                 patience: int = 3, objective: str = "kl", max_shrinks: int = 8,
+                 parameters: tuple[str, ...] = ("step_size",), num_samples: int = 1, batch_size: int = 4,
+                 logdet: str = "stepwise", seed: int = 0, num_probes: int = 4, lanczos_steps: int = 12):
         if not (learning_rate > 0 and math.isfinite(learning_rate)):
             raise UserError(f"kl-grad: learning_rate must be a positive number, got {learning_rate}")
         if max_iterations < 1 or patience < 1 or max_shrinks < 0:
@@ -68,6 +81,11 @@ class KLGrad(Tuner):
             raise UserError(f"kl-grad: tolerance must be positive, got {tolerance}")
         if objective not in OBJECTIVES:
             raise UserError(f"kl-grad: objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
+        parameters = (parameters,) if isinstance(parameters, str) else tuple(parameters)
+        unknown = [name for name in parameters if name not in TRANSFORMS]
+        if not parameters or "step_size" not in parameters or unknown:
+            raise UserError(f"kl-grad: parameters must include step_size and be among {', '.join(TRANSFORMS)}, "
+                            f"got {','.join(parameters) or 'nothing'}")
         self.objective = KLObjectiveOptions(num_samples=num_samples, batch_size=batch_size, logdet=logdet,
                                             seed=seed, num_probes=num_probes, lanczos_steps=lanczos_steps)
         self.objective.validate("kl-grad")
@@ -77,30 +95,46 @@ class KLGrad(Tuner):
         self.patience = patience
         self.target = objective
         self.max_shrinks = max_shrinks
+        self.parameters = parameters
 
     def check(self, model: Model, sampler: Sampler) -> None:
         """Refuse, before training starts, a sampler the KL objective does not apply to."""
+        self._live(sampler)
+
+    def _live(self, sampler: Sampler) -> dict[str, Tensor]:
         require_step_size("kl-grad", sampler)
+        live = sampler.hyperparameters()
+        missing = [name for name in self.parameters if name not in live]
+        if missing:
+            raise UserError(f"kl-grad: sampler {type(sampler).__name__} has no {', '.join(missing)} to tune; "
+                            f"it has {', '.join(live)}")
+        return {name: live[name] for name in self.parameters}
 
     def tune(self, model: Model, sampler: Sampler, x: Tensor, mask: Tensor | None = None) -> TuneResult:
-        step_size = require_step_size("kl-grad", sampler)
+        live = self._live(sampler)
         x, mask = self.objective.select(x, mask)
-        previous = step_size.detach().clone()
-        log_step = previous.log().clone().requires_grad_(True)
-        optimizer = torch.optim.Adam([log_step], lr=self.learning_rate)
+        previous = {name: value.detach().clone() for name, value in live.items()}
+        free = {name: TRANSFORMS[name][0](value).clone().requires_grad_(True) for name, value in previous.items()}
+        leaves = list(free.values())
+        optimizer = torch.optim.Adam(leaves, lr=self.learning_rate)
         history: list[dict] = []
         best: dict | None = None
-        last_good: Tensor | None = None
+        last_good: dict[str, Tensor] | None = None
         shrinks, calm, stop = 0, 0, "budget"
+
+        def constrained() -> dict[str, Tensor]:
+            return {name: TRANSFORMS[name][1](u) for name, u in free.items()}
+
         try:
             for iteration in range(self.max_iterations):
-                with differentiable_step_size(sampler, log_step.exp()):
+                values = constrained()
+                with differentiable_hyperparameters(sampler, values):
                     per_example, info = self.objective.evaluate(model, sampler, x, mask, differentiable=True,
                                                                 entropy=self.target == "kl")
                 objective = per_example.mean()
                 value = float(objective.detach())
-                point = {"iteration": iteration, "step_size": _as_number(log_step.detach().exp()), "J": value,
-                         "invertible": info.invertible, "min_eigenvalue": info.min_eigenvalue,
+                point = {"iteration": iteration, **{name: _as_number(v.detach()) for name, v in values.items()},
+                         "J": value, "invertible": info.invertible, "min_eigenvalue": info.min_eigenvalue,
                          "learning_rate": optimizer.param_groups[0]["lr"]}
                 history.append(point)
                 if not (info.invertible and math.isfinite(value)):
@@ -110,41 +144,46 @@ class KLGrad(Tuner):
                             if shrinks > self.max_shrinks:
                                 stop = "not invertible"
                                 break
-                            log_step.sub_(math.log(2.0))
+                            free["step_size"].sub_(math.log(2.0))
                         else:  # overshot: back to the last invertible iterate, smaller steps
-                            log_step.copy_(last_good)
-                            optimizer = torch.optim.Adam([log_step], lr=optimizer.param_groups[0]["lr"] * 0.5)
+                            for name, u in free.items():
+                                u.copy_(last_good[name])
+                            optimizer = torch.optim.Adam(leaves, lr=optimizer.param_groups[0]["lr"] * 0.5)
                     continue
                 if best is None or value < best["J"]:
-                    best = {"J": value, "log_step": log_step.detach().clone()}
-                (gradient,) = torch.autograd.grad(objective, log_step)
-                last_good = log_step.detach().clone()
-                log_step.grad = gradient
+                    best = {"J": value, "values": {name: v.detach().clone() for name, v in values.items()}}
+                gradients = torch.autograd.grad(objective, leaves)
+                last_good = {name: u.detach().clone() for name, u in free.items()}
+                for leaf, gradient in zip(leaves, gradients):
+                    leaf.grad = gradient
                 optimizer.step()
-                point["gradient_norm"] = float(gradient.norm())
-                moved = float((log_step.detach() - last_good).abs().max())
+                point["gradient_norm"] = float(torch.cat([g.reshape(-1) for g in gradients]).norm())
+                moved = max(float((free[name].detach() - last_good[name]).abs().max()) for name in free)
                 calm = calm + 1 if moved < self.tolerance else 0
                 if calm >= self.patience:
                     stop = "converged"
                     break
         except BaseException:  # leave the sampler as it was found
-            with torch.no_grad():
-                step_size.copy_(previous)
+            _write(live, previous)
             raise
         if best is None:
-            with torch.no_grad():
-                step_size.copy_(previous)
+            _write(live, previous)
             raise UserError(f"kl-grad: the flow is not invertible at the sampler's step size, even halved "
                             f"{self.max_shrinks} times; start from a smaller step size (--sampler-opt "
                             "step_size=...) or raise max_shrinks")
-        with torch.no_grad():
-            step_size.copy_(best["log_step"].exp())
+        _write(live, best["values"])
         if history:
             history[-1]["stop"] = stop
-        return TuneResult(hyperparameters={"step_size": step_size.detach().clone()}, objective=best["J"],
-                          history=history)
+        return TuneResult(hyperparameters={name: v.detach().clone() for name, v in live.items()},
+                          objective=best["J"], history=history)
+
+
+def _write(live: dict[str, Tensor], values: dict[str, Tensor]) -> None:
+    with torch.no_grad():
+        for name, tensor in live.items():
+            tensor.copy_(values[name])
 
 
 def _as_number(value: Tensor) -> float | list[float]:
-    """A 0-dim step size as a float, a vector as a list (JSON-friendly history)."""
+    """A 0-dim hyperparameter as a float, a vector as a list (JSON-friendly history)."""
     return float(value) if value.dim() == 0 else [float(v) for v in value]

@@ -1,0 +1,138 @@
+"""``shortrun-momentum``: heavy-ball and Nesterov short-run dynamics against closed forms."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import inferkit
+from inferkit.errors import UserError
+from inferkit.models.linear_gaussian import LinearGaussian
+from inferkit.objective import kl_objective
+from inferkit.samplers.shortrun import ShortRun
+from inferkit.samplers.shortrun_momentum import ShortRunMomentum
+from inferkit.tuners.kl_grad import KLGrad
+from inferkit.tuners.kl_grid import KLGrid
+
+FLOAT64 = torch.float64
+
+
+def momentum_flow_matrix(precision, step_sizes, momentum, nesterov):
+    """On ``log p = -0.5 (z-m)^T P (z-m)``: ``z_k - m = A_k (z_0 - m)``, ``v_k = B_k (z_0 - m)`` with
+    ``B_{k+1} = mu B_k - s_k P (A_k [+ mu B_k])`` and ``A_{k+1} = A_k + B_{k+1}``."""
+    eye = torch.eye(precision.shape[0], dtype=FLOAT64)
+    a, b = eye.clone(), torch.zeros_like(eye)
+    for s in step_sizes:
+        direction = a + momentum * b if nesterov else a
+        b = momentum * b - s * precision @ direction
+        a = a + b
+    return a
+
+
+def lg(latent_dim=3, seed=0):
+    model = LinearGaussian(latent_dim=latent_dim, data_dim=5, sigma=0.6, seed=seed, dtype="float64")
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    return model
+
+
+@settings(max_examples=12, deadline=None)
+@given(latent_dim=st.integers(1, 4), momentum=st.floats(0.0, 0.9), ratio=st.floats(0.05, 0.5),
+       num_steps=st.integers(1, 5), nesterov=st.booleans(), seed=st.integers(0, 100))
+def test_pointwise_identity_against_the_gaussian_law_of_z_k(latent_dim, momentum, ratio, num_steps, nesterov, seed):
+    """Per draw: ``J + log p(x) = log q(z_K) - log p(z_K | x)`` with ``q = N((I - A) m, A A^T)``;
+    the tangent recursion (stepwise) and torch.func's Jacobian (exact) agree to float64 precision."""
+    model = lg(latent_dim, seed)
+    x = model.sample(3, generator=torch.Generator().manual_seed(seed))
+    precision = model.posterior_precision()
+    step = ratio / float(torch.linalg.eigvalsh(precision).max())
+    sampler = ShortRunMomentum(num_steps=num_steps, step_size=step, momentum=momentum, nesterov=nesterov)
+    values = {}
+    for logdet in ("stepwise", "exact"):
+        values[logdet] = kl_objective(model, sampler, x, logdet=logdet, generator=torch.Generator().manual_seed(1),
+                                      differentiable=False)
+    torch.testing.assert_close(values["stepwise"], values["exact"], rtol=1e-9, atol=1e-9)
+
+    z0 = model.sample_prior(3, generator=torch.Generator().manual_seed(1))[0]
+    mean, cov = model.posterior(x)
+    a = momentum_flow_matrix(precision, [step] * num_steps, momentum, nesterov)
+    z_k = mean + (z0 - mean) @ a.T
+    q = torch.distributions.MultivariateNormal(mean @ (torch.eye(latent_dim, dtype=FLOAT64) - a).T,
+                                               covariance_matrix=a @ a.T + 1e-300 * torch.eye(latent_dim))
+    posterior = torch.distributions.MultivariateNormal(mean, covariance_matrix=cov)
+    expected = q.log_prob(z_k) - posterior.log_prob(z_k) - model.log_marginal(x)
+    torch.testing.assert_close(values["exact"], expected, rtol=1e-7, atol=1e-7)
+
+
+def test_zero_momentum_is_plain_gradient_flow_and_infer_matches_the_path():
+    model = lg()
+    x = model.sample(4, generator=torch.Generator().manual_seed(0))
+    plain = ShortRun(num_steps=4, step_size=0.02)
+    still = ShortRunMomentum(num_steps=4, step_size=0.02, momentum=0.0)
+    for sampler in (still, ShortRunMomentum(num_steps=4, step_size=0.02, momentum=0.7, nesterov=True)):
+        inferred = sampler.infer(model, x, generator=torch.Generator().manual_seed(3)).z[0]
+        z0 = model.sample_prior(4, generator=torch.Generator().manual_seed(3))
+        torch.testing.assert_close(inferred, sampler.flow(model, x, z0)[0], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(still.infer(model, x, generator=torch.Generator().manual_seed(5)).z[0],
+                               plain.infer(model, x, generator=torch.Generator().manual_seed(5)).z[0])
+    generator = torch.Generator().manual_seed(2)
+    j_plain = kl_objective(model, plain, x, generator=generator)
+    j_still = kl_objective(model, still, x, generator=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(j_plain, j_still, rtol=1e-10, atol=1e-10)
+
+
+def test_momentum_speeds_up_the_flow_on_an_ill_conditioned_posterior():
+    """Heavy-ball's point: with the same s and K, z_K lands closer to the posterior mean."""
+    model = lg(latent_dim=4, seed=3)
+    x = model.sample(8, generator=torch.Generator().manual_seed(0))
+    mean, _ = model.posterior(x)
+    step = 0.5 / float(torch.linalg.eigvalsh(model.posterior_precision()).max())
+    errors = {}
+    for mu in (0.0, 0.6):
+        sampler = ShortRunMomentum(num_steps=10, step_size=step, momentum=mu)
+        z = sampler.infer(model, x, generator=torch.Generator().manual_seed(0)).z[0]
+        errors[mu] = float((z - mean).pow(2).sum(-1).mean())
+    assert errors[0.6] < errors[0.0]
+
+
+def test_tuners_on_momentum_and_the_stochastic_estimator_refuses():
+    model = lg()
+    x = model.sample(4, generator=torch.Generator().manual_seed(0))
+    sampler = inferkit.load_sampler("shortrun-momentum", num_steps=4, step_size="0.01", momentum="0.3")
+    result = KLGrid(grid=(0.005, 0.01, 0.02, 0.04)).tune(model, sampler, x)
+    assert sampler.step_size.item() in (0.005, 0.01, 0.02, 0.04) and result.history
+    with pytest.raises(UserError, match="stochastic does not apply"):
+        KLGrid(logdet="stochastic").tune(model, sampler, x)
+
+    start = ShortRunMomentum(num_steps=4, step_size=0.01, momentum=0.3)
+    tuner = inferkit.load_tuner("kl-grad", parameters="step_size,momentum", num_samples="16", learning_rate="0.1",
+                                max_iterations="60")
+    result = tuner.tune(model, start, x)
+    assert set(result.hyperparameters) == {"step_size", "momentum"}
+    assert 0 < start.momentum.item() < 1 and "momentum" in result.history[0]
+    precision = model.posterior_precision()
+
+    def closed_form(step, mu):
+        mean, cov = model.posterior(x)
+        a = momentum_flow_matrix(precision, [step] * 4, mu, False)
+        from inferkit.models.linear_gaussian import gaussian_kl
+
+        eye = torch.eye(a.shape[0], dtype=FLOAT64)
+        return float(gaussian_kl(mean @ (eye - a).T, (a @ a.T).expand(4, -1, -1), mean,
+                                 cov.expand(4, -1, -1)).mean())
+
+    assert closed_form(start.step_size.item(), start.momentum.item()) < closed_form(0.01, 0.3)
+    with pytest.raises(UserError, match="no momentum"):
+        tuner.tune(model, ShortRun(num_steps=2, step_size=0.01), x)
+
+
+def test_bad_momentum_options():
+    for momentum in (-0.1, 1.0, 2.0):
+        with pytest.raises(UserError):
+            ShortRunMomentum(momentum=momentum)
+    with pytest.raises(UserError):
+        KLGrad(parameters=("momentum",))
+    with pytest.raises(UserError):
+        KLGrad(parameters=("step_size", "temperature"))
