@@ -7,6 +7,8 @@ The matrix square root is :func:`scipy.linalg.sqrtm`, as in the reference FID co
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import scipy.linalg
 import torch
@@ -37,8 +39,11 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
         raise ValueError(f"mismatched statistics: means {mu1.shape}, {mu2.shape}; covariances "
                          f"{sigma1.shape}, {sigma2.shape}")
     diff = mu1 - mu2
-    covmean = scipy.linalg.sqrtm(sigma1 @ sigma2)
-    if not np.isfinite(covmean).all():
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", scipy.linalg.LinAlgWarning)
+        covmean = scipy.linalg.sqrtm(sigma1 @ sigma2)
+    singular = any(issubclass(w.category, scipy.linalg.LinAlgWarning) for w in caught)
+    if singular or not np.isfinite(covmean).all():
         offset = np.eye(sigma1.shape[0]) * eps
         covmean = scipy.linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
     if np.iscomplexobj(covmean):
