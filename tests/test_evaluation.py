@@ -113,7 +113,7 @@ def test_inpainting_fills_hidden_entries_with_the_closed_form_conditional_mean()
         mean = torch.linalg.solve(precision, w_o.T @ (x[i, observed] - bias[observed]) / var)
         expected = weight[~observed] @ mean + bias[~observed]
         torch.testing.assert_close(filled[i, ~observed], expected, atol=1e-6, rtol=0)
-    squared, hidden = inpainting.hidden_mse(x, filled, mask)
+    _, hidden = inpainting.hidden_mse(x, filled, mask)
     assert hidden == float((1 - mask).sum())
 
 
