@@ -199,24 +199,78 @@ def sample(
     console.print(f"wrote {path}")
 
 
+# ---- eval (issue 7) -------------------------------------------------------------------------------
 @app.command("eval")
 def eval_command(
     run: Path = typer.Argument(..., help="run folder"),
-    num_examples: int = typer.Option(0, help="test examples to use (0: all)"),
-    seed: int = typer.Option(0, help="random seed of the inference"),
+    num_examples: int = typer.Option(0, help="test examples for reconstruction (0: all)"),
+    seed: int = typer.Option(0, help="random seed of every inference and draw"),
+    reference_steps: int = typer.Option(200, help="K of the common reference inference (0: skip)"),
+    reference_step_size: float | None = typer.Option(None, help="its step size [default: chosen on a grid]"),
+    mask: list[str] = typer.Option([], help="inpainting mask pattern (repeatable) [default: all four]"),
+    inpaint_examples: int = typer.Option(256, help="test examples for inpainting (0: skip)"),
+    ais_examples: int = typer.Option(32, help="test examples for the AIS log-likelihood (0: skip)"),
+    ais_chains: int = typer.Option(4, help="AIS chains per example"),
+    ais_steps: int = typer.Option(200, help="AIS intermediate distributions"),
+    ais_leapfrog: int = typer.Option(5, help="leapfrog steps per HMC transition"),
+    iwae_samples: int = typer.Option(64, help="k of the IWAE bound, amortized samplers only (0: skip)"),
+    fd_samples: int = typer.Option(1000, help="generated samples for the Fréchet distances (0: skip)"),
+    classifier: Path | None = typer.Option(None, help="feature classifier file, reused or trained and saved "
+                                                      "[default: RUN/feature_classifier.pt]"),
+    classifier_iterations: int = typer.Option(1000, help="training iterations of a new feature classifier"),
+    inception_weights: Path | None = typer.Option(None, help="FID Inception weights "
+                                                             "(pt_inception-2015-12-05-6726825d.pth); no download"),
+    figures: bool = typer.Option(True, help="write the PNG figures into RUN"),
+    device: str | None = typer.Option(None, help="cpu or cuda [default: the run's]"),
+    quiet: bool = typer.Option(False, help="no progress messages"),
 ) -> None:
-    """Evaluate a run on its test split and write RUN/eval.json."""
-    from inferkit.evaluation import reconstruction_mse
+    """Evaluate a run on its test split: reconstruction, inpainting, AIS log-likelihood, IWAE, Fréchet
+    distances, hierarchy; writes RUN/eval.json and PNG figures."""
+    from inferkit.evaluation import EvalConfig, evaluate
     from inferkit.runs import write_json_atomic
 
-    if num_examples < 0:
-        raise UserError(f"--num-examples must be >= 0, got {num_examples}")
-    _, data, model, sampler, _, state = _load_run(run)
-    x = data.test.x if num_examples == 0 else data.test.x[:num_examples]
-    result = {"iteration": int(state["iteration"]), "test_examples": int(x.shape[0]),
-              "test_reconstruction_mse": reconstruction_mse(model, sampler, x, seed=seed)}
+    config = EvalConfig(num_examples=num_examples, seed=seed, reference_steps=reference_steps,
+                        reference_step_size=reference_step_size,
+                        inpaint_patterns=tuple(mask) or EvalConfig.inpaint_patterns,
+                        inpaint_examples=inpaint_examples, ais_examples=ais_examples, ais_chains=ais_chains,
+                        ais_steps=ais_steps, ais_leapfrog=ais_leapfrog, iwae_samples=iwae_samples,
+                        fd_samples=fd_samples, classifier=str(classifier) if classifier else None,
+                        classifier_iterations=classifier_iterations,
+                        inception_weights=str(inception_weights) if inception_weights is not None else None,
+                        figures=figures)
+    config.validate()
+    spec, data, model, sampler, _, state = _load_run(run)
+    target = resolve_device(device or spec.train.device)
+    model.to(target)
+    sampler.to(target)
+    log = (lambda message: None) if quiet else (lambda message: err_console.print(message, highlight=False))
+    result = {"iteration": int(state["iteration"]), **evaluate(model, sampler, data, config, out_dir=run, log=log)}
     write_json_atomic(run / "eval.json", result)
-    _report(result, run)
+    _report(_eval_rows(result), run)
+
+
+def _eval_rows(result: dict[str, Any]) -> dict[str, Any]:
+    """The scalar figures of an eval.json, flattened for the table."""
+    rows: dict[str, Any] = {}
+    for key, value in result.items():
+        if key in ("figures", "seconds", "reference_inference", "classifier", "hierarchy_factors"):
+            continue
+        if isinstance(value, dict):
+            if "mean" in value:
+                rows[key] = f"{value['mean']:.6g} ± {value['standard_error']:.3g}"
+            else:
+                rows.update({f"{key} ({k})": v for k, v in value.items()})
+        elif value is None:
+            rows[key] = "n/a"
+        elif not isinstance(value, list):
+            rows[key] = value
+    if "reference_inference" in result:
+        rows["reference step size"] = result["reference_inference"]["step_size"]
+    if "hierarchy_factors" in result:
+        rows.update({f"factor {k}: dominant layer": f"z{v}"
+                     for k, v in result["hierarchy_factors"]["dominant_layer"].items()})
+    return rows
+# ---- end eval ----------------------------------------------------------------------------------------
 
 
 @app.command()

@@ -1,0 +1,253 @@
+"""The papers' comparison on real data (issue 7): samplers side by side on one ladder generator, and
+the ablations over the number of layers L and of inference steps K.
+
+    python benchmarks/compare.py --data-dir ../shared/datasets/mnist --budget cpu --out bench/cpu
+    python benchmarks/compare.py --data-dir ../shared/datasets/mnist --budget gpu --device cuda --out bench/gpu
+    python benchmarks/compare.py --data-dir ../shared/datasets/mnist --budget smoke --samplers shortrun,langevin
+
+Every sampler trains the same ladder generator (same options, seed, data, iteration budget and
+Algorithm-1 settings) and is evaluated by :func:`inferkit.evaluation.evaluate` with the same
+settings: test MSE with its own sampler and with the common reference inference, AIS
+log-likelihood, IWAE (amortized samplers), a Fréchet distance in the features of a classifier
+trained on MNIST's training split (shared by all runs), FID when ``--inception-weights`` is given,
+and seconds per training iteration. Samplers that are not installed are skipped with a note.
+
+Writes ``OUT/results.json`` (everything, per run) and ``OUT/results.md`` (Tables 1-3 in the
+papers' shape); each run's folder (``OUT/runs/<name>``) keeps its checkpoint, eval.json and figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass, field, replace
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from inferkit.evaluation import EvalConfig, evaluate
+from inferkit.runs import PluginSpec, RunSpec, TrainConfig, build_objects, resolve_device, write_json_atomic
+from inferkit.trainer import train
+
+SAMPLERS = ("shortrun", "langevin", "abp", "vae", "lvae")
+FLOW_SAMPLERS = ("shortrun", "langevin")  # tuned by kl-grid; the others keep their own settings
+LAYERS = (1, 3, 5)
+STEPS = (5, 10, 20, 40)
+
+
+@dataclass
+class Budget:
+    """One preset: the generator, the training budget and the evaluation sizes."""
+
+    num_layers: int
+    nf: int
+    num_steps: int
+    iterations: int
+    batch_size: int
+    tune_every: int
+    num_train: int  # 0: all (8,000 of the 10,000 t10k images)
+    num_test: int  # 0: all (2,000)
+    main_eval: EvalConfig
+    ablation_eval: EvalConfig
+    tuner_options: dict[str, Any] = field(default_factory=dict)
+    sigma_start: float = 0.3
+    sigma_end: float = 0.1
+
+
+BUDGETS = {
+    # A few iterations of everything: checks the harness end to end in about a minute.
+    "smoke": Budget(num_layers=3, nf=8, num_steps=5, iterations=4, batch_size=16, tune_every=4,
+                    num_train=256, num_test=64,
+                    main_eval=EvalConfig(reference_steps=10, inpaint_examples=16, ais_examples=4, ais_chains=2,
+                                         ais_steps=10, iwae_samples=4, iwae_examples=8, fd_samples=64,
+                                         classifier_iterations=50, factor_rows=4),
+                    ablation_eval=EvalConfig(reference_steps=0, inpaint_examples=0, ais_examples=0, iwae_samples=0,
+                                             fd_samples=64, figures=False),
+                    tuner_options={"batch_size": 2, "grid": (0.01, 0.05)}),
+    # About 45 minutes on 2 quiet CPU cores with all five samplers (README: "Comparison benchmark").
+    "cpu": Budget(num_layers=3, nf=16, num_steps=20, iterations=200, batch_size=32, tune_every=100,
+                  num_train=0, num_test=0,
+                  main_eval=EvalConfig(num_examples=256, reference_steps=100, inpaint_examples=64,
+                                       ais_examples=16, ais_chains=4, ais_steps=100, ais_leapfrog=5,
+                                       iwae_samples=64, iwae_examples=64, fd_samples=1000,
+                                       classifier_iterations=600),
+                  ablation_eval=EvalConfig(num_examples=256, reference_steps=0, inpaint_examples=0, ais_examples=0,
+                                           iwae_samples=0, fd_samples=1000, figures=False),
+                  tuner_options={"batch_size": 2, "grid": (0.005, 0.01, 0.02, 0.05, 0.1)}),
+    # The papers' scale on one GPU: L=5, K=20, nf=64, full data, long training, full evaluation.
+    "gpu": Budget(num_layers=5, nf=64, num_steps=20, iterations=30000, batch_size=128, tune_every=2000,
+                  num_train=0, num_test=0,
+                  main_eval=EvalConfig(reference_steps=200, inpaint_examples=2000, ais_examples=256, ais_chains=16,
+                                       ais_steps=1000, ais_leapfrog=10, iwae_samples=1000, iwae_examples=2000,
+                                       fd_samples=2000, classifier_iterations=3000),
+                  ablation_eval=EvalConfig(reference_steps=0, inpaint_examples=0, ais_examples=0, iwae_samples=0,
+                                           fd_samples=2000, figures=False),
+                  tuner_options={"batch_size": 8}),
+}
+
+
+def installed_samplers() -> set[str]:
+    return {ep.name for ep in entry_points(group="inferkit.samplers")}
+
+
+def run_spec(budget: Budget, sampler: str, num_layers: int, num_steps: int, args) -> RunSpec:
+    flow = sampler in FLOW_SAMPLERS
+    sampler_options: dict[str, Any] = {"num_steps": num_steps} if flow else {}
+    data_options: dict[str, Any] = {"data_dir": str(args.data_dir)}
+    if budget.num_train:
+        data_options["num_train"] = budget.num_train
+    if budget.num_test:
+        data_options["num_test"] = budget.num_test
+    train_config = TrainConfig(iterations=budget.iterations, batch_size=budget.batch_size,
+                               tune_every=budget.tune_every if flow else 0, seed=args.seed, device=args.device,
+                               sigma_start=budget.sigma_start, sigma_end=budget.sigma_end,
+                               log_every=max(1, budget.iterations // 20),
+                               checkpoint_every=budget.iterations, image_every=budget.iterations)
+    return RunSpec(model=PluginSpec("ladder", {"num_layers": num_layers, "nf": budget.nf}),
+                   sampler=PluginSpec(sampler, sampler_options),
+                   tuner=PluginSpec("kl-grid" if flow else "fixed", dict(budget.tuner_options) if flow else {}),
+                   data=PluginSpec("mnist", data_options), train=train_config)
+
+
+def train_and_evaluate(name: str, spec: RunSpec, eval_config: EvalConfig, out: Path) -> dict[str, Any]:
+    run_dir = out / "runs" / name
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise SystemExit(f"error: {run_dir} already exists; give a new --out")
+    began = time.perf_counter()
+    data, model, sampler, tuner = build_objects(spec)
+    trained = train(model, sampler, tuner, data, spec, run_dir, progress=False)
+    trained_at = time.perf_counter()
+    result = evaluate(trained.model, trained.sampler, data, eval_config, out_dir=run_dir,
+                      log=lambda message: print(f"    {name}: {message}", flush=True))
+    write_json_atomic(run_dir / "eval.json", result)
+    summary = trained.summary
+    record = {
+        "name": name, "sampler": spec.sampler.name, "num_layers": spec.model.options["num_layers"],
+        "num_steps": spec.sampler.options.get("num_steps"), "config": spec.to_dict(), "train": summary,
+        "seconds_per_iteration": summary["seconds"] / max(summary["iterations"], 1),
+        "train_seconds": trained_at - began, "eval_seconds": time.perf_counter() - trained_at, "eval": result,
+    }
+    print(f"  {name}: {summary['seconds'] / max(summary['iterations'], 1):.3f} s/iteration, "
+          f"train {record['train_seconds']:.0f} s, eval {record['eval_seconds']:.0f} s, "
+          f"MSE {result['test_reconstruction_mse']:.4f}", flush=True)
+    return record
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "-"
+    return f"{value:.{digits}g}" if isinstance(value, float) else str(value)
+
+
+def _estimate(block: dict | None) -> str:
+    return "-" if not block else f"{block['mean']:.1f} ± {block['standard_error']:.1f}"
+
+
+def markdown(results: dict[str, Any]) -> str:
+    header = (f"{results['device']}; seed {results['seed']}; generator: ladder L={results['main_layers']}, "
+              f"nf={results['nf']}; {results['iterations']} iterations of batch {results['batch_size']}; "
+              f"total wall time {results['wall_seconds'] / 60:.1f} min.")
+    lines = [f"# inferkit comparison on MNIST (`--budget {results['budget']}`)", "", header, ""]
+    if results["skipped"]:
+        lines += [f"Not installed, skipped: {', '.join(results['skipped'])}.", ""]
+    columns = ("| sampler | MSE (own) | MSE (reference K) | AIS log p(x) | IWAE | Fréchet (classifier) | FID "
+               "| s / iteration |")
+    lines += ["## Table 1: samplers on one generator", "", columns, "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for record in results["main"]:
+        e = record["eval"]
+        lines.append(f"| {record['sampler']} | {_fmt(e['test_reconstruction_mse'])} | "
+                     f"{_fmt(e.get('test_reconstruction_mse_reference'))} | {_estimate(e.get('ais_log_likelihood'))} | "
+                     f"{_estimate(e.get('iwae_bound'))} | {_fmt(e.get('classifier_frechet_distance'))} | "
+                     f"{_fmt(e.get('fid'))} | {record['seconds_per_iteration']:.3f} |")
+    reference = next((r["eval"].get("classifier_frechet_distance_train_vs_test") for r in results["main"]), None)
+    if reference is not None:
+        floor = f"Fréchet distance between real training and test images in the same features: {_fmt(reference)}."
+        lines += ["", floor]
+    tables = ((f"Table 2: number of layers L (shortrun, K={results['main_steps']})", "layers", LAYERS),
+              (f"Table 3: inference steps K (shortrun, L={results['main_layers']})", "steps", STEPS))
+    for title, key, values in tables:
+        rows = results["ablations"].get(key)
+        if not rows:
+            continue
+        by_value = {r["value"]: r["eval"] for r in rows}
+        symbol = "L" if key == "layers" else "K"
+        lines += ["", f"## {title}", "", f"| | {' | '.join(f'{symbol}={v}' for v in values)} |",
+                  "|---|" + "---:|" * len(values)]
+        for label, metric in (("Fréchet (classifier)", "classifier_frechet_distance"),
+                              ("MSE", "test_reconstruction_mse")):
+            lines.append(f"| {label} | " + " | ".join(_fmt(by_value.get(v, {}).get(metric)) for v in values) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-dir", type=Path, required=True, help="folder with the MNIST IDX files")
+    parser.add_argument("--budget", choices=sorted(BUDGETS), default="smoke")
+    parser.add_argument("--samplers", default=",".join(SAMPLERS), help="comma-separated sampler names")
+    parser.add_argument("--no-ablations", action="store_true", help="skip Tables 2 and 3")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--inception-weights", type=Path, default=None, help="FID weights file (no download)")
+    parser.add_argument("--out", type=Path, default=None, help="output folder [default: bench/<budget>]")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    resolve_device(args.device)
+    budget = BUDGETS[args.budget]
+    out = args.out or Path("bench") / args.budget
+    out.mkdir(parents=True, exist_ok=True)
+    classifier_path = out / "feature_classifier.pt"
+    weights = str(args.inception_weights) if args.inception_weights else None
+    main_eval = replace(budget.main_eval, classifier=str(classifier_path), inception_weights=weights)
+    ablation_eval = replace(budget.ablation_eval, classifier=str(classifier_path), inception_weights=weights)
+
+    wanted = [s.strip() for s in args.samplers.split(",") if s.strip()]
+    unknown = [s for s in wanted if s not in SAMPLERS]
+    if unknown:
+        print(f"note: {', '.join(unknown)} not among the compared samplers {', '.join(SAMPLERS)}; running them too")
+    available = installed_samplers()
+    skipped = [s for s in wanted if s not in available]
+    for name in skipped:
+        print(f"note: sampler {name!r} is not installed (no inferkit.samplers entry point); skipped", flush=True)
+    samplers = [s for s in wanted if s in available]
+    began = time.perf_counter()
+    device_name = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else (
+        f"CPU, {torch.get_num_threads()} torch threads")
+    results: dict[str, Any] = {"budget": args.budget, "budget_settings": asdict(budget), "seed": args.seed,
+                               "device": device_name, "main_layers": budget.num_layers,
+                               "main_steps": budget.num_steps, "nf": budget.nf, "iterations": budget.iterations,
+                               "batch_size": budget.batch_size, "skipped": skipped, "main": [],
+                               "ablations": {"layers": [], "steps": []}}
+    print(f"Table 1: {', '.join(samplers) or 'no sampler'} on ladder L={budget.num_layers}", flush=True)
+    for sampler in samplers:
+        spec = run_spec(budget, sampler, budget.num_layers, budget.num_steps, args)
+        results["main"].append(train_and_evaluate(f"{sampler}-L{budget.num_layers}", spec, main_eval, out))
+    if not args.no_ablations and "shortrun" in available:
+        base = next((r for r in results["main"] if r["sampler"] == "shortrun"), None)
+        for key, values in (("layers", LAYERS), ("steps", STEPS)):
+            print(f"ablation over {key}: {values}", flush=True)
+            for value in values:
+                layers = value if key == "layers" else budget.num_layers
+                steps = value if key == "steps" else budget.num_steps
+                if base is not None and layers == budget.num_layers and steps == budget.num_steps:
+                    record = base  # the Table-1 shortrun run is this cell
+                else:
+                    spec = run_spec(budget, "shortrun", layers, steps, args)
+                    record = train_and_evaluate(f"shortrun-L{layers}-K{steps}", spec, ablation_eval, out)
+                results["ablations"][key].append({"value": value, "name": record["name"], "eval": record["eval"],
+                                                  "seconds_per_iteration": record["seconds_per_iteration"]})
+    results["wall_seconds"] = time.perf_counter() - began
+    write_json_atomic(out / "results.json", results)
+    (out / "results.md").write_text(markdown(results))
+    print(markdown(results))
+    print(f"wrote {out / 'results.json'} and {out / 'results.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
