@@ -63,7 +63,9 @@ def test_each_baseline_trains_the_ladder_from_the_cli(name, tmp_path, capsys):
     else:
         assert any(key.startswith("trunk.") for key in state["sampler"])  # the encoder is checkpointed
     # eval / sample / tune rebuild the sampler through the same setup hook and load the checkpoint.
-    code, _, err = run_cli(["eval", out, "--num-examples", "8"], capsys)
+    code, _, err = run_cli(["eval", out, "--num-examples", "8", "--reference-steps", "0", "--inpaint-examples", "0",
+                            "--ais-examples", "0", "--iwae-samples", "4", "--fd-samples", "0", "--no-figures"],
+                           capsys)
     assert code == 0, err
     assert json.loads((out / "eval.json").read_text())["test_reconstruction_mse"] > 0
     assert run_cli(["sample", out, "--num", "4", "--output", tmp_path / "s.png"], capsys)[0] == 0

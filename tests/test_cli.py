@@ -98,7 +98,8 @@ def test_resume_continues_exactly(tmp_path, capsys):
 def test_eval_sample_tune_on_a_run(tmp_path, capsys):
     out = tmp_path / "run"
     assert run_cli(["run", *TINY, "--iterations", "3", "--tune-every", "0", "--out", out], capsys)[0] == 0
-    code, _, err = run_cli(["eval", out, "--num-examples", "8"], capsys)
+    code, _, err = run_cli(["eval", out, "--num-examples", "8", "--reference-steps", "0", "--inpaint-examples", "0",
+                            "--ais-examples", "0", "--fd-samples", "0", "--no-figures"], capsys)
     assert code == 0, err
     result = json.loads((out / "eval.json").read_text())
     assert result["test_examples"] == 8 and result["test_reconstruction_mse"] > 0
