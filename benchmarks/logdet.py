@@ -5,7 +5,7 @@ For each latent size (the ladder's default, and one with latent dimension >= 200
 rounds), the relative error of J and of log|det dF/dz_0| against ``exact``, and the speed-up over
 ``exact``. Then whether kl-grid with ``stochastic`` picks the same grid point as with ``exact``.
 
-    python benchmarks/logdet.py [--threads 2] [--batch 4] [--steps 20] [--reps 3] [--json out.json]
+    python benchmarks/logdet.py [--threads 2] [--batch 4] [--steps 20] [--reps 3] [--image-size 16] [--json out.json]
     python benchmarks/logdet.py --quick
 
 Tuning's share of a training run is measured by a real run: ``summary.json`` of ``inferkit run``
@@ -48,7 +48,7 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--probes", type=int, default=4)
     parser.add_argument("--lanczos-steps", type=int, default=12)
-    parser.add_argument("--image-size", type=int, default=32)
+    parser.add_argument("--image-size", type=int, default=16, help="16: the shapes data of the headline run")
     parser.add_argument("--quick", action="store_true", help="K=3, 1 round, 16x16 images (a smoke run)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
