@@ -279,29 +279,53 @@ def tune(
     tuner: str | None = typer.Option(None, help="tuner plugin [default: the run's]"),
     tuner_opt: list[str] = typer.Option([], help=_OPT_HELP.format("tuner")),
     num_examples: int = typer.Option(16, help="test examples for the objective"),
+    output: Path | None = typer.Option(None, help="PNG of J(s) [default: RUN/tune.png]"),
 ) -> None:
-    """Run a tuner on a trained run's test data and print J at every point it tried."""
+    """Run a tuner on a trained run's test data, print J at every point it tried and plot J(s)."""
+    from inferkit.plots import plot_objective_curves
     from inferkit.registry import load_tuner
     from inferkit.runs import write_json_atomic
 
     if num_examples < 1:
         raise UserError(f"--num-examples must be a positive integer, got {num_examples}")
-    spec, data, model, sampler, run_tuner, _ = _load_run(run)
+    if output is not None and output.suffix.lower() != ".png":
+        raise UserError(f"--output must name a .png file, got {output}")
+    spec, data, model, sampler, run_tuner, state = _load_run(run)
     if tuner is not None or tuner_opt:
         options = spec.tuner.options if tuner is None else {}
         options = {**options, **parse_assignments(tuner_opt, "--tuner-opt")}
         run_tuner = load_tuner(tuner or spec.tuner.name, **options)
     result = run_tuner.tune(model, sampler, data.test.x[:num_examples])
-    table = Table(title=f"tuner on {run}")
-    for column in ("step size", "J", "invertible"):
-        table.add_column(column, justify="right")
-    for point in result.history:
-        table.add_row(f"{point['step_size']:.4g}", f"{point['J']:.6g}", str(point["invertible"]))
-    console.print(table)
     chosen = {k: v.tolist() for k, v in result.hyperparameters.items()}
-    console.print(f"chosen: {chosen}  J = {result.objective:.6g}")
-    write_json_atomic(run / "tune.json", {"objective": result.objective, "hyperparameters": chosen,
-                                          "history": result.history})
+    names = [name for name in chosen if any(name in point for point in result.history)]
+    table = Table(title=f"tuner on {run}")
+    for column in [*names, "J", "invertible"]:
+        table.add_column(column.replace("_", " "), justify="right")
+    for point in result.history:
+        table.add_row(*(_number(point.get(name)) for name in names), f"{point['J']:.6g}",
+                      str(point.get("invertible", "")))
+    console.print(table)
+    shown = ", ".join(f"{k} = {_number(v)}" for k, v in chosen.items())
+    console.print(f"chosen: {shown}  J = {result.objective:.6g}", markup=False, highlight=False)
+    record = {"iteration": int(state.get("iteration", 0)), "objective": result.objective,
+              "hyperparameters": chosen, "per": getattr(sampler, "per", None), "history": result.history}
+    write_json_atomic(run / "tune.json", record)
+    figure = output or run / "tune.png"
+    name = tuner or spec.tuner.name
+    if plot_objective_curves([record], figure, title=f"tuner {name} on {run} (checkpoint at t = "
+                                                     f"{record['iteration']})"):
+        console.print(f"J(s) plot: {figure}", markup=False, highlight=False)
+    else:
+        console.print(f"no J(s) to plot: tuner {name} evaluated no objective", markup=False, highlight=False)
+
+
+def _number(value: Any) -> str:
+    """A step size (or any hyperparameter) for a table: ``0.0312`` or ``[0.0312, 0.045, 0.02]``."""
+    if value is None:
+        return ""
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_number(v) for v in value) + "]"
+    return f"{value:.4g}" if isinstance(value, float | int) else str(value)
 
 
 def main(argv: list[str] | None = None) -> int:

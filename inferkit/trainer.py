@@ -77,6 +77,25 @@ def _truncate_jsonl(path: Path, before_iteration: int) -> None:
     path.write_text("".join(line + "\n" for line in kept))
 
 
+def _recorded_tuning_seconds(path: Path) -> float:
+    """Seconds of the tunings already in ``tuner.jsonl`` (a resumed run's share before the checkpoint)."""
+    if not path.exists():
+        return 0.0
+    return sum(float(json.loads(line).get("seconds", 0.0)) for line in path.read_text().splitlines()
+               if line.strip())
+
+
+def _plot_tuning(run_dir: Path, console: Console) -> None:
+    """Redraw the tuner figures (inferkit.plots); a failure is a warning, never the end of a run."""
+    try:
+        from inferkit.plots import plot_run_tuning
+
+        plot_run_tuning(run_dir)
+    except Exception as exc:  # noqa: BLE001 - figures are a by-product; training goes on
+        console.print(f"warning: could not draw the tuner figures in {run_dir} ({type(exc).__name__}: {exc})",
+                      markup=False, highlight=False)
+
+
 def _save_images(model: Model, sampler: Sampler, x_test: torch.Tensor, run_dir: Path, tag: str,
                  seed: int) -> None:
     if not is_image_shape(tuple(model.data_shape)):
@@ -94,8 +113,8 @@ def _save_images(model: Model, sampler: Sampler, x_test: torch.Tensor, run_dir: 
 
 def train(model: Model, sampler: Sampler, tuner: Tuner, data, spec: RunSpec, run_dir: str | Path, *,
           resume: bool = False, progress: bool = True, console: Console | None = None) -> TrainResult:
-    """Run Algorithm 1 and write the run folder (config, checkpoint, metrics, tuner history, images,
-    summary). With ``resume`` continue from the folder's checkpoint."""
+    """Run Algorithm 1 and write the run folder (config, checkpoint, metrics, tuner history and its
+    figures, images, summary). With ``resume`` continue from the folder's checkpoint."""
     config = spec.train
     config.validate()
     run_dir = Path(run_dir)
@@ -135,6 +154,7 @@ def train(model: Model, sampler: Sampler, tuner: Tuner, data, spec: RunSpec, run
                             "damaged or from another model") from None
         for name in (METRICS_FILE, TUNER_FILE):
             _truncate_jsonl(run_dir / name, start)
+        tuning_seconds = _recorded_tuning_seconds(run_dir / TUNER_FILE)
     else:
         run_dir.mkdir(parents=True, exist_ok=True)
         spec.save(run_dir)
@@ -142,6 +162,7 @@ def train(model: Model, sampler: Sampler, tuner: Tuner, data, spec: RunSpec, run
             model.set_observation_sigma(observation_sigma(config, 0))
         mse_start = reconstruction_mse(model, sampler, x_test, seed=config.seed)
         elapsed_before = 0.0
+        tuning_seconds = 0.0
 
     def checkpoint(iteration: int, seconds: float) -> None:
         save_atomic({"iteration": iteration, "model": model.state_dict(), "sampler": sampler.state_dict(),
@@ -165,10 +186,14 @@ def train(model: Model, sampler: Sampler, tuner: Tuner, data, spec: RunSpec, run
             batch = train_split.batch(step_indices(len(train_split), config.batch_size, seed=config.seed, step=t))
             x, index = batch["x"], batch["index"]
             if config.tune_every and t % config.tune_every == 0:
+                tune_began = time.perf_counter()
                 result = tuner.tune(model, sampler, x)
+                tune_seconds = time.perf_counter() - tune_began
+                tuning_seconds += tune_seconds
                 _append_jsonl(run_dir / TUNER_FILE, {
                     "iteration": t, "objective": result.objective, "history": result.history,
-                    "hyperparameters": {k: v.tolist() for k, v in result.hyperparameters.items()}})
+                    "hyperparameters": {k: v.tolist() for k, v in result.hyperparameters.items()},
+                    "per": getattr(sampler, "per", None), "seconds": tune_seconds})
             inference = sampler.infer(model, x, index=index, generator=seeded_generator(config.seed, t, device))
             loss = sampler.loss(model, x, inference)
             optimizer.zero_grad(set_to_none=True)
@@ -196,15 +221,19 @@ def train(model: Model, sampler: Sampler, tuner: Tuner, data, spec: RunSpec, run
                 _save_images(model, sampler, x_test, run_dir, f"{done:06d}", config.seed)
             if done % config.checkpoint_every == 0 or done == config.iterations:
                 checkpoint(done, elapsed_before + time.perf_counter() - began)
+                if config.tune_every and done < config.iterations:
+                    _plot_tuning(run_dir, console)
 
     seconds = elapsed_before + time.perf_counter() - began
     mse_end = reconstruction_mse(model, sampler, x_test, seed=config.seed)
     _save_images(model, sampler, x_test, run_dir, "final", config.seed)
+    _plot_tuning(run_dir, console)
     summary = {
         "iterations": config.iterations, "seconds": seconds,
         "iterations_per_second": (config.iterations - start) / max(time.perf_counter() - began, 1e-9),
         "test_mse_start": mse_start, "test_mse_end": mse_end, "final_loss": loss_value,
         "final_step_size": _step_size_summary(sampler), "eval_examples": int(x_test.shape[0]),
+        "tuning_seconds": tuning_seconds,
     }
     write_json_atomic(run_dir / SUMMARY_FILE, summary)
     return TrainResult(model=model, sampler=sampler, run_dir=run_dir, summary=summary)
