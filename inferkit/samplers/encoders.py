@@ -26,6 +26,18 @@ def check_encoder_options(name: str, *, hidden: int, depth: int, nf: int, encode
         raise UserError(f"{name}: encoder must be one of {', '.join(ENCODER_KINDS)}, got {encoder!r}")
 
 
+def shape_key(model) -> tuple:
+    """What an amortized network is built for: the model's latent shapes and data shape."""
+    return (tuple(map(tuple, model.latent_shapes)), tuple(model.data_shape))
+
+
+def require_built(sampler_name: str, network: str, built_for: tuple | None, model) -> None:
+    """A :class:`UserError` when the sampler's network was not built (by ``setup``) for ``model``."""
+    if built_for != shape_key(model):
+        raise UserError(f"{sampler_name}: the {network} is not built for this model; call sampler.setup(model) "
+                        "before inference (inferkit.train and the CLI do)")
+
+
 def mask_input(x: Tensor, mask: Tensor | None) -> Tensor:
     """What an encoder sees: ``x`` with the hidden entries (mask 0) set to 0 (they may hold anything)."""
     if mask is None:

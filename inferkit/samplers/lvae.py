@@ -37,6 +37,8 @@ from inferkit.samplers.encoders import (
     gaussian_log_density,
     mask_input,
     model_reference,
+    require_built,
+    shape_key,
 )
 
 
@@ -91,7 +93,7 @@ class LadderVAE(Sampler):
                             "p(z_l | z_{l+1}) (inferkit.HasLayerConditionals: layer_conditional and from_centered), "
                             "which the Ladder-VAE merges with its bottom-up pass; use --sampler vae, or a "
                             "hierarchical model such as ladder")
-        key = (tuple(map(tuple, model.latent_shapes)), tuple(model.data_shape))
+        key = shape_key(model)
         if self._built_for == key:
             return
         device, dtype = model_reference(model)
@@ -112,9 +114,7 @@ class LadderVAE(Sampler):
         self.kl_weight = 1.0 if span <= 0 else min(1.0, iteration / span)
 
     def _require_setup(self, model: Model) -> None:
-        if self._built_for != (tuple(map(tuple, model.latent_shapes)), tuple(model.data_shape)):
-            raise UserError("lvae: the inference network is not built for this model; call sampler.setup(model) "
-                            "before inference (inferkit.train and the CLI do)")
+        require_built("lvae", "inference network", self._built_for, model)
 
     # -- the two passes --------------------------------------------------------------------------
     def bottom_up(self, model: Model, x: Tensor, mask: Tensor | None = None) -> list[tuple[Tensor, Tensor]]:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from inferkit.errors import UserError
 from inferkit.interfaces import Inference, Model, Sampler
 from inferkit.samplers.encoders import (
     GaussianHead,
@@ -23,6 +22,8 @@ from inferkit.samplers.encoders import (
     gaussian_log_density,
     mask_input,
     model_reference,
+    require_built,
+    shape_key,
 )
 
 
@@ -61,7 +62,7 @@ class VAE(Sampler):
     def setup(self, model: Model, *, num_examples: int | None = None) -> None:
         """Build the encoder for ``model.latent_shapes`` and ``model.data_shape`` (kept if already
         built for the same shapes), on the model's device and dtype."""
-        key = (tuple(map(tuple, model.latent_shapes)), tuple(model.data_shape))
+        key = shape_key(model)
         if self._built_for == key:
             return
         device, dtype = model_reference(model)
@@ -73,9 +74,7 @@ class VAE(Sampler):
         self._built_for = key
 
     def _require_setup(self, model: Model) -> None:
-        if self._built_for != (tuple(map(tuple, model.latent_shapes)), tuple(model.data_shape)):
-            raise UserError("vae: the encoder is not built for this model; call sampler.setup(model) before "
-                            "inference (inferkit.train and the CLI do)")
+        require_built("vae", "encoder", self._built_for, model)
 
     # -- q(z | x) --------------------------------------------------------------------------------
     def encode(self, model: Model, x: Tensor, mask: Tensor | None = None) -> list[tuple[Tensor, Tensor]]:
