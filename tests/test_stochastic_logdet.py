@@ -132,3 +132,38 @@ def test_kl_grid_with_the_stochastic_estimator_picks_the_same_step_size():
     for a, b in zip(chosen["stepwise"][1].history, chosen["stochastic"][1].history):
         assert b["J"] == pytest.approx(a["J"], rel=0.05)
         assert a["invertible"] == b["invertible"]
+
+
+@pytest.fixture(scope="module")
+def ladder_224():
+    """The ladder generator with latent dimension 224 (128 + 64 + 32) in float64, on 8x8 images."""
+    load_model = pytest.importorskip("inferkit_ladder").LadderModel
+    torch.manual_seed(0)
+    model = load_model(image_size=8, latent_dims=(128, 64, 32)).double()
+    x = model.sample(2, generator=torch.Generator().manual_seed(1)).detach()
+    return model, x
+
+
+def test_on_the_ladder_stepwise_equals_exact_and_stochastic_is_within_two_percent(ladder_224):
+    model, x = ladder_224
+    sampler = ShortRun(num_steps=3, step_size=0.02)
+    values = {}
+    for logdet in ("exact", "stepwise", "stochastic"):
+        values[logdet] = kl_objective(model, sampler, x, logdet=logdet, generator=torch.Generator().manual_seed(0),
+                                      differentiable=False, return_info=True)
+    (j_exact, info_exact), (j_step, info_step), (j_sto, _) = values.values()
+    torch.testing.assert_close(info_step.log_det, info_exact.log_det, rtol=1e-11, atol=1e-11)
+    torch.testing.assert_close(j_step, j_exact, rtol=1e-11, atol=1e-11)
+    assert info_exact.min_eigenvalue == info_step.min_eigenvalue
+    assert torch.all((j_sto - j_exact).abs() <= 0.02 * j_exact.abs())
+
+
+def test_on_the_ladder_kl_grid_picks_the_same_step_size_with_every_estimator(ladder_224):
+    model, x = ladder_224
+    grid = (0.005, 0.01, 0.02, 0.04, 0.08)
+    chosen = {}
+    for logdet in ("stepwise", "stochastic"):
+        sampler = ShortRun(num_steps=3, step_size=0.01)
+        KLGrid(grid=grid, logdet=logdet).tune(model, sampler, x)
+        chosen[logdet] = sampler.step_size.item()
+    assert chosen["stochastic"] == chosen["stepwise"]

@@ -17,6 +17,7 @@ from torch import Tensor
 
 from inferkit.errors import UserError
 from inferkit.interfaces import Latents, Model
+from inferkit.linalg import slogdet
 
 _LOG_2PI = math.log(2 * math.pi)
 
@@ -30,7 +31,7 @@ def gaussian_kl(mean_q: Tensor, cov_q: Tensor, mean_p: Tensor, cov_p: Tensor) ->
     trace = torch.cholesky_solve(cov_q, chol_p).diagonal(dim1=-2, dim2=-1).sum(-1)
     maha = (diff * torch.cholesky_solve(diff, chol_p)).sum((-2, -1))
     logdet_p = 2 * chol_p.diagonal(dim1=-2, dim2=-1).log().sum(-1)
-    logdet_q = torch.linalg.slogdet(cov_q)[1]
+    logdet_q = slogdet(cov_q)[1]
     return 0.5 * (trace + maha - d + logdet_p - logdet_q)
 
 

@@ -36,6 +36,7 @@ from torch import Tensor
 
 from inferkit.errors import UserError
 from inferkit.interfaces import Inference, Latents, Model
+from inferkit.linalg import slogdet
 from inferkit.objective import hessians
 from inferkit.samplers.shortrun import ShortRun
 
@@ -135,7 +136,7 @@ class ShortRunMomentum(ShortRun):
             direction = tangent_z + mu * tangent_v if self.nesterov else tangent_z
             tangent_v = mu * tangent_v + unit_steps[k][None, :, None] * (hess @ direction)
             tangent_z = tangent_z + tangent_v
-        _, log_abs = torch.linalg.slogdet(tangent_z)
+        _, log_abs = slogdet(tangent_z)
         finite = torch.isfinite(tangent_z).all(-1).all(-1)
         safe = torch.where(finite[:, None, None], tangent_z, torch.eye(dim, dtype=torch.float64, device=x.device))
         smallest = torch.linalg.svdvals(safe.detach())[:, -1]

@@ -35,7 +35,7 @@ class KLObjectiveOptions:
     logdet: str = "stepwise"
     seed: int = 0
     num_probes: int = 4
-    lanczos_steps: int = 12
+    lanczos_steps: int = 4
 
     def validate(self, tuner: str) -> None:
         if self.num_samples < 1 or self.batch_size < 0:

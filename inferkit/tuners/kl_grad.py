@@ -72,7 +72,7 @@ class KLGrad(Tuner):
     def __init__(self, learning_rate: float = 0.05, max_iterations: int = 100, tolerance: float = 1e-3,
                  patience: int = 3, objective: str = "kl", max_shrinks: int = 8,
                  parameters: tuple[str, ...] = ("step_size",), num_samples: int = 1, batch_size: int = 4,
-                 logdet: str = "stepwise", seed: int = 0, num_probes: int = 4, lanczos_steps: int = 12):
+                 logdet: str = "stepwise", seed: int = 0, num_probes: int = 4, lanczos_steps: int = 4):
         if not (learning_rate > 0 and math.isfinite(learning_rate)):
             raise UserError(f"kl-grad: learning_rate must be a positive number, got {learning_rate}")
         if max_iterations < 1 or patience < 1 or max_shrinks < 0:

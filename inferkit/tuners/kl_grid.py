@@ -39,7 +39,7 @@ class KLGrid(Tuner):
 
     def __init__(self, grid: tuple[float, ...] = PAPER_GRID, num_samples: int = 1, batch_size: int = 4,
                  logdet: str = "stepwise", seed: int = 0, shrink: float = 0.25, max_shrinks: int = 4,
-                 stop_at_singular: bool = True, num_probes: int = 4, lanczos_steps: int = 12):
+                 stop_at_singular: bool = True, num_probes: int = 4, lanczos_steps: int = 4):
         grid = tuple(sorted(float(s) for s in grid))
         if not grid or not all(math.isfinite(s) and s > 0 for s in grid):
             raise UserError(f"kl-grid: grid must be positive, finite step sizes, got {grid}")
