@@ -12,7 +12,7 @@ from inferkit.interfaces import (
     Tuner,
     TuneResult,
 )
-from inferkit.objective import kl_objective
+from inferkit.objective import flow_log_density, kl_objective
 from inferkit.registry import list_plugins, load_dataset, load_model, load_sampler, load_tuner
 
 __all__ = [
@@ -26,6 +26,7 @@ __all__ = [
     "TuneResult",
     "Tuner",
     "UserError",
+    "flow_log_density",
     "kl_objective",
     "list_plugins",
     "load_dataset",

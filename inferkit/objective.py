@@ -292,6 +292,75 @@ def check_kl_objective(sampler: Sampler) -> None:
                         "use the 'fixed' tuner (--tuner fixed)")
 
 
+def flow_log_det(model: Model, sampler: GradientFlow, x: Tensor, z0: Latents, noise: list[Latents] | None = None,
+                 mask: Tensor | None = None, *, logdet: str = "stepwise", num_probes: int = 4,
+                 lanczos_steps: int = 4, generator: torch.Generator | None = None,
+                 check_invertible: bool = True) -> tuple[Latents, Tensor, Tensor]:
+    """``(z_K, log|det dF/dz_0|, smallest step-map eigenvalue)`` per example for ``z_K = F(z_0)``,
+    by the estimator ``logdet`` (see the module docstring; ``noise`` is held fixed)."""
+    own_stepwise = getattr(sampler, "stepwise_log_det", None)  # a flow whose steps are not I + S H
+    if logdet == "stochastic" and getattr(sampler, "stochastic_log_det_unsupported", None):
+        raise UserError(f"logdet=stochastic does not apply to sampler {type(sampler).__name__}: "
+                        f"{sampler.stochastic_log_det_unsupported}")
+    if logdet == "stepwise" and own_stepwise is not None:
+        z_final, log_det, min_eig = own_stepwise(model, x, z0, mask)
+    elif logdet == "stepwise":
+        states = sampler.path(model, x, z0, noise, mask)
+        z_final = states[-1]
+        log_det, min_eig = stepwise_log_det(model, sampler, x, states[:-1], mask)
+    elif logdet == "stochastic":
+        states = sampler.path(model, x, z0, noise, mask)
+        z_final = states[-1]
+        log_det, min_eig = stochastic_log_det(model, sampler, x, states[:-1], mask,
+                                              num_probes=num_probes, lanczos_steps=lanczos_steps,
+                                              generator=generator)
+    else:
+        z_final = sampler.flow(model, x, z0, noise, mask)
+        log_det, sign = exact_log_det(model, sampler, x, z0, noise, mask)
+        if not check_invertible:  # the sign of det only: NaN eigenvalue where it is not positive
+            min_eig = torch.where(sign > 0, math.inf, math.nan)
+        else:
+            with torch.no_grad():  # invertibility check: every step map, not only the sign of det
+                if own_stepwise is not None:
+                    _, _, min_eig = own_stepwise(model, x, z0, mask)
+                else:
+                    states = sampler.path(model, x, z0, noise, mask)
+                    _, min_eig = stepwise_log_det(model, sampler, x, states[:-1], mask)
+    return z_final, log_det, min_eig
+
+
+def flow_log_density(sampler: Sampler, model: Model, x: Tensor, z0: Latents, *,
+                     noise: list[Latents] | None = None, mask: Tensor | None = None, logdet: str = "stepwise",
+                     num_probes: int = 4, lanczos_steps: int = 4,
+                     generator: torch.Generator | None = None) -> tuple[Latents, Tensor]:
+    """Noise-free short-run dynamics as a normalising flow (thesis, chapter 5): the density of the
+    sampler's output ``z_K = F(z_0)``, ``z_0 ~ p_0``, by the change of variables
+
+        log q_s(z_K) = log p_0(z_0) - log|det dF/dz_0|,
+
+    the same log-determinant the KL tuners use (``logdet=`` as in :func:`kl_objective`). ``z0`` are
+    the flow's inputs (e.g. ``model.sample_prior(n)``); returns ``(z_K, log q_s(z_K))``, the latter
+    float64 ``[batch]``. F must be invertible (every ``I + S_k H_k`` positive definite): where it is
+    not, ``q_s`` has no density by this formula and the result is NaN. A noisy sampler (Langevin) has
+    no flow density; with its noise path given as ``noise`` the result is the density of ``z_K``
+    conditional on that path, ``log q_s(z_K | eps)``. Differentiable in the step sizes and the
+    model's parameters under grad mode.
+    """
+    check_kl_objective(sampler)
+    if logdet not in LOGDET_METHODS:
+        raise UserError(f"logdet must be one of {', '.join(LOGDET_METHODS)}, got {logdet!r}")
+    if noise is None and getattr(sampler, "noise_scale", 0.0):
+        raise UserError(f"sampler {type(sampler).__name__} adds noise, so its output has no flow density; "
+                        "pass the noise path (noise=sampler.sample_noise(model, n)) for the density "
+                        "conditional on it, or use a noise-free sampler such as 'shortrun'")
+    z_final, log_det, min_eig = flow_log_det(model, sampler, x, z0, noise, mask, logdet=logdet,
+                                             num_probes=num_probes, lanczos_steps=lanczos_steps,
+                                             generator=generator)
+    log_q = model.log_prior(z0).to(torch.float64) - log_det
+    invertible = min_eig.detach() > 0
+    return z_final, torch.where(invertible, log_q, torch.full_like(log_q, math.nan))
+
+
 def kl_objective(model: Model, sampler: Sampler, x: Tensor, *, num_samples: int = 1,
                  logdet: str = "stepwise", mask: Tensor | None = None,
                  generator: torch.Generator | None = None, return_info: bool = False,
@@ -327,34 +396,9 @@ def kl_objective(model: Model, sampler: Sampler, x: Tensor, *, num_samples: int 
     # torch.func transforms (grad, hessian, jacrev) work under no_grad too, so the values do not
     # depend on the grad mode; only whether a graph to the step sizes and parameters is kept.
     with torch.enable_grad() if differentiable else torch.no_grad():
-        own_stepwise = getattr(sampler, "stepwise_log_det", None)  # a flow whose steps are not I + S H
-        if logdet == "stochastic" and getattr(sampler, "stochastic_log_det_unsupported", None):
-            raise UserError(f"logdet=stochastic does not apply to sampler {type(sampler).__name__}: "
-                            f"{sampler.stochastic_log_det_unsupported}")
-        if logdet == "stepwise" and own_stepwise is not None:
-            z_final, log_det, min_eig = own_stepwise(model, x_rep, z0, mask_rep)
-        elif logdet == "stepwise":
-            states = sampler.path(model, x_rep, z0, noise, mask_rep)
-            z_final = states[-1]
-            log_det, min_eig = stepwise_log_det(model, sampler, x_rep, states[:-1], mask_rep)
-        elif logdet == "stochastic":
-            states = sampler.path(model, x_rep, z0, noise, mask_rep)
-            z_final = states[-1]
-            log_det, min_eig = stochastic_log_det(model, sampler, x_rep, states[:-1], mask_rep,
-                                                  num_probes=num_probes, lanczos_steps=lanczos_steps,
-                                                  generator=generator)
-        else:
-            z_final = sampler.flow(model, x_rep, z0, noise, mask_rep)
-            log_det, sign = exact_log_det(model, sampler, x_rep, z0, noise, mask_rep)
-            if not check_invertible:  # the sign of det only: NaN eigenvalue where it is not positive
-                min_eig = torch.where(sign > 0, math.inf, math.nan)
-            else:
-                with torch.no_grad():  # invertibility check: every step map, not only the sign of det
-                    if own_stepwise is not None:
-                        _, _, min_eig = own_stepwise(model, x_rep, z0, mask_rep)
-                    else:
-                        states = sampler.path(model, x_rep, z0, noise, mask_rep)
-                        _, min_eig = stepwise_log_det(model, sampler, x_rep, states[:-1], mask_rep)
+        z_final, log_det, min_eig = flow_log_det(model, sampler, x_rep, z0, noise, mask_rep, logdet=logdet,
+                                                 num_probes=num_probes, lanczos_steps=lanczos_steps,
+                                                 generator=generator, check_invertible=check_invertible)
         energy = -model.log_joint(x_rep, z_final, mask_rep).to(torch.float64)
         per_draw = energy + (model.log_prior(z0).to(torch.float64) - log_det) if entropy else energy
     objective = per_draw.view(batch, num_samples).mean(1)
