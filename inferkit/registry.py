@@ -41,7 +41,12 @@ def _entry_points(kind: str) -> dict[str, EntryPoint]:
 
 
 def plugin_class(kind: str, name: str) -> type:
-    """The class registered as ``name`` in the ``kind`` group."""
+    """The class registered as ``name`` in the ``kind`` group; a model named ``pyro:MODULE:FUNCTION``
+    is that Pyro model function behind :class:`~inferkit.models.pyro_model.PyroModel`."""
+    if kind == "model" and name.startswith("pyro:"):
+        from inferkit.models.pyro_model import load_pyro_function
+
+        return load_pyro_function(name[len("pyro:"):])
     available = _entry_points(kind)
     if name not in available:
         names = ", ".join(sorted(available)) or "none installed"
