@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from inferkit.errors import UserError
+from inferkit.interfaces import require_compatible
 from inferkit.options import parse_assignments
 from inferkit.registry import list_plugins
 from inferkit.runs import CHECKPOINT_FILE, PluginSpec, RunSpec, TrainConfig, build_objects, resolve_device
@@ -61,6 +62,7 @@ def _load_run(run: Path):
     path = run / CHECKPOINT_FILE
     if not path.is_file():
         raise UserError(f"{run} has no checkpoint yet; train it with `inferkit run` (or --resume) first")
+    require_compatible(model, sampler)
     sampler.setup(model, num_examples=len(data.train))  # the trainer's hook: encoders, chain stores
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)

@@ -188,7 +188,14 @@ def evaluate(model: Model, sampler: Sampler, data, config: EvalConfig | None = N
                 scores[pattern] = squared / max(hidden, 1.0)
             result["inpainting_mse"] = scores
 
-    if config.ais_examples:
+    normalized = getattr(model, "normalized", True)
+    if not normalized and (config.ais_examples or config.iwae_samples):
+        # log_joint is known only up to log Z: an AIS or IWAE figure would be off by an unknown constant.
+        result["ais_log_likelihood"] = result["iwae_bound"] = None
+        result["log_likelihood_refused"] = (f"model {type(model).__name__} has an unnormalised log_joint (log Z "
+                                            "unknown); no log-likelihood in nats is reported")
+        log(result["log_likelihood_refused"])
+    if config.ais_examples and normalized:
         with timed("AIS"):
             estimates, acceptance = [], []
             per_batch = max(1, 256 // config.ais_chains)
@@ -206,7 +213,7 @@ def evaluate(model: Model, sampler: Sampler, data, config: EvalConfig | None = N
                 "leapfrog_steps": config.ais_leapfrog, "acceptance_rate": summary.acceptance_rate,
                 "per_example": values.tolist()}
 
-    if config.iwae_samples:
+    if config.iwae_samples and normalized:
         if iwae.is_amortized(model, sampler, x):
             with timed("IWAE"):
                 per_batch = max(1, 512 // config.iwae_samples)

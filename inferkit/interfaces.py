@@ -15,6 +15,8 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
+from inferkit.errors import UserError
+
 Latents = tuple[Tensor, ...]
 """One tensor per latent layer, bottom layer (z_1) first, batch dimension first."""
 
@@ -31,6 +33,15 @@ class Model(torch.nn.Module, abc.ABC):
 
     data_shape: tuple[int, ...]
     """Shape of one observation ``x`` without the batch dimension."""
+
+    normalized: bool = True
+    """False when ``log_joint`` is known only up to an additive constant ``-log Z`` (an RBM or
+    energy-based prior): log-likelihood evaluators must then refuse, or estimate ``log Z`` (AIS),
+    instead of reporting nats they do not have. Gradient samplers and J's argmin are unaffected."""
+
+    latent_support: str = "real"
+    """``"real"`` for continuous latents; ``"binary"`` for latents in {0, 1} (no gradient flow
+    applies; see :attr:`Sampler.latent_supports`)."""
 
     @abc.abstractmethod
     def sample_prior(self, n: int, *, generator: torch.Generator | None = None) -> Latents:
@@ -114,6 +125,9 @@ class Sampler(torch.nn.Module, abc.ABC):
     """Why :func:`inferkit.kl_objective` does not apply to this sampler (``None``: it applies if the
     sampler is a :class:`GradientFlow`); KL tuners show it to the user."""
 
+    latent_supports: tuple[str, ...] = ("real",)
+    """The :attr:`Model.latent_support` values this sampler handles (gradient samplers: real only)."""
+
     def setup(self, model: Model, *, num_examples: int | None = None) -> None:
         """Prepare for ``model`` (and its ``data_shape``) and a training set of ``num_examples``
         (``None``: unknown). Called before the optimiser is built, so parameters made here are
@@ -144,6 +158,15 @@ class Sampler(torch.nn.Module, abc.ABC):
     def hyperparameters(self) -> dict[str, Tensor]:
         """The live tensors a tuner may set (in place)."""
         return {}
+
+
+def require_compatible(model: Model, sampler: Sampler) -> None:
+    """Raise :class:`~inferkit.errors.UserError` when ``sampler`` cannot handle ``model``'s latents."""
+    support = getattr(model, "latent_support", "real")
+    if support not in sampler.latent_supports:
+        raise UserError(f"sampler {type(sampler).__name__} needs {' or '.join(sampler.latent_supports)} latents but "
+                        f"model {type(model).__name__} has {support} latents; pick a sampler for {support} "
+                        "latents (see `inferkit list`)")
 
 
 @runtime_checkable

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from inferkit.errors import UserError
+from inferkit.interfaces import require_compatible
 from inferkit.options import build, coerce, option_types, suggest
 from inferkit.registry import plugin_class
 
@@ -178,6 +179,7 @@ def build_objects(spec: RunSpec, *, resolve: bool = True):
     sampler = build(sampler_cls, spec.sampler.options, what=f"sampler {spec.sampler.name!r}")
     tuner_cls = plugin_class("tuner", spec.tuner.name)
     tuner = build(tuner_cls, spec.tuner.options, what=f"tuner {spec.tuner.name!r}")
+    require_compatible(model, sampler)
     if resolve:
         spec.data.options = resolved_options(data_cls, spec.data.options)
         spec.model.options = resolved_options(model_cls, model_options)

@@ -27,7 +27,7 @@ from inferkit.data.base import step_indices
 from inferkit.errors import UserError
 from inferkit.evaluation import reconstruction_mse, seeded_generator
 from inferkit.images import is_image_shape, save_grid
-from inferkit.interfaces import HasObservationNoise, Model, Sampler, Tuner
+from inferkit.interfaces import HasObservationNoise, Model, Sampler, Tuner, require_compatible
 from inferkit.runs import CHECKPOINT_FILE, RunSpec, TrainConfig, save_atomic, write_json_atomic
 
 METRICS_FILE = "metrics.jsonl"
@@ -123,6 +123,7 @@ def train(model: Model, sampler: Sampler, tuner: Tuner, data, spec: RunSpec, run
     model.to(device)
     # Lifecycle hooks (interfaces.Sampler/Tuner): before the optimiser and the checkpoint, before anything
     # is written, so a sampler's own parameters are trained and a tuner that cannot work fails early.
+    require_compatible(model, sampler)
     sampler.setup(model, num_examples=len(data.train))
     sampler.to(device)
     if config.tune_every:

@@ -241,3 +241,18 @@ def test_eval_command_writes_every_measure_and_figure(tmp_path, capsys):
     capsys.readouterr()
     assert main(["eval", str(run), "--inception-weights", str(tmp_path / "nope.pth")]) == 2
     assert "--inception-weights" in capsys.readouterr().err
+
+
+def test_an_unnormalised_model_gets_no_log_likelihood_in_nats():
+    from inferkit.evaluation import EvalConfig, evaluate
+
+    data = inferkit.load_dataset("shapes", num_train=8, num_test=8)
+    model = inferkit.load_model("ladder", image_size=16, nf=8)
+    sampler = inferkit.load_sampler("shortrun", num_steps=2)
+    config = EvalConfig(num_examples=4, reference_steps=0, inpaint_examples=0, ais_examples=2, ais_steps=2,
+                        iwae_samples=0, fd_samples=0, figures=False, factor_rows=0)
+    assert math.isfinite(evaluate(model, sampler, data, config)["ais_log_likelihood"]["mean"])
+    model.normalized = False  # as an energy-based or RBM prior declares it
+    result = evaluate(model, sampler, data, config)
+    assert result["ais_log_likelihood"] is None and result["iwae_bound"] is None
+    assert "log Z unknown" in result["log_likelihood_refused"]

@@ -166,3 +166,22 @@ def test_list_plugins_reports_a_broken_plugin_without_raising(broken_plugin):
     assert isinstance(inferkit.load_sampler("shortrun"), ShortRun)
     with pytest.raises(UserError, match="broken-model.*failed to import"):
         inferkit.load_model("broken-model")
+
+
+def test_samplers_and_kl_tuners_refuse_models_with_latents_they_cannot_handle():
+    import torch
+
+    from inferkit import UserError, load_model, load_sampler, load_tuner
+    from inferkit.interfaces import require_compatible
+
+    model = load_model("linear-gaussian")
+    model.latent_support = "binary"  # as a discrete-latent model declares it
+    for name in ("shortrun", "langevin", "abp", "vae"):
+        with pytest.raises(UserError, match="binary latents"):
+            require_compatible(model, load_sampler(name))
+    for name in ("kl-grid", "kl-grad"):
+        with pytest.raises(UserError, match="real-valued latents"):
+            load_tuner(name).check(model, load_sampler("shortrun"))
+    model.latent_support = "real"
+    require_compatible(model, load_sampler("shortrun"))
+    assert torch.is_tensor(load_sampler("shortrun").step_size)

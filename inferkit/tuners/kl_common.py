@@ -62,6 +62,14 @@ class KLObjectiveOptions:
                             num_probes=self.num_probes, lanczos_steps=self.lanczos_steps, entropy=entropy)
 
 
+def require_real_latents(tuner: str, model: Model) -> None:
+    """J(s) needs a differentiable log density in ``z``: refuse a model with discrete latents."""
+    support = getattr(model, "latent_support", "real")
+    if support != "real":
+        raise UserError(f"{tuner}: the KL objective needs real-valued latents, but model {type(model).__name__} has "
+                        f"{support} latents; use the 'fixed' tuner (--tuner fixed)")
+
+
 def require_step_size(tuner: str, sampler: Sampler) -> Tensor:
     """The sampler's live ``step_size`` tensor, or a :class:`UserError` saying why J does not apply
     (the sampler's own reason first: amortized or persistent samplers)."""

@@ -29,7 +29,7 @@ from torch import Tensor
 
 from inferkit.errors import UserError
 from inferkit.interfaces import Model, Sampler, Tuner, TuneResult
-from inferkit.tuners.kl_common import KLObjectiveOptions, require_step_size
+from inferkit.tuners.kl_common import KLObjectiveOptions, require_real_latents, require_step_size
 
 OBJECTIVES = ("kl", "energy")
 
@@ -98,7 +98,8 @@ class KLGrad(Tuner):
         self.parameters = parameters
 
     def check(self, model: Model, sampler: Sampler) -> None:
-        """Refuse, before training starts, a sampler the KL objective does not apply to."""
+        """Refuse, before training starts, a model or sampler the KL objective does not apply to."""
+        require_real_latents("kl-grad", model)
         self._live(sampler)
 
     def _live(self, sampler: Sampler) -> dict[str, Tensor]:

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from inferkit.errors import UserError
 from inferkit.interfaces import Model, Sampler, Tuner, TuneResult
-from inferkit.tuners.kl_common import KLObjectiveOptions, require_step_size
+from inferkit.tuners.kl_common import KLObjectiveOptions, require_real_latents, require_step_size
 
 PAPER_GRID = tuple(round(0.01 * i, 2) for i in range(1, 16))  # 0.01, 0.02, ..., 0.15
 
@@ -54,7 +54,8 @@ class KLGrid(Tuner):
         self.grid = grid
 
     def check(self, model: Model, sampler: Sampler) -> None:
-        """Refuse, before training starts, a sampler the KL objective does not apply to."""
+        """Refuse, before training starts, a model or sampler the KL objective does not apply to."""
+        require_real_latents("kl-grid", model)
         require_step_size("kl-grid", sampler)
 
     def tune(self, model: Model, sampler: Sampler, x: Tensor, mask: Tensor | None = None) -> TuneResult:
