@@ -4,6 +4,7 @@ from inferkit.errors import UserError
 from inferkit.interfaces import (
     GradientFlow,
     HasLayerConditionals,
+    HasLogNormalizerGradient,
     HasObservationNoise,
     Inference,
     Latents,
@@ -18,6 +19,7 @@ from inferkit.registry import list_plugins, load_dataset, load_model, load_sampl
 __all__ = [
     "GradientFlow",
     "HasLayerConditionals",
+    "HasLogNormalizerGradient",
     "HasObservationNoise",
     "Inference",
     "Latents",

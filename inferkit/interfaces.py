@@ -170,6 +170,19 @@ def require_compatible(model: Model, sampler: Sampler) -> None:
 
 
 @runtime_checkable
+class HasLogNormalizerGradient(Protocol):
+    """A model whose ``log_joint`` is unnormalised (``normalized = False``) in a way that depends on
+    its parameters, e.g. an energy-based prior ``p(z) = exp(-E(z)) p_0(z) / Z``. The trainer adds
+    ``log_normalizer_surrogate`` to every loss, so that ``-log_joint`` plus it has the gradient of
+    ``-log p(x, z)``: the maximum-likelihood negative phase."""
+
+    def log_normalizer_surrogate(self, n: int, *, generator: torch.Generator | None = None) -> Tensor:
+        """A scalar equal to 0 whose gradient in the parameters estimates ``grad log Z`` from ``n``
+        samples of the model's prior."""
+        ...
+
+
+@runtime_checkable
 class HasLayerConditionals(Protocol):
     """Optional: a hierarchical prior walked top-down one layer at a time (what a Ladder-VAE needs).
 

@@ -27,7 +27,14 @@ from inferkit.data.base import step_indices
 from inferkit.errors import UserError
 from inferkit.evaluation import reconstruction_mse, seeded_generator
 from inferkit.images import is_image_shape, save_grid
-from inferkit.interfaces import HasObservationNoise, Model, Sampler, Tuner, require_compatible
+from inferkit.interfaces import (
+    HasLogNormalizerGradient,
+    HasObservationNoise,
+    Model,
+    Sampler,
+    Tuner,
+    require_compatible,
+)
 from inferkit.runs import CHECKPOINT_FILE, RunSpec, TrainConfig, save_atomic, write_json_atomic
 
 METRICS_FILE = "metrics.jsonl"
@@ -197,6 +204,9 @@ def train(model: Model, sampler: Sampler, tuner: Tuner, data, spec: RunSpec, run
                     "per": getattr(sampler, "per", None), "seconds": tune_seconds})
             inference = sampler.infer(model, x, index=index, generator=seeded_generator(config.seed, t, device))
             loss = sampler.loss(model, x, inference)
+            if isinstance(model, HasLogNormalizerGradient):  # the negative phase of an unnormalised prior
+                loss = loss + model.log_normalizer_surrogate(
+                    x.shape[0], generator=seeded_generator(config.seed, 1_000_000 + t, device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
