@@ -4,6 +4,7 @@ the ablations over the number of layers L and of inference steps K.
     python benchmarks/compare.py --data-dir ../shared/datasets/mnist --budget cpu --out bench/cpu
     python benchmarks/compare.py --data-dir ../shared/datasets/mnist --budget gpu --device cuda --out bench/gpu
     python benchmarks/compare.py --data-dir ../shared/datasets/mnist --budget smoke --samplers shortrun,langevin
+    python benchmarks/compare.py --data-dir ../shared/datasets/mnist --budget cpu --suite ebm --out bench/ebm
 
 Every sampler trains the same ladder generator (same options, seed, data, iteration budget and
 Algorithm-1 settings) and is evaluated by :func:`inferkit.evaluation.evaluate` with the same
@@ -94,7 +95,7 @@ def installed_samplers() -> set[str]:
     return {ep.name for ep in entry_points(group="inferkit.samplers")}
 
 
-def run_spec(budget: Budget, sampler: str, num_layers: int, num_steps: int, args) -> RunSpec:
+def run_spec(budget: Budget, sampler: str, num_layers: int, num_steps: int, args, model: str = "ladder") -> RunSpec:
     flow = sampler in FLOW_SAMPLERS
     sampler_options: dict[str, Any] = {"num_steps": num_steps} if flow else {}
     data_options: dict[str, Any] = {"data_dir": str(args.data_dir)}
@@ -107,7 +108,7 @@ def run_spec(budget: Budget, sampler: str, num_layers: int, num_steps: int, args
                                sigma_start=budget.sigma_start, sigma_end=budget.sigma_end,
                                log_every=max(1, budget.iterations // 20),
                                checkpoint_every=budget.iterations, image_every=budget.iterations)
-    return RunSpec(model=PluginSpec("ladder", {"num_layers": num_layers, "nf": budget.nf}),
+    return RunSpec(model=PluginSpec(model, {"num_layers": num_layers, "nf": budget.nf}),
                    sampler=PluginSpec(sampler, sampler_options),
                    tuner=PluginSpec("kl-grid" if flow else "fixed", dict(budget.tuner_options) if flow else {}),
                    data=PluginSpec("mnist", data_options), train=train_config)
@@ -183,12 +184,33 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+EBM_MODELS = ("ladder", "ladder-ebm")
+
+
+def ebm_markdown(results: dict[str, Any]) -> str:
+    """The Gaussian-prior ladder against the energy-based-prior ladder (issue 8), one row each."""
+    lines = [f"# Gaussian vs energy-based top prior on MNIST (`--budget {results['budget']}`)", "",
+             (f"{results['device']}; seed {results['seed']}; ladder L={results['main_layers']}, nf={results['nf']}, "
+             f"shortrun K={results['main_steps']} tuned by kl-grid; {results['iterations']} iterations of batch "
+             f"{results['batch_size']}; total wall time {results['wall_seconds'] / 60:.1f} min."), "",
+             "| model | MSE (own) | MSE (reference K) | Fréchet (classifier) | s / iteration |",
+             "|---|---:|---:|---:|---:|"]
+    for record in results["ebm"]:
+        e = record["eval"]
+        lines.append(f"| {record['model']} | {_fmt(e['test_reconstruction_mse'])} | "
+                     f"{_fmt(e.get('test_reconstruction_mse_reference'))} | "
+                     f"{_fmt(e.get('classifier_frechet_distance'))} | {record['seconds_per_iteration']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", type=Path, required=True, help="folder with the MNIST IDX files")
     parser.add_argument("--budget", choices=sorted(BUDGETS), default="smoke")
     parser.add_argument("--samplers", default=",".join(SAMPLERS), help="comma-separated sampler names")
     parser.add_argument("--no-ablations", action="store_true", help="skip Tables 2 and 3")
+    parser.add_argument("--suite", choices=("tables", "ebm"), default="tables",
+                        help="tables: the papers' Tables 1-3; ebm: Gaussian vs energy-based top prior (issue 8)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
@@ -223,6 +245,20 @@ def main(argv: list[str] | None = None) -> int:
                                "main_steps": budget.num_steps, "nf": budget.nf, "iterations": budget.iterations,
                                "batch_size": budget.batch_size, "skipped": skipped, "main": [],
                                "ablations": {"layers": [], "steps": []}}
+    if args.suite == "ebm":
+        eval_config = replace(main_eval, ais_examples=0, iwae_samples=0)  # no nats for an unnormalised model
+        results["ebm"] = []
+        for model in EBM_MODELS:
+            spec = run_spec(budget, "shortrun", budget.num_layers, budget.num_steps, args, model=model)
+            record = train_and_evaluate(f"{model}-L{budget.num_layers}", spec, eval_config, out)
+            record["model"] = model
+            results["ebm"].append(record)
+        results["wall_seconds"] = time.perf_counter() - began
+        write_json_atomic(out / "results_ebm.json", results)
+        (out / "results_ebm.md").write_text(ebm_markdown(results))
+        print(ebm_markdown(results))
+        print(f"wrote {out / 'results_ebm.json'} and {out / 'results_ebm.md'}")
+        return 0
     print(f"Table 1: {', '.join(samplers) or 'no sampler'} on ladder L={budget.num_layers}", flush=True)
     for sampler in samplers:
         spec = run_spec(budget, sampler, budget.num_layers, budget.num_steps, args)
