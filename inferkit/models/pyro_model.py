@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import os
+import sys
 from collections.abc import Callable, Iterator
 
 import pyro
@@ -195,6 +197,8 @@ def load_pyro_function(spec: str) -> type[PyroModel]:
     module_name, sep, attribute = spec.partition(":")
     if not sep or not module_name or not attribute:
         raise UserError(f"--model {PREFIX}{spec}: give {PREFIX}MODULE:FUNCTION, e.g. {PREFIX}mypkg.models:model")
+    if os.getcwd() not in sys.path:  # like `python -m`: modules in the working directory import by name
+        sys.path.insert(0, os.getcwd())
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
