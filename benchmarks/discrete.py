@@ -63,9 +63,9 @@ BUDGETS = {
                     eval_samples=200, raise_examples=20, raise_samples=10, raise_steps=100),
     # the paper's MLP sizes (200 latents, 400 hidden units, 784-200-200-100-100-200), a short run
     "cpu": Budget(num_latents=200, num_hidden=400, decoder_hidden=(100, 100, 200, 200),
-                  encoder_hidden=(200, 200, 100, 100), num_samples=50, iterations=2500, pretrain_iterations=1000,
-                  rbm_pretrain_iterations=300, batch_size=32, num_train=0, num_test=0, ais_chains=200,
-                  ais_steps=5000, eval_examples=500, eval_samples=1000, raise_examples=50, raise_samples=20,
+                  encoder_hidden=(200, 200, 100, 100), num_samples=50, iterations=2000, pretrain_iterations=800,
+                  rbm_pretrain_iterations=200, batch_size=32, num_train=0, num_test=0, ais_chains=200,
+                  ais_steps=5000, eval_examples=500, eval_samples=500, raise_examples=50, raise_samples=20,
                   raise_steps=500),
 }
 
