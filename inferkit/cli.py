@@ -266,7 +266,7 @@ def _eval_rows(result: dict[str, Any]) -> dict[str, Any]:
             rows[key] = "n/a"
         elif not isinstance(value, list):
             rows[key] = value
-    if "reference_inference" in result:
+    if "step_size" in result.get("reference_inference", {}):
         rows["reference step size"] = result["reference_inference"]["step_size"]
     if "hierarchy_factors" in result:
         rows.update({f"factor {k}: dominant layer": f"z{v}"
@@ -342,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
     except click.ClickException as exc:
         err_console.print(f"error: {exc.format_message()}", markup=False, highlight=False, soft_wrap=True)
         return 2
-    except click.exceptions.Abort:
+    except (typer.Abort, KeyboardInterrupt):
         err_console.print("error: interrupted", markup=False)
         return 130
     return 0

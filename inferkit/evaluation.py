@@ -157,7 +157,11 @@ def evaluate(model: Model, sampler: Sampler, data, config: EvalConfig | None = N
     with timed("reconstruction"):
         result["test_reconstruction_mse"] = reconstruction_mse(model, sampler, x, seed=seed,
                                                                batch_size=config.batch_size)
-    if config.reference_steps:
+    real_latents = getattr(model, "latent_support", "real") == "real"
+    if config.reference_steps and not real_latents:  # the reference is a gradient flow on z
+        result["test_reconstruction_mse_reference"] = None
+        result["reference_inference"] = {"skipped": "the model's latents are not real-valued"}
+    if config.reference_steps and real_latents:
         with timed("reference reconstruction"):
             reference, record = reference_sampler(model, x[:32], num_steps=config.reference_steps,
                                                   step_size=config.reference_step_size, seed=seed)

@@ -353,6 +353,13 @@ def test_cli_trains_rbm_prior_on_mnist(sampler, mnist_dir, tmp_path, capsys):
     assert len(metrics) == 6 and all(math.isfinite(m["loss"]) for m in metrics)
     state = torch.load(out / "checkpoint.pt", weights_only=False)
     assert state["iteration"] == 6 and state["sampler"]["chains.state"].shape == (8, 16)
+    code, _, err = run_cli(["eval", out, "--reference-steps", "10", "--inpaint-examples", "0", "--ais-examples", "2",
+                            "--iwae-samples", "0", "--fd-samples", "0", "--no-figures", "--quiet"], capsys)
+    assert code == 0, err
+    result = json.loads((out / "eval.json").read_text())
+    assert result["reference_inference"] == {"skipped": "the model's latents are not real-valued"}
+    assert result["ais_log_likelihood"] is None and "log Z unknown" in result["log_likelihood_refused"]
+    assert math.isfinite(result["test_reconstruction_mse"])
 
 
 @pytest.mark.parametrize("args, fragment", [
