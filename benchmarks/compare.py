@@ -5,6 +5,7 @@ the ablations over the number of layers L and of inference steps K.
     python benchmarks/compare.py --data-dir ../shared/datasets/mnist --budget gpu --device cuda --out bench/gpu
     python benchmarks/compare.py --data-dir ../shared/datasets/mnist --budget smoke --samplers shortrun,langevin
     python benchmarks/compare.py --data-dir ../shared/datasets/mnist --budget cpu --suite ebm --out bench/ebm
+    python benchmarks/compare.py --data-dir ../shared/datasets/mnist --budget cpu --suite discrete --out bench/discrete
 
 Every sampler trains the same ladder generator (same options, seed, data, iteration budget and
 Algorithm-1 settings) and is evaluated by :func:`inferkit.evaluation.evaluate` with the same
@@ -209,8 +210,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget", choices=sorted(BUDGETS), default="smoke")
     parser.add_argument("--samplers", default=",".join(SAMPLERS), help="comma-separated sampler names")
     parser.add_argument("--no-ablations", action="store_true", help="skip Tables 2 and 3")
-    parser.add_argument("--suite", choices=("tables", "ebm"), default="tables",
-                        help="tables: the papers' Tables 1-3; ebm: Gaussian vs energy-based top prior (issue 8)")
+    parser.add_argument("--suite", choices=("tables", "ebm", "discrete"), default="tables",
+                        help="tables: the papers' Tables 1-3; ebm: Gaussian vs energy-based top prior; discrete: "
+                             "rbm-prior trained by vimco and rws, AIS and RAISE log-likelihoods (issue 8; "
+                             "benchmarks/discrete.py, budgets smoke and cpu)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
@@ -220,6 +223,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     resolve_device(args.device)
+    if args.suite == "discrete":
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from discrete import BUDGETS as DISCRETE_BUDGETS
+        from discrete import markdown as discrete_markdown
+        from discrete import run_discrete
+
+        if args.budget not in DISCRETE_BUDGETS:
+            raise SystemExit(f"error: --suite discrete has budgets {', '.join(DISCRETE_BUDGETS)}, not {args.budget!r}")
+        out = args.out or Path("bench") / f"discrete-{args.budget}"
+        print(discrete_markdown(run_discrete(args.data_dir, out, args.budget, seed=args.seed, device=args.device)))
+        return 0
     budget = BUDGETS[args.budget]
     out = args.out or Path("bench") / args.budget
     out.mkdir(parents=True, exist_ok=True)
