@@ -171,7 +171,11 @@ def evaluate(model: Model, sampler: Sampler, data, config: EvalConfig | None = N
 
     patterns = config.inpaint_patterns if is_image else tuple(p for p in config.inpaint_patterns
                                                                if p == "random-pixels")
-    if config.inpaint_examples and patterns:
+    if config.inpaint_examples and patterns and not getattr(model, "supports_mask", True):
+        result["inpainting_mse"] = None
+        result["inpainting_skipped"] = f"model {type(model).__name__} cannot mask its likelihood"
+        log(result["inpainting_skipped"])
+    elif config.inpaint_examples and patterns:
         with timed("inpainting"):
             x_inpaint = x[:config.inpaint_examples]
             scores = {}

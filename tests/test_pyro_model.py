@@ -72,7 +72,7 @@ def test_kl_objective_is_the_same_j(pair):
 
 def test_log_joint_is_minus_pyros_potential_energy_with_a_constrained_latent():
     model = inferkit.load_model("pyro:pyro_models:scaled_decoder", data_shape=(4,))
-    assert model.latent_shapes == ((2,), ())
+    assert model.latent_shapes == ((2,), ()) and model.supports_mask is False  # .to_event(1) likelihood
     x = torch.randn(3, 4, generator=torch.Generator().manual_seed(0))
     _, potential_fn, transforms, _ = initialize_model(pyro_models.scaled_decoder, model_args=(x,))
     z = model.sample_prior(3, generator=torch.Generator().manual_seed(1))

@@ -105,6 +105,8 @@ class PyroModel(Model):
             self.site_names.append(name)
             self.supports[name] = site["fn"].support
             shapes.append(tuple(biject_to(site["fn"].support).inv(value).shape[1:]))
+        # Masks (inpainting) need the observed site's log-density per entry of x, not summed over it.
+        self.supports_mask = tuple(trace.nodes[observed]["log_prob"].shape) == (2, *self.data_shape)
         if not self.site_names:
             raise UserError(f"pyro model {self.source}: it has no latent sample site")
         self.latent_shapes = tuple(shapes)
