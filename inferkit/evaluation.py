@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from inferkit.errors import UserError
-from inferkit.interfaces import Model, Sampler
+from inferkit.interfaces import HasLogLikelihoodEstimate, Model, Sampler
 
 
 def seeded_generator(seed: int, stream: int, device: torch.device | str) -> torch.Generator:
@@ -197,7 +197,13 @@ def evaluate(model: Model, sampler: Sampler, data, config: EvalConfig | None = N
             result["inpainting_mse"] = scores
 
     normalized = getattr(model, "normalized", True)
-    if not normalized and (config.ais_examples or config.iwae_samples):
+    if not normalized and config.ais_examples and isinstance(model, HasLogLikelihoodEstimate):
+        with timed("log-likelihood (the model's own estimator)"):
+            result["ais_log_likelihood"] = model.estimate_log_likelihood(
+                x[:config.ais_examples], sampler, num_chains=config.ais_chains, num_steps=config.ais_steps,
+                num_samples=config.iwae_samples or 64, generator=seeded_generator(seed, 3000, device))
+        result["iwae_bound"] = None
+    elif not normalized and (config.ais_examples or config.iwae_samples):
         # log_joint is known only up to log Z: an AIS or IWAE figure would be off by an unknown constant.
         result["ais_log_likelihood"] = result["iwae_bound"] = None
         result["log_likelihood_refused"] = (f"model {type(model).__name__} has an unnormalised log_joint (log Z "

@@ -183,6 +183,19 @@ class HasLogNormalizerGradient(Protocol):
 
 
 @runtime_checkable
+class HasLogLikelihoodEstimate(Protocol):
+    """An unnormalised model (``normalized = False``) that can still estimate ``log p(x)`` in nats
+    with its own machinery (e.g. AIS for an RBM's ``log Z``); ``inferkit eval`` uses it instead of
+    refusing."""
+
+    def estimate_log_likelihood(self, x: Tensor, sampler: Sampler, *, num_chains: int, num_steps: int,
+                                num_samples: int, generator: torch.Generator | None = None) -> dict[str, Any]:
+        """Per-example estimates of ``log p(x)`` (``"per_example"``), their ``"mean"`` and
+        ``"standard_error"``, and how they were made."""
+        ...
+
+
+@runtime_checkable
 class HasLayerConditionals(Protocol):
     """Optional: a hierarchical prior walked top-down one layer at a time (what a Ladder-VAE needs).
 

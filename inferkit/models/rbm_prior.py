@@ -138,6 +138,46 @@ class RBMPrior(Model):
         mean = self.pixel_low + (self.pixel_high - self.pixel_low) * probs
         return mean.reshape(*mean.shape[:-1], *self.data_shape)
 
+    @torch.no_grad()
+    def estimate_log_likelihood(self, x: Tensor, sampler, *, num_chains: int, num_steps: int, num_samples: int,
+                                generator: torch.Generator | None = None) -> dict:
+        """``log p(x)`` per row of ``x`` by the paper's eq. 6 with ``log Z`` from AIS (``25 * num_chains``
+        chains, ``num_steps`` Gibbs sweeps, a base-rate model fitted to the encoder's codes of ``x``), and
+        RAISE's conservative counterpart on the first 8 rows (what :func:`inferkit.evaluate` reports
+        for this unnormalised model). ``sampler`` must expose ``encoder_logits`` (vimco, rws)."""
+        from inferkit.eval.rbm import (
+            ais_log_partition,
+            base_rate_bias,
+            log_likelihood_ais,
+            log_likelihood_raise,
+        )
+
+        encoder_logits = getattr(sampler, "encoder_logits", None)
+        if encoder_logits is None:
+            raise UserError(f"rbm-prior: log p(x) needs an encoder q(z|x); sampler {type(sampler).__name__} has none "
+                            "(use vimco or rws), or pass --ais-examples 0")
+        logits = encoder_logits(self, x)
+        codes = torch.bernoulli(torch.sigmoid(logits), generator=generator)
+        base = base_rate_bias(codes)
+        log_z = ais_log_partition(self.rbm, num_chains=num_chains * 25, num_steps=num_steps, base_bias=base,
+                                  generator=generator)
+        values = log_likelihood_ais(self, x, logits, num_samples=num_samples, log_partition=log_z.log_partition,
+                                    generator=generator).cpu()
+        few = min(8, x.shape[0])
+        raised = log_likelihood_raise(self, x[:few], logits[:few], num_samples=min(num_samples, 16),
+                                      num_steps=num_steps, base_bias=base, generator=generator).cpu()
+
+        def summary(v: Tensor) -> dict:
+            n = v.numel()
+            return {"mean": float(v.mean()), "standard_error": float(v.std() / math.sqrt(n)) if n > 1 else math.nan,
+                    "examples": int(n)}
+
+        return {**summary(values), "per_example": values.tolist(), "method": "paper eq. 6 with AIS log Z",
+                "log_partition": log_z.log_partition, "log_partition_standard_error": log_z.standard_error,
+                "ais_chains": num_chains * 25, "gibbs_steps": num_steps, "importance_samples": num_samples,
+                "raise": {**summary(raised), "importance_samples": min(num_samples, 16)},
+                "ais_same_examples_as_raise": summary(values[:few])}
+
     def log_partition_exact(self) -> Tensor:
         """Exact ``log Z`` of the RBM prior by enumeration (small ``num_latents`` or ``num_hidden``)."""
         return self.rbm.log_partition_exact()
