@@ -191,16 +191,17 @@ class LazyImages:
         if isinstance(key, tuple):
             key, rest = (key[0], key[1:]) if key else (slice(None), ())
         n = len(self._split)
-        if isinstance(key, slice):
-            rows = self._split.decode(range(*key.indices(n)))
-        elif isinstance(key, (int, np.integer)) or (isinstance(key, Tensor) and key.dim() == 0):
+        if isinstance(key, (int, np.integer)) or (isinstance(key, Tensor) and key.dim() == 0):
             i = operator.index(key)
             if not -n <= i < n:
                 raise IndexError(f"index {i} out of range for a split of {n} items")
-            rows = self._split.decode([i % n])[0]
+            image = self._split.decode([i % n])[0]
+            return image[rest] if rest else image
+        if isinstance(key, slice):
+            rows = self._split.decode(range(*key.indices(n)))
         else:
             rows = self._split.decode(key)
-        return rows[rest] if rest else rows
+        return rows[(slice(None), *rest)] if rest else rows
 
     def materialize(self) -> Tensor:
         """Every image of the split as one tensor (only for splits that fit in memory)."""
