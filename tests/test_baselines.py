@@ -8,13 +8,13 @@ import math
 
 import pytest
 import torch
+from cli_helpers import one_line_error, run_cli
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch.utils.data import DataLoader, TensorDataset
 
 import inferkit
 from inferkit import HasLayerConditionals, Inference, Model, UserError, kl_objective
-from inferkit.cli import main
 from inferkit.models.linear_gaussian import LinearGaussian, gaussian_kl
 from inferkit.samplers import ABP, VAE, LadderVAE
 from inferkit.samplers.lvae import precision_weighted
@@ -30,18 +30,6 @@ TINY = ["--model", "ladder", "--model-opt", "num_layers=2", "--model-opt", "late
 SAMPLER_OPTS = {"abp": ["--sampler-opt", "num_steps=3", "--sampler-opt", "test_steps=4"],
                 "vae": ["--sampler-opt", "hidden=32", "--sampler-opt", "nf=8"],
                 "lvae": ["--sampler-opt", "hidden=32", "--sampler-opt", "nf=8"]}
-
-
-def run_cli(args, capsys):
-    code = main([str(a) for a in args])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def one_line_error(code: int, err: str) -> str:
-    lines = [line for line in err.strip().splitlines() if line.strip()]
-    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), err
-    return lines[0]
 
 
 # -- the command line ----------------------------------------------------------------------------

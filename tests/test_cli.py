@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from inferkit.cli import main
+from cli_helpers import run_cli
 
 TINY = ["--model", "ladder", "--sampler", "shortrun", "--tuner", "kl-grid",
         "--model-opt", "num_layers=2", "--model-opt", "latent_dims=4,2", "--model-opt", "nf=8",
@@ -19,12 +18,6 @@ TINY = ["--model", "ladder", "--sampler", "shortrun", "--tuner", "kl-grid",
         "--batch-size", "8", "--quiet",
         "--train-opt", "log_every=1", "--train-opt", "checkpoint_every=3", "--train-opt", "image_every=3",
         "--train-opt", "eval_examples=16"]
-
-
-def run_cli(args, capsys):
-    code = main([str(a) for a in args])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def test_run_writes_a_complete_run_folder(tmp_path, capsys):

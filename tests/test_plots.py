@@ -9,9 +9,9 @@ import math
 import numpy as np
 import pytest
 import torch
+from cli_helpers import run_cli
 from PIL import Image
 
-from inferkit.cli import main
 from inferkit.models.linear_gaussian import LinearGaussian
 from inferkit.plots import (
     OBJECTIVE_PNG,
@@ -144,12 +144,6 @@ TINY = ["--model", "ladder", "--model-opt", "num_layers=2", "--model-opt", "late
         "--data-opt", "num_train=32", "--data-opt", "num_test=8", "--data-opt", "image_size=16",
         "--batch-size", "8", "--quiet", "--train-opt", "log_every=1", "--train-opt", "checkpoint_every=2",
         "--train-opt", "image_every=100", "--train-opt", "eval_examples=8"]
-
-
-def run_cli(args, capsys):
-    code = main([str(a) for a in args])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def test_training_and_tune_write_the_tuner_figures(tmp_path, capsys):

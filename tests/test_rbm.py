@@ -9,11 +9,11 @@ import math
 
 import pytest
 import torch
+from cli_helpers import one_line_error, run_cli
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from inferkit import UserError
-from inferkit.cli import main
 from inferkit.eval.rbm import (
     ais_log_partition,
     exact_log_likelihood,
@@ -59,18 +59,6 @@ def tiny_model(seed: int = 0, n: int = 8, m: int = 6, data: int = 6) -> RBMPrior
         for p in model.decoder.parameters():
             p.mul_(3.0)
     return model
-
-
-def run_cli(args, capsys):
-    code = main([str(a) for a in args])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def one_line_error(code: int, err: str) -> str:
-    lines = [line for line in err.strip().splitlines() if line.strip()]
-    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), err
-    return lines[0]
 
 
 # -- the RBM ----------------------------------------------------------------------------------------
