@@ -185,6 +185,7 @@ def train(model: Model, sampler: Sampler, tuner: Tuner, data, spec: RunSpec, run
     with Progress(*columns, console=console, disable=not progress, transient=False) as bar:
         task = bar.add_task("train", total=config.iterations, completed=start, loss=math.nan, mse=math.nan,
                             step=_step_size_summary(sampler), speed=0.0)
+        negative_phase = isinstance(model, HasLogNormalizerGradient)  # an unnormalised prior's grad log Z
         for t in range(start, config.iterations):
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(config, t)
@@ -204,7 +205,7 @@ def train(model: Model, sampler: Sampler, tuner: Tuner, data, spec: RunSpec, run
                     "per": getattr(sampler, "per", None), "seconds": tune_seconds})
             inference = sampler.infer(model, x, index=index, generator=seeded_generator(config.seed, t, device))
             loss = sampler.loss(model, x, inference)
-            if isinstance(model, HasLogNormalizerGradient):  # the negative phase of an unnormalised prior
+            if negative_phase:
                 loss = loss + model.log_normalizer_surrogate(
                     x.shape[0], generator=seeded_generator(config.seed, 1_000_000 + t, device))
             optimizer.zero_grad(set_to_none=True)

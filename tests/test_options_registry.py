@@ -169,8 +169,6 @@ def test_list_plugins_reports_a_broken_plugin_without_raising(broken_plugin):
 
 
 def test_samplers_and_kl_tuners_refuse_models_with_latents_they_cannot_handle():
-    import torch
-
     from inferkit import UserError, load_model, load_sampler, load_tuner
     from inferkit.interfaces import require_compatible
 
@@ -183,5 +181,4 @@ def test_samplers_and_kl_tuners_refuse_models_with_latents_they_cannot_handle():
         with pytest.raises(UserError, match="real-valued latents"):
             load_tuner(name).check(model, load_sampler("shortrun"))
     model.latent_support = "real"
-    require_compatible(model, load_sampler("shortrun"))
-    assert torch.is_tensor(load_sampler("shortrun").step_size)
+    require_compatible(model, load_sampler("shortrun"))  # no error
