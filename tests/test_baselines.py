@@ -8,7 +8,7 @@ import math
 
 import pytest
 import torch
-from cli_helpers import one_line_error, run_cli
+from cli_helpers import one_line_error, run_cli, train_until_crash
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch.utils.data import DataLoader, TensorDataset
@@ -127,33 +127,14 @@ def test_trainer_sets_up_the_encoder_before_the_optimiser(name, options, tmp_pat
 
 # -- ABP: persistent chains ----------------------------------------------------------------------
 def test_abp_chains_resume_exactly_from_a_checkpoint(tmp_path, capsys):
-    import inferkit.trainer as trainer_module
     from inferkit.runs import RunSpec, build_objects
-    from inferkit.trainer import train
 
     args = ["run", *TINY, "--sampler", "abp", *SAMPLER_OPTS["abp"], "--iterations", "6", "--tune-every", "0"]
     full = tmp_path / "full"
     assert run_cli([*args, "--out", full], capsys)[0] == 0
     spec = RunSpec.load(full)
-    data, model, sampler, tuner = build_objects(spec, resolve=False)
     stopped = tmp_path / "stopped"
-
-    class Stop(Exception):
-        pass
-
-    original = trainer_module.save_atomic
-
-    def save_then_stop(obj, path):
-        original(obj, path)
-        if obj["iteration"] == 3:
-            raise Stop
-
-    trainer_module.save_atomic = save_then_stop
-    try:
-        with pytest.raises(Stop):
-            train(model, sampler, tuner, data, spec, stopped, progress=False)
-    finally:
-        trainer_module.save_atomic = original
+    data, _, sampler, _ = train_until_crash(spec, stopped, 3)
     # Round trip: a fresh sampler, set up and loaded from the checkpoint, holds identical chains.
     saved = torch.load(stopped / "checkpoint.pt", weights_only=False)["sampler"]["_extra_state"]
     assert 0 < int(saved["seen"].sum()) < len(data.train)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from cli_helpers import run_cli
+from cli_helpers import run_cli, train_until_crash
 
 TINY = ["--model", "ladder", "--sampler", "shortrun", "--tuner", "kl-grid",
         "--model-opt", "num_layers=2", "--model-opt", "latent_dims=4,2", "--model-opt", "nf=8",
@@ -49,32 +49,12 @@ def test_same_seed_gives_the_same_numbers(tmp_path, capsys):
 
 
 def test_resume_continues_exactly(tmp_path, capsys):
-    from inferkit.runs import RunSpec, build_objects
-    from inferkit.trainer import train
+    from inferkit.runs import RunSpec
     full = tmp_path / "full"
     assert run_cli(["run", *TINY, "--iterations", "6", "--tune-every", "3", "--out", full], capsys)[0] == 0
     # The same run, stopped right after its iteration-3 checkpoint (a crash), then resumed.
-    spec = RunSpec.load(full)
-    data, model, sampler, tuner = build_objects(spec, resolve=False)
     stopped = tmp_path / "stopped"
-    import inferkit.trainer as trainer_module
-
-    class Stop(Exception):
-        pass
-
-    original = trainer_module.save_atomic
-
-    def save_then_stop(obj, path):
-        original(obj, path)
-        if obj["iteration"] == 3:
-            raise Stop
-
-    trainer_module.save_atomic = save_then_stop
-    try:
-        with pytest.raises(Stop):
-            train(model, sampler, tuner, data, spec, stopped, progress=False)
-    finally:
-        trainer_module.save_atomic = original
+    train_until_crash(RunSpec.load(full), stopped, 3)
     code, _, err = run_cli(["run", "--resume", stopped, "--quiet"], capsys)
     assert code == 0, err
     a = torch.load(full / "checkpoint.pt", weights_only=False)
