@@ -79,7 +79,8 @@ BUDGETS = {
                                        classifier_iterations=600),
                   ablation_eval=EvalConfig(num_examples=256, reference_steps=0, inpaint_examples=0, ais_examples=0,
                                            iwae_samples=0, fd_samples=1000, figures=False),
-                  tuner_options={"batch_size": 2, "grid": (0.005, 0.01, 0.02, 0.05, 0.1)}),
+                  # stochastic log-determinants: at L=5 one tuning takes 10.8 s instead of stepwise's 50.7 s
+                  tuner_options={"batch_size": 2, "grid": (0.005, 0.01, 0.02, 0.05, 0.1), "logdet": "stochastic"}),
     # The papers' scale on one GPU: L=5, K=20, nf=64, full data, long training, full evaluation.
     "gpu": Budget(num_layers=5, nf=64, num_steps=20, iterations=30000, batch_size=128, tune_every=2000,
                   num_train=0, num_test=0,
