@@ -9,6 +9,7 @@ by minimising ``J(s) = KL(q_s || p(z|x)) - log p(x)`` through
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -158,6 +159,13 @@ class Sampler(torch.nn.Module, abc.ABC):
     def hyperparameters(self) -> dict[str, Tensor]:
         """The live tensors a tuner may set (in place)."""
         return {}
+
+    def gather_example_state(self, owned: Tensor, all_reduce_sum: Callable[[Tensor], Tensor]) -> None:
+        """Distributed training: unite per-example state (e.g. persistent chains) that each process
+        keeps for the examples it owns (``owned``: bool ``[num_examples]``), so that afterwards every
+        process holds every example's state. ``all_reduce_sum`` sums a tensor over processes in place
+        (the identity in one process). Called on every process before each checkpoint. Default: no
+        per-example state."""
 
 
 def require_compatible(model: Model, sampler: Sampler) -> None:

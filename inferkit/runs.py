@@ -48,12 +48,18 @@ class TrainConfig:
     image_every: int = 100
     eval_examples: int = 128
     device: str = "cpu"
+    shards: int = 0
+    """``S``: the batch splits into S shards with data and random draws of their own (0: one per
+    process, so 1 outside ``torchrun``); one process with ``shards=S`` trains as S processes do
+    (:mod:`inferkit.distributed`)."""
 
     def validate(self) -> None:
         positive = ("iterations", "batch_size", "log_every", "checkpoint_every", "image_every", "eval_examples")
         for name in positive:
             if getattr(self, name) < 1:
                 raise UserError(f"{name.replace('_', '-')} must be a positive integer, got {getattr(self, name)}")
+        if self.shards < 0:
+            raise UserError(f"shards must be >= 0 (0: one per process), got {self.shards}")
         if self.tune_every < 0:
             raise UserError(f"tune-every must be >= 0, got {self.tune_every}")
         for name in ("learning_rate", "lr_gamma", "sigma_start", "sigma_end"):

@@ -7,6 +7,9 @@ step-wise and the observation sigma anneals linearly.
 
 Reproducibility: the batch of iteration t and every random draw in it depend on ``(seed, t)``
 alone, so a run resumed from a checkpoint gives the same numbers as an uninterrupted one.
+
+Data parallel (:mod:`inferkit.distributed`): under ``torchrun`` every process trains its shards of the
+batch through ``DistributedDataParallel``; rank 0 alone writes the run folder.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import json
 import math
 import time
 from bisect import bisect_right
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +27,7 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from inferkit.data.base import step_indices
+from inferkit import distributed
 from inferkit.errors import UserError
 from inferkit.evaluation import reconstruction_mse, seeded_generator
 from inferkit.images import is_image_shape, save_grid
@@ -118,14 +122,47 @@ def _save_images(model: Model, sampler: Sampler, x_test: torch.Tensor, run_dir: 
     save_grid(rows, run_dir / f"reconstructions_{tag}.png", nrow=8)
 
 
+class TrainingStep(torch.nn.Module):
+    """One shard's share of an iteration as a module (what ``DistributedDataParallel`` wraps): infer
+    ``z ~ q(z | x)`` and return ``(sampler.loss [+ the model's negative phase], z)``."""
+
+    def __init__(self, model: Model, sampler: Sampler) -> None:
+        super().__init__()
+        self.model = model
+        self.sampler = sampler
+        self.negative_phase = isinstance(model, HasLogNormalizerGradient)  # an unnormalised prior's grad log Z
+
+    def forward(self, x: torch.Tensor, index: torch.Tensor | None, generator: torch.Generator,
+                negative_generator: torch.Generator) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        inference = self.sampler.infer(self.model, x, index=index, generator=generator)
+        loss = self.sampler.loss(self.model, x, inference)
+        if self.negative_phase:
+            loss = loss + self.model.log_normalizer_surrogate(x.shape[0], generator=negative_generator)
+        return loss, tuple(inference.z)
+
+
+def _data_parallel(step: TrainingStep, device: torch.device) -> torch.nn.Module:
+    """``step`` wrapped in ``DistributedDataParallel`` in a process group (as it is otherwise). Buffers
+    are not broadcast: each process keeps its own per-example state."""
+    if not distributed.context().distributed:
+        return step
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(step, device_ids=[device.index] if device.type == "cuda" else None,
+                                   broadcast_buffers=False)
+
+
 def train(model: Model, sampler: Sampler, tuner: Tuner, data, spec: RunSpec, run_dir: str | Path, *,
           resume: bool = False, progress: bool = True, console: Console | None = None) -> TrainResult:
     """Run Algorithm 1 and write the run folder (config, checkpoint, metrics, tuner history and its
-    figures, images, summary). With ``resume`` continue from the folder's checkpoint."""
+    figures, images, summary). With ``resume`` continue from the folder's checkpoint. In a process
+    group (``torchrun``) every process calls it; rank 0 alone writes."""
     config = spec.train
     config.validate()
     run_dir = Path(run_dir)
-    device = torch.device(config.device)
+    ctx = distributed.context()
+    main = ctx.is_main
+    device = distributed.local_device(config.device)
     console = console or Console(stderr=True)
     model.to(device)
     # Lifecycle hooks (interfaces.Sampler/Tuner): before the optimiser and the checkpoint, before anything
@@ -139,6 +176,17 @@ def train(model: Model, sampler: Sampler, tuner: Tuner, data, spec: RunSpec, run
     if len(train_split) < config.batch_size:
         raise UserError(f"batch size {config.batch_size} is larger than the {len(train_split)} training examples; "
                         "lower --batch-size")
+    resharded = resume and config.shards % ctx.world_size != 0
+    if resharded:
+        if main:
+            console.print(f"note: this run trained with shards={config.shards}, which {ctx.world_size} processes "
+                          f"cannot split; it goes on with shards={ctx.world_size} (batches differ from here on "
+                          "from an uninterrupted run)", markup=False, highlight=False)
+        config.shards = ctx.world_size
+    shards = distributed.resolve_shards(config.shards, ctx.world_size, config.batch_size)
+    config.shards = shards  # saved in config.json: a resumed run keeps its shards on any process count
+    my_shards = distributed.shards_of(ctx.rank, ctx.world_size, shards)
+    owned = distributed.owned_examples(len(train_split), shards, my_shards)
     x_test = test_split.x[: config.eval_examples]
     parameters = [p for p in list(model.parameters()) + list(sampler.parameters()) if p.requires_grad]
     optimizer = torch.optim.Adam(parameters, lr=config.learning_rate)
@@ -160,62 +208,78 @@ def train(model: Model, sampler: Sampler, tuner: Tuner, data, spec: RunSpec, run
         except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint is a user-facing error
             raise UserError(f"checkpoint {checkpoint_path} cannot be read ({type(exc).__name__}); it may be "
                             "damaged or from another model") from None
-        for name in (METRICS_FILE, TUNER_FILE):
-            _truncate_jsonl(run_dir / name, start)
-        tuning_seconds = _recorded_tuning_seconds(run_dir / TUNER_FILE)
+        distributed.barrier()  # every process has read the checkpoint before rank 0 rewrites anything
+        if main:
+            for name in (METRICS_FILE, TUNER_FILE):
+                _truncate_jsonl(run_dir / name, start)
+            if resharded:
+                spec.save(run_dir)
+        tuning_seconds = _recorded_tuning_seconds(run_dir / TUNER_FILE) if main else 0.0
     else:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        spec.save(run_dir)
+        if main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            spec.save(run_dir)
         if anneal:
             model.set_observation_sigma(observation_sigma(config, 0))
-        mse_start = reconstruction_mse(model, sampler, x_test, seed=config.seed)
+        mse_start = reconstruction_mse(model, sampler, x_test, seed=config.seed) if main else math.nan
         elapsed_before = 0.0
         tuning_seconds = 0.0
+    step = _data_parallel(TrainingStep(model, sampler), device)
 
     def checkpoint(iteration: int, seconds: float) -> None:
-        save_atomic({"iteration": iteration, "model": model.state_dict(), "sampler": sampler.state_dict(),
-                     "optimizer": optimizer.state_dict(), "test_mse_start": mse_start, "seconds": seconds,
-                     "spec": spec.to_dict()}, checkpoint_path)
+        sampler.gather_example_state(owned.to(device), distributed.all_reduce_sum)  # collective: every rank
+        if main:
+            save_atomic({"iteration": iteration, "model": model.state_dict(), "sampler": sampler.state_dict(),
+                         "optimizer": optimizer.state_dict(), "test_mse_start": mse_start, "seconds": seconds,
+                         "spec": spec.to_dict()}, checkpoint_path)
 
     columns = [TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
                TextColumn("loss {task.fields[loss]:.4g}  mse {task.fields[mse]:.4f}  "
                           "s {task.fields[step]:.3g}  {task.fields[speed]:.2f} it/s"), TimeRemainingColumn()]
     began = time.perf_counter()
     loss_value, mse_value = math.nan, math.nan
-    with Progress(*columns, console=console, disable=not progress, transient=False) as bar:
+    with Progress(*columns, console=console, disable=not (progress and main), transient=False) as bar:
         task = bar.add_task("train", total=config.iterations, completed=start, loss=math.nan, mse=math.nan,
                             step=_step_size_summary(sampler), speed=0.0)
-        negative_phase = isinstance(model, HasLogNormalizerGradient)  # an unnormalised prior's grad log Z
         for t in range(start, config.iterations):
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(config, t)
             if anneal:
                 model.set_observation_sigma(observation_sigma(config, t))
             sampler.begin_iteration(t, config.iterations)
-            batch = train_split.batch(step_indices(len(train_split), config.batch_size, seed=config.seed, step=t))
-            x, index = batch["x"], batch["index"]
+            batches = [train_split.batch(distributed.shard_batch_indices(
+                len(train_split), config.batch_size, shards=shards, shard=s, seed=config.seed, step=t))
+                for s in my_shards]
             if config.tune_every and t % config.tune_every == 0:
                 tune_began = time.perf_counter()
-                result = tuner.tune(model, sampler, x)
+                result = tuner.tune(model, sampler, batches[0]["x"])  # J is averaged over processes
                 tune_seconds = time.perf_counter() - tune_began
                 tuning_seconds += tune_seconds
-                _append_jsonl(run_dir / TUNER_FILE, {
-                    "iteration": t, "objective": result.objective, "history": result.history,
-                    "hyperparameters": {k: v.tolist() for k, v in result.hyperparameters.items()},
-                    "per": getattr(sampler, "per", None), "seconds": tune_seconds})
-            inference = sampler.infer(model, x, index=index, generator=seeded_generator(config.seed, t, device))
-            loss = sampler.loss(model, x, inference)
-            if negative_phase:
-                loss = loss + model.log_normalizer_surrogate(
-                    x.shape[0], generator=seeded_generator(config.seed, 1_000_000 + t, device))
+                if main:
+                    _append_jsonl(run_dir / TUNER_FILE, {
+                        "iteration": t, "objective": result.objective, "history": result.history,
+                        "hyperparameters": {k: v.tolist() for k, v in result.hyperparameters.items()},
+                        "per": getattr(sampler, "per", None), "seconds": tune_seconds})
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            # (1/S) sum_s grad L_s: each of this process's shards weighs len(my_shards)^-1, DDP averages ranks.
+            totals = torch.zeros(2, dtype=torch.float64, device=device)  # sum of shard losses, squared errors
+            for position, (shard, batch) in enumerate(zip(my_shards, batches)):
+                last = position == len(my_shards) - 1
+                seed = distributed.shard_seed(config.seed, shard)
+                sync = nullcontext() if last or not hasattr(step, "no_sync") else step.no_sync()
+                with sync:
+                    loss, z = step(batch["x"], batch["index"], seeded_generator(seed, t, device),
+                                   seeded_generator(seed, 1_000_000 + t, device))
+                    (loss / len(my_shards)).backward()
+                totals[0] += loss.detach().double()
+                if (t + 1) % config.log_every == 0 or t + 1 == config.iterations:
+                    with torch.no_grad():
+                        totals[1] += (model.decode(z) - batch["x"]).pow(2).mean().double()
             optimizer.step()
             done = t + 1
             if done % config.log_every == 0 or done == config.iterations:
-                with torch.no_grad():
-                    mse_value = float((model.decode(inference.z) - x).pow(2).mean())
-                loss_value = float(loss.detach())
+                distributed.all_reduce_sum(totals)  # means over all S shards, the same on every rank
+                loss_value, mse_value = (totals / shards).tolist()
                 if not math.isfinite(loss_value):
                     raise UserError(f"training diverged at iteration {t} (non-finite loss); the last good "
                                     f"checkpoint is in {run_dir}; lower the step size or the learning rate, "
@@ -223,29 +287,33 @@ def train(model: Model, sampler: Sampler, tuner: Tuner, data, spec: RunSpec, run
                 seconds = time.perf_counter() - began
                 speed = (done - start) / max(seconds, 1e-9)
                 step_size = _step_size_summary(sampler)
-                _append_jsonl(run_dir / METRICS_FILE, {
-                    "iteration": t, "loss": loss_value, "mse": mse_value, "step_size": step_size,
-                    "learning_rate": learning_rate(config, t),
-                    "sigma": observation_sigma(config, t) if anneal else None, "iterations_per_second": speed})
+                if main:
+                    _append_jsonl(run_dir / METRICS_FILE, {
+                        "iteration": t, "loss": loss_value, "mse": mse_value, "step_size": step_size,
+                        "learning_rate": learning_rate(config, t),
+                        "sigma": observation_sigma(config, t) if anneal else None,
+                        "iterations_per_second": speed})
                 bar.update(task, loss=loss_value, mse=mse_value, step=step_size, speed=speed)
             bar.update(task, completed=done)
-            if done % config.image_every == 0:
+            if done % config.image_every == 0 and main:
                 _save_images(model, sampler, x_test, run_dir, f"{done:06d}", config.seed)
             if done % config.checkpoint_every == 0 or done == config.iterations:
                 checkpoint(done, elapsed_before + time.perf_counter() - began)
-                if config.tune_every and done < config.iterations:
+                if config.tune_every and done < config.iterations and main:
                     _plot_tuning(run_dir, console)
 
     seconds = elapsed_before + time.perf_counter() - began
-    mse_end = reconstruction_mse(model, sampler, x_test, seed=config.seed)
-    _save_images(model, sampler, x_test, run_dir, "final", config.seed)
-    _plot_tuning(run_dir, console)
     summary = {
         "iterations": config.iterations, "seconds": seconds,
         "iterations_per_second": (config.iterations - start) / max(time.perf_counter() - began, 1e-9),
-        "test_mse_start": mse_start, "test_mse_end": mse_end, "final_loss": loss_value,
+        "test_mse_start": mse_start, "test_mse_end": math.nan, "final_loss": loss_value,
         "final_step_size": _step_size_summary(sampler), "eval_examples": int(x_test.shape[0]),
-        "tuning_seconds": tuning_seconds,
+        "tuning_seconds": tuning_seconds, "processes": ctx.world_size, "shards": shards,
     }
-    write_json_atomic(run_dir / SUMMARY_FILE, summary)
+    if main:
+        summary["test_mse_end"] = reconstruction_mse(model, sampler, x_test, seed=config.seed)
+        _save_images(model, sampler, x_test, run_dir, "final", config.seed)
+        _plot_tuning(run_dir, console)
+        write_json_atomic(run_dir / SUMMARY_FILE, summary)
+    distributed.barrier()  # nobody leaves before rank 0 has written the run folder
     return TrainResult(model=model, sampler=sampler, run_dir=run_dir, summary=summary)

@@ -132,6 +132,19 @@ class ABP(Sampler):
         self.chains = tuple(c.to(device) for c in chains)
         self.seen = seen.to(device=device, dtype=torch.bool)
 
+    def gather_example_state(self, owned: Tensor, all_reduce_sum) -> None:
+        """Unite the chain stores of all processes: each example's chain (and seen flag) comes from the
+        process that owns it, ``store = sum_r [owned_r] store_r`` (one all-reduce per latent layer)."""
+        if self.chains is None:
+            return
+        owned = owned.to(self.seen.device)
+        chains = []
+        for store in self.chains:
+            mine = store * owned.view(-1, *([1] * (store.dim() - 1))).to(store.dtype)
+            chains.append(all_reduce_sum(mine))
+        self.chains = tuple(chains)
+        self.seen = all_reduce_sum((self.seen & owned).to(torch.int32)) > 0
+
     def _initial(self, model: Model, x: Tensor, index: Tensor | None,
                  generator: torch.Generator | None) -> tuple[Latents, Tensor | None]:
         """``z_0``: the stored state of each seen example, a prior draw otherwise; and the store index."""

@@ -3,7 +3,8 @@
     J(s) = E_{z_0 ~ p_0}[ log p_0(z_0) - log|det dF_s/dz_0| - log p(x, F_s(z_0)) ]
 
 Each evaluation reseeds its own generator with ``seed`` (common random numbers: the same ``z_0``,
-noise path and Lanczos probes at every ``s``), so differences in J are differences in s.
+noise path and Lanczos probes at every ``s``), so differences in J are differences in s. In a data-parallel run each process evaluates J on its own
+examples and the tuners average it over processes (:func:`mean_over_processes`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from inferkit import distributed
 from inferkit.errors import UserError
 from inferkit.interfaces import Model, Sampler
 from inferkit.objective import LOGDET_METHODS, ObjectiveInfo, kl_objective, kl_objective_unavailable
@@ -60,6 +62,21 @@ class KLObjectiveOptions:
         return kl_objective(model, sampler, x, num_samples=self.num_samples, logdet=self.logdet, mask=mask,
                             generator=generator, return_info=True, differentiable=differentiable,
                             num_probes=self.num_probes, lanczos_steps=self.lanczos_steps, entropy=entropy)
+
+
+def mean_over_processes(objective: Tensor, info: ObjectiveInfo) -> tuple[float, bool]:
+    """``(J, invertible)`` over all processes of a data-parallel run, from this process's mean ``J``
+    over its examples: ``J = (1/W) sum_r J_r``, invertible only where every process's flow is (one
+    all-reduce; in one process: ``J`` and ``info.invertible`` themselves). The same on every rank, so
+    every rank picks the same hyperparameters."""
+    if not distributed.context().distributed:
+        return float(objective.detach()), bool(info.invertible)
+    world = distributed.context().world_size
+    packed = torch.stack([objective.detach().to(torch.float64).reshape(()),
+                          torch.tensor(0.0 if info.invertible else 1.0, dtype=torch.float64,
+                                       device=objective.device)])
+    total, singular = distributed.all_reduce_sum(packed).tolist()
+    return total / world, singular == 0
 
 
 def require_real_latents(tuner: str, model: Model) -> None:

@@ -27,9 +27,15 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor
 
+from inferkit import distributed
 from inferkit.errors import UserError
 from inferkit.interfaces import Model, Sampler, Tuner, TuneResult
-from inferkit.tuners.kl_common import KLObjectiveOptions, require_real_latents, require_step_size
+from inferkit.tuners.kl_common import (
+    KLObjectiveOptions,
+    mean_over_processes,
+    require_real_latents,
+    require_step_size,
+)
 
 OBJECTIVES = ("kl", "energy")
 
@@ -133,12 +139,12 @@ class KLGrad(Tuner):
                     per_example, info = self.objective.evaluate(model, sampler, x, mask, differentiable=True,
                                                                 entropy=self.target == "kl")
                 objective = per_example.mean()
-                value = float(objective.detach())
+                value, invertible = mean_over_processes(objective, info)  # the same on every process
                 point = {"iteration": iteration, **{name: _as_number(v.detach()) for name, v in values.items()},
-                         "J": value, "invertible": info.invertible, "min_eigenvalue": info.min_eigenvalue,
+                         "J": value, "invertible": invertible, "min_eigenvalue": info.min_eigenvalue,
                          "learning_rate": optimizer.param_groups[0]["lr"]}
                 history.append(point)
-                if not (info.invertible and math.isfinite(value)):
+                if not (invertible and math.isfinite(value)):
                     with torch.no_grad():
                         if last_good is None:  # not even the start is usable: halve s and retry
                             shrinks += 1
@@ -153,7 +159,7 @@ class KLGrad(Tuner):
                     continue
                 if best is None or value < best["J"]:
                     best = {"J": value, "values": {name: v.detach().clone() for name, v in values.items()}}
-                gradients = torch.autograd.grad(objective, leaves)
+                gradients = [distributed.all_reduce_mean(g) for g in torch.autograd.grad(objective, leaves)]
                 last_good = {name: u.detach().clone() for name, u in free.items()}
                 for leaf, gradient in zip(leaves, gradients):
                     leaf.grad = gradient

@@ -19,7 +19,12 @@ from torch import Tensor
 
 from inferkit.errors import UserError
 from inferkit.interfaces import Model, Sampler, Tuner, TuneResult
-from inferkit.tuners.kl_common import KLObjectiveOptions, require_real_latents, require_step_size
+from inferkit.tuners.kl_common import (
+    KLObjectiveOptions,
+    mean_over_processes,
+    require_real_latents,
+    require_step_size,
+)
 
 PAPER_GRID = tuple(round(0.01 * i, 2) for i in range(1, 16))  # 0.01, 0.02, ..., 0.15
 
@@ -75,10 +80,10 @@ class KLGrid(Tuner):
                     with torch.no_grad():
                         step_size.fill_(s)
                     objective, info = self.objective.evaluate(model, sampler, x, mask, differentiable=False)
-                    history.append({"step_size": s, "J": float(objective.detach().mean()), "round": round_,
-                                    "invertible": info.invertible, "min_eigenvalue": info.min_eigenvalue,
-                                    "evaluated": True})
-                    singular = self.stop_at_singular and not info.invertible
+                    value, invertible = mean_over_processes(objective.mean(), info)
+                    history.append({"step_size": s, "J": value, "round": round_, "invertible": invertible,
+                                    "min_eigenvalue": info.min_eigenvalue, "evaluated": True})
+                    singular = self.stop_at_singular and not invertible
                 usable = [h for h in history if h["invertible"] and math.isfinite(h["J"])]
                 if usable:
                     break
