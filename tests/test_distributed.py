@@ -44,8 +44,8 @@ def checkpoint(folder):
 
 def assert_same_tensors(a: dict, b: dict, what: str) -> None:
     assert a.keys() == b.keys()
-    for key in a:
-        assert torch.allclose(a[key], b[key], rtol=1e-5, atol=1e-6), f"{what}: {key}"
+    for key, value in a.items():
+        assert torch.allclose(value, b[key], rtol=1e-5, atol=1e-6), f"{what}: {key}"
 
 
 def test_two_processes_train_as_one_process_with_two_shards(tmp_path, capsys):

@@ -134,16 +134,18 @@ class ABP(Sampler):
 
     def gather_example_state(self, owned: Tensor, all_reduce_sum) -> None:
         """Unite the chain stores of all processes: each example's chain (and seen flag) comes from the
-        process that owns it, ``store = sum_r [owned_r] store_r`` (one all-reduce per latent layer)."""
+        process that owns it, ``store = sum_r [owned_r] store_r`` (one all-reduce per latent layer, on
+        ``owned``'s device, the training device, which nccl needs; a CPU store goes there and back)."""
         if self.chains is None:
             return
-        owned = owned.to(self.seen.device)
+        device = owned.device
         chains = []
         for store in self.chains:
-            mine = store * owned.view(-1, *([1] * (store.dim() - 1))).to(store.dtype)
-            chains.append(all_reduce_sum(mine))
+            mine = store.to(device) * owned.view(-1, *([1] * (store.dim() - 1))).to(store.dtype)
+            chains.append(all_reduce_sum(mine).to(store.device))
         self.chains = tuple(chains)
-        self.seen = all_reduce_sum((self.seen & owned).to(torch.int32)) > 0
+        seen = (self.seen.to(device) & owned).to(torch.int32)
+        self.seen = (all_reduce_sum(seen) > 0).to(self.seen.device)
 
     def _initial(self, model: Model, x: Tensor, index: Tensor | None,
                  generator: torch.Generator | None) -> tuple[Latents, Tensor | None]:
