@@ -129,6 +129,11 @@ class Sampler(torch.nn.Module, abc.ABC):
     latent_supports: tuple[str, ...] = ("real",)
     """The :attr:`Model.latent_support` values this sampler handles (gradient samplers: real only)."""
 
+    uses_every_parameter: bool = True
+    """False when some training iterations leave trainable parameters (the model's or the sampler's)
+    without a gradient, e.g. training phases; data-parallel training then looks for unused parameters
+    every iteration (``DistributedDataParallel(find_unused_parameters=True)``)."""
+
     def setup(self, model: Model, *, num_examples: int | None = None) -> None:
         """Prepare for ``model`` (and its ``data_shape``) and a training set of ``num_examples``
         (``None``: unknown). Called before the optimiser is built, so parameters made here are

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
 from bisect import bisect_right
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -143,13 +144,19 @@ class TrainingStep(torch.nn.Module):
 
 def _data_parallel(step: TrainingStep, device: torch.device) -> torch.nn.Module:
     """``step`` wrapped in ``DistributedDataParallel`` in a process group (as it is otherwise). Buffers
-    are not broadcast: each process keeps its own per-example state."""
+    are not broadcast: each process keeps its own per-example state (torch >= 2.13 warns that
+    ``broadcast_buffers`` will go, and itself advises keeping it for rank-local buffers until
+    ``init_sync_buffers`` exists). Unused parameters are looked for every iteration only for samplers
+    that say some iterations leave parameters without a gradient (``Sampler.uses_every_parameter``)."""
     if not distributed.context().distributed:
         return step
     from torch.nn.parallel import DistributedDataParallel
 
-    return DistributedDataParallel(step, device_ids=[device.index] if device.type == "cuda" else None,
-                                   broadcast_buffers=False)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*broadcast_buffers.*", category=FutureWarning)
+        return DistributedDataParallel(step, device_ids=[device.index] if device.type == "cuda" else None,
+                                       broadcast_buffers=False,
+                                       find_unused_parameters=not step.sampler.uses_every_parameter)
 
 
 def train(model: Model, sampler: Sampler, tuner: Tuner, data, spec: RunSpec, run_dir: str | Path, *,

@@ -135,3 +135,13 @@ def test_shard_batches_partition_the_examples():
     assert torch.equal(single, step_indices(n, batch, seed=3, step=5))  # one shard: the usual batches
     owned = distributed.owned_examples(n, shards, [1, 3])
     assert torch.equal(owned, torch.arange(n) % 2 == 1)
+
+
+def test_a_sampler_with_training_phases_trains_data_parallel(tmp_path):
+    # vimco's pre-training phases leave the RBM (then the encoder) without gradients: DDP must look
+    # for unused parameters (Sampler.uses_every_parameter = False), or the second iteration fails.
+    out = tmp_path / "vimco"
+    torchrun(["run", "--model", "rbm-prior", "--sampler", "vimco", "--tuner", "fixed", "--data-opt", "num_train=64",
+              "--data-opt", "num_test=16", "--batch-size", "8", "--iterations", "3", "--tune-every", "0", "--quiet",
+              "--out", out])
+    assert json.loads((out / "summary.json").read_text())["processes"] == 2

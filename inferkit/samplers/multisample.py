@@ -67,6 +67,7 @@ class MultiSampleBernoulli(Sampler):
     kl_objective_unsupported = ("its latents are binary and q(z|x) is an amortized Bernoulli encoder trained "
                                 "with the model; there is no step size to tune")
     latent_supports = ("binary",)
+    uses_every_parameter = False  # pre-training phases train the encoder/decoder, then the RBM alone
 
     def __init__(self, num_samples: int = 50, hidden: tuple[int, ...] = (200, 200, 100, 100),
                  num_chains: int = 100, pcd_steps: int = 1, pretrain_iterations: int | None = None,
