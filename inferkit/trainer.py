@@ -19,7 +19,8 @@ import math
 import time
 import warnings
 from bisect import bisect_right
-from contextlib import nullcontext
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import closing, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -159,6 +160,38 @@ def _data_parallel(step: TrainingStep, device: torch.device) -> torch.nn.Module:
                                        find_unused_parameters=not step.sampler.uses_every_parameter)
 
 
+class BatchSource:
+    """The batches of iteration ``t``: this process's shards, each ``split.batch(indices)``. For a split
+    that reads from storage (``split.streaming``, e.g. image folders) iteration ``t + 1``'s batches are
+    read on a background thread while iteration ``t`` computes, so decoding overlaps the model step;
+    batches are pure functions of their indices, so the numbers do not change."""
+
+    def __init__(self, split, config: TrainConfig, shards: int, mine: list[int]) -> None:
+        self.split, self.config, self.shards, self.mine = split, config, shards, mine
+        self.streaming = bool(getattr(split, "streaming", False))
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="inferkit-prefetch") if self.streaming else None
+        self._pending: tuple[int, Future] | None = None
+
+    def _read(self, t: int) -> list[dict[str, torch.Tensor]]:
+        return [self.split.batch(distributed.shard_batch_indices(
+            len(self.split), self.config.batch_size, shards=self.shards, shard=s, seed=self.config.seed, step=t))
+            for s in self.mine]
+
+    def get(self, t: int) -> list[dict[str, torch.Tensor]]:
+        """Iteration ``t``'s batches (and, when streaming, start reading ``t + 1``'s)."""
+        if self._executor is None:
+            return self._read(t)
+        pending, self._pending = self._pending, None
+        batches = pending[1].result() if pending is not None and pending[0] == t else self._read(t)
+        if t + 1 < self.config.iterations:
+            self._pending = (t + 1, self._executor.submit(self._read, t + 1))
+        return batches
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+
+
 def train(model: Model, sampler: Sampler, tuner: Tuner, data, spec: RunSpec, run_dir: str | Path, *,
           resume: bool = False, progress: bool = True, console: Console | None = None) -> TrainResult:
     """Run Algorithm 1 and write the run folder (config, checkpoint, metrics, tuner history and its
@@ -245,7 +278,8 @@ def train(model: Model, sampler: Sampler, tuner: Tuner, data, spec: RunSpec, run
                           "s {task.fields[step]:.3g}  {task.fields[speed]:.2f} it/s"), TimeRemainingColumn()]
     began = time.perf_counter()
     loss_value, mse_value = math.nan, math.nan
-    with Progress(*columns, console=console, disable=not (progress and main), transient=False) as bar:
+    source = BatchSource(train_split, config, shards, my_shards)
+    with closing(source), Progress(*columns, console=console, disable=not (progress and main), transient=False) as bar:
         task = bar.add_task("train", total=config.iterations, completed=start, loss=math.nan, mse=math.nan,
                             step=_step_size_summary(sampler), speed=0.0)
         for t in range(start, config.iterations):
@@ -254,9 +288,7 @@ def train(model: Model, sampler: Sampler, tuner: Tuner, data, spec: RunSpec, run
             if anneal:
                 model.set_observation_sigma(observation_sigma(config, t))
             sampler.begin_iteration(t, config.iterations)
-            batches = [train_split.batch(distributed.shard_batch_indices(
-                len(train_split), config.batch_size, shards=shards, shard=s, seed=config.seed, step=t))
-                for s in my_shards]
+            batches = source.get(t)
             if config.tune_every and t % config.tune_every == 0:
                 tune_began = time.perf_counter()
                 result = tuner.tune(model, sampler, batches[0]["x"])  # J is averaged over processes

@@ -272,3 +272,39 @@ def test_cli_missing_folder_is_a_one_line_error(tmp_path, capsys):
                       "--out", tmp_path / "run"], capsys)
     assert code == 2 and err.startswith("error: ") and "does not exist" in err
     assert len(err.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
+
+
+def test_trainer_reads_the_next_batch_while_one_computes(folder, tmp_path, monkeypatch):
+    # streaming splits are read one iteration ahead on a background thread; the numbers are those of
+    # reading each batch when it is needed (streaming switched off).
+    import threading
+
+    import inferkit.data.image_folder as image_folder_module
+    from inferkit.runs import PluginSpec, RunSpec, TrainConfig, build_objects
+    from inferkit.trainer import train
+
+    spec = RunSpec(model=PluginSpec("ladder", {"num_layers": 2, "latent_dims": (4, 2), "nf": 8}),
+                   sampler=PluginSpec("shortrun", {"num_steps": 2}), tuner=PluginSpec("fixed", {}),
+                   data=PluginSpec("image-folder", {"data_dir": str(folder), "image_size": 16, "num_test": 4,
+                                                    "num_workers": 0}),
+                   train=TrainConfig(iterations=4, batch_size=4, tune_every=0, eval_examples=4, image_every=100))
+    threads: list[str] = []
+    original = image_folder_module.ImageFolderSplit.batch
+
+    def recording(self, indices):
+        threads.append(threading.current_thread().name)
+        return original(self, indices)
+
+    def trained(out):
+        data, model, sampler, tuner = build_objects(spec)
+        return train(model, sampler, tuner, data, spec, out, progress=False).model.state_dict()
+
+    monkeypatch.setattr(image_folder_module.ImageFolderSplit, "batch", recording)
+    prefetched = trained(tmp_path / "prefetched")
+    assert threads[0] == threading.main_thread().name  # iteration 0 is read when needed ...
+    assert len(threads) == 4 and all(name.startswith("inferkit-prefetch") for name in threads[1:])  # ... 1-3 ahead
+    monkeypatch.setattr(image_folder_module.ImageFolderSplit, "streaming", False)
+    threads.clear()
+    plain = trained(tmp_path / "plain")
+    assert threads == [threading.main_thread().name] * 4
+    assert all(torch.equal(prefetched[key], plain[key]) for key in plain)

@@ -17,7 +17,8 @@ Two ways to read:
 
 * ``split.batch(indices)`` (what the trainer calls each iteration) decodes the requested
   files in parallel on a persistent :class:`concurrent.futures.ProcessPoolExecutor` of
-  ``num_workers`` processes. The trainer asks for batches by index, one at a time, so a pool
+  ``num_workers`` processes (the trainer asks for iteration ``t + 1``'s batch on a background
+  thread while ``t`` computes, since the split is ``streaming``). Batches are asked for by index, so a pool
   that splits each batch into ``num_workers`` contiguous chunks fits it directly: there is no
   sampler order to hand to a ``DataLoader`` and no iterator to keep in step with resumes.
   Results are gathered in request order, so ``num_workers=0`` (decode in-process) gives the
@@ -217,6 +218,8 @@ class ImageFolderSplit(Dataset):
 
     labels = None
     factors = None
+    streaming = True
+    """Read from storage per batch: the trainer reads the next iteration's batch while one computes."""
 
     def __init__(self, files: Sequence[str], source_index: Tensor, decoder: _Decoder, *, name: str,
                  device: torch.device | str = "cpu") -> None:
