@@ -31,13 +31,21 @@ COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")
 
 
 # -- options -------------------------------------------------------------------------------------
+def _device_type(device: str | torch.device | None) -> str | None:
+    """``"cpu"``, ``"cuda"``, ... for a device or its name; None when it names no device."""
+    try:
+        return torch.device(device).type if device is not None else None
+    except (RuntimeError, TypeError):
+        return None  # an unknown device is reported where devices are resolved
+
+
 def check_precision(precision: str, device: str | torch.device | None = None) -> str:
     """``precision`` if it is one of :data:`PRECISIONS` and ``device`` can run it; else a UserError."""
     if precision not in PRECISIONS:
         raise UserError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}; "
-                        "give e.g. --precision bf16")
-    if precision == "bf16" and device is not None:
-        kind = torch.device(device).type if not isinstance(device, torch.device) else device.type
+                        "give --precision float32 or --precision bf16")
+    kind = _device_type(device)
+    if precision == "bf16" and kind is not None:
         if kind not in ("cpu", "cuda"):
             raise UserError(f"precision bf16 runs on cpu or cuda, not {kind}; use --precision float32")
         if kind == "cuda" and torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
@@ -70,8 +78,7 @@ def autocast(device: str | torch.device, precision: str) -> contextlib.AbstractC
     check_precision(precision, device)
     if precision == "float32":
         return contextlib.nullcontext()
-    kind = device.type if isinstance(device, torch.device) else torch.device(device).type
-    return torch.autocast(device_type=kind, dtype=torch.bfloat16)
+    return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
 
 
 # -- compilation ---------------------------------------------------------------------------------

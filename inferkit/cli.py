@@ -92,6 +92,8 @@ def run(
     tune_every: int | None = typer.Option(None, help="run the tuner every T_s iterations (0: never)"),
     seed: int | None = typer.Option(None, help="random seed (same seed, same numbers on CPU)"),
     device: str | None = typer.Option(None, help="cpu or cuda"),
+    precision: str | None = typer.Option(None, help="float32 or bf16 (inference and loss under bfloat16 "
+                                         "autocast, latents float32; docs/gpu.md) [default: float32]"),
     out: Path | None = typer.Option(None, help="run folder to create [default: runs/<time>-<model>-<sampler>]"),
     resume: Path | None = typer.Option(None, help="continue the run in this folder from its checkpoint"),
     quiet: bool = typer.Option(False, help="no progress bar"),
@@ -105,6 +107,9 @@ def run(
             spec.train.iterations = iterations
         if device is not None:
             spec.train.device = device
+        if precision is not None:  # like the device, an execution setting a continuation may change
+            spec.train.precision = precision
+        spec.train.validate()
         resolve_device(spec.train.device)
         data_obj, model_obj, sampler_obj, tuner_obj = build_objects(spec, resolve=False)
         if not (resume / CHECKPOINT_FILE).is_file():
@@ -128,7 +133,7 @@ def run(
     train_values = dict(file_config.get("train", {}))
     train_values.update(parse_assignments(train_opt, "--train-opt"))
     for key, value in (("iterations", iterations), ("batch_size", batch_size), ("tune_every", tune_every),
-                       ("seed", seed), ("device", device)):
+                       ("seed", seed), ("device", device), ("precision", precision)):
         if value is not None:
             train_values[key] = value
     spec.train = TrainConfig.from_dict(train_values)

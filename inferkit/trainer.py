@@ -23,6 +23,7 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from inferkit.acceleration import autocast
 from inferkit.data.base import step_indices
 from inferkit.errors import UserError
 from inferkit.evaluation import reconstruction_mse, seeded_generator
@@ -203,11 +204,13 @@ def train(model: Model, sampler: Sampler, tuner: Tuner, data, spec: RunSpec, run
                     "iteration": t, "objective": result.objective, "history": result.history,
                     "hyperparameters": {k: v.tolist() for k, v in result.hyperparameters.items()},
                     "per": getattr(sampler, "per", None), "seconds": tune_seconds})
-            inference = sampler.infer(model, x, index=index, generator=seeded_generator(config.seed, t, device))
-            loss = sampler.loss(model, x, inference)
-            if negative_phase:
-                loss = loss + model.log_normalizer_surrogate(
-                    x.shape[0], generator=seeded_generator(config.seed, 1_000_000 + t, device))
+            with autocast(device, config.precision):  # bf16: the generator in bfloat16, latents float32
+                inference = sampler.infer(model, x, index=index,
+                                          generator=seeded_generator(config.seed, t, device))
+                loss = sampler.loss(model, x, inference)
+                if negative_phase:
+                    loss = loss + model.log_normalizer_surrogate(
+                        x.shape[0], generator=seeded_generator(config.seed, 1_000_000 + t, device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
