@@ -150,17 +150,21 @@ class _ForbidHostSync(TorchFunctionMode):
 
 
 @contextlib.contextmanager
-def forbid_host_sync(device: str | torch.device = "cpu") -> Iterator[None]:
+def forbid_host_sync(device: str | torch.device = "cpu", *, python_level: bool = True) -> Iterator[None]:
     """Within the block, Python-level host synchronisations (``.item()``, ``.tolist()``, ``bool(t)``,
     ``float(t)``, ``int(t)``, ``.cpu()``, ``.numpy()``, device-to-host ``.to``/``.copy_``, ``nonzero``,
     boolean-mask indexing, printing a tensor) raise :class:`HostSyncError`; on a CUDA ``device``
-    ``torch.cuda.set_sync_debug_mode("error")`` also catches those made inside C++ kernels."""
+    ``torch.cuda.set_sync_debug_mode("error")`` also makes every synchronising CUDA call raise
+    (``RuntimeError``), those inside C++ kernels included.
+
+    ``python_level=False`` keeps only the CUDA check: the Python-level one is a torch function mode,
+    under which a ``torch.compile``d function recompiles once (minutes with inductor)."""
     cuda = torch.device(device).type == "cuda"
     previous = torch.cuda.get_sync_debug_mode() if cuda else None
     if cuda:
         torch.cuda.set_sync_debug_mode("error")
     try:
-        with _ForbidHostSync():
+        with _ForbidHostSync() if python_level else contextlib.nullcontext():
             yield
     finally:
         if cuda:
