@@ -6,8 +6,13 @@ Baselines side by side (issue 6): seconds per training iteration and peak memory
 for the samplers shortrun, langevin, abp, vae and lvae on the same ladder model and batch (each
 sampler trains its own copy of the same initial model; interleaved rounds, medians).
 
+Speed options of the K-step loop (issue 9): seconds per training iteration and the K-step ratio for
+eager float32, compiled float32, eager bf16 and compiled bf16 side by side, with the device named
+(compile warm-up timed apart; the loop run once under a host-sync check).
+
     python benchmarks/speed.py [--threads 2] [--batch 32] [--reps 5] [--json out.json]
     python benchmarks/speed.py --only samplers [--device cuda] [--steps 20] [--quick]
+    python benchmarks/speed.py --only modes --device cuda --papers-scale   # 3x64x64, L=5, nf=64, batch 128
 
 All figures come from one run, measured side by side (interleaved rounds, medians).
 """
@@ -17,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import resource
 import statistics
 import subprocess
@@ -29,6 +35,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import kernel_speed
 
 import inferkit
+from inferkit.acceleration import autocast, forbid_host_sync
 
 
 def seconds_per_iteration(model, sampler, x, reps: int) -> float:
@@ -177,17 +184,164 @@ def samplers_markdown(result: dict, label: str) -> str:
     return "\n".join(lines)
 
 
+# -- speed options of the K-step loop (issue 9) -------------------------------------------------
+MODES = (("eager", "float32"), ("compiled", "float32"), ("eager", "bf16"), ("compiled", "bf16"))
+PAPERS_SCALE = {"image_size": 64, "channels": 3, "layers": 5, "nf": 64, "batch": 128, "steps": 20}
+
+
+def device_name(device: str) -> str:
+    """The accelerator's name (``torch.cuda.get_device_name``), or the CPU's model name."""
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(torch.device(device))
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return f"CPU {line.split(':', 1)[1].strip()}"
+    except OSError:
+        pass
+    return f"CPU {platform.processor() or platform.machine()}"
+
+
+def measure_modes(args) -> dict:
+    """Seconds per training iteration (infer, loss, backward, Adam step) and the K-step ratio
+    (time of the K-step loop / K eager float32 forward+backward passes of log_joint w.r.t. z, as
+    kernel_speed.measure_ratios defines its floor) for every mode in :data:`MODES`, on one model and
+    one batch, in interleaved rounds with rotating order (medians). The first call of each mode is
+    its warm-up (compilation included), timed and reported apart. Afterwards each mode's loop runs
+    once under a host-sync check: on CUDA ``torch.cuda.set_sync_debug_mode("error")``; on the CPU the
+    Python-level check of inferkit.acceleration.forbid_host_sync (eager modes only: a compiled step
+    would recompile under it)."""
+    device = args.device
+    torch.manual_seed(0)
+    options = {"image_size": args.image_size, "channels": args.channels}
+    if args.layers is not None:
+        options["num_layers"] = args.layers
+    if args.nf is not None:
+        options["nf"] = args.nf
+    model = inferkit.load_model("ladder", **options).to(device)
+    generator = torch.Generator(device=device).manual_seed(0)
+    x = model.sample(args.batch, generator=generator).detach()
+    z_floor = tuple(t.detach().requires_grad_() for t in model.sample_prior(args.batch, generator=generator))
+    # One model for all modes: a compiled step is compiled once per precision, and Adam's tiny steps
+    # leave the work per iteration unchanged.
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-5)
+    samplers, loops, iterations = {}, {}, {}
+    for kind, precision in MODES:
+        key = f"{kind} {precision}"
+        compile_mode = args.compile_mode if kind == "compiled" else "none"
+        sampler = inferkit.load_sampler(args.mode_sampler, num_steps=args.steps, step_size=0.01,
+                                        compile=compile_mode, compile_backend=args.compile_backend).to(device)
+        samplers[key] = sampler
+
+        def loop(sampler=sampler, precision=precision):
+            with autocast(device, precision):
+                return sampler.infer(model, x, generator=generator)
+
+        def iteration(sampler=sampler, precision=precision):
+            with autocast(device, precision):
+                inference = sampler.infer(model, x, generator=generator)
+                loss = sampler.loss(model, x, inference)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+        loops[key], iterations[key] = loop, iteration
+    keys = list(loops)
+
+    def floor():
+        kernel_speed.gradient_floor(model, x, z_floor, args.steps)
+
+    warm_up = {"floor": kernel_speed.timed(floor, device)}
+    for key in keys:  # the first loop compiles the step; the first iteration also makes Adam's state
+        warm_up[key] = kernel_speed.timed(loops[key], device) + kernel_speed.timed(iterations[key], device)
+    checks = {}
+    for key in keys:
+        if not device.startswith("cuda") and samplers[key].compile != "none":
+            checks[key] = "not run on the CPU (tests check the compiled step with aot_eager)"
+            continue
+        try:
+            with forbid_host_sync(device, python_level=not device.startswith("cuda")):
+                loops[key]()
+            kernel_speed.sync(device)
+            checks[key] = "no host sync"
+        except RuntimeError as exc:  # HostSyncError, or CUDA's sync debug mode
+            checks[key] = f"SYNC: {str(exc).splitlines()[0][:120]}"
+    loop_times = {key: [] for key in keys}
+    iteration_times = {key: [] for key in keys}
+    floor_times = []
+    for r in range(args.reps):
+        floor_times.append(kernel_speed.timed(floor, device))
+        for i in range(len(keys)):
+            key = keys[(i + r) % len(keys)]
+            loop_times[key].append(kernel_speed.timed(loops[key], device))
+            iteration_times[key].append(kernel_speed.timed(iterations[key], device))
+    base = statistics.median(loop_times["eager float32"])
+    rows = []
+    for key in keys:
+        loop_s = statistics.median(loop_times[key])
+        rows.append({"mode": key, "seconds_per_iteration": statistics.median(iteration_times[key]),
+                     "loop_seconds": loop_s,
+                     "k_step_ratio": statistics.median(t / f for t, f in zip(loop_times[key], floor_times)),
+                     "loop_speedup_over_eager_float32": base / loop_s, "warm_up_seconds": warm_up[key],
+                     "host_sync_check": checks[key]})
+    return {"device": device, "device_name": device_name(device), "torch": torch.__version__,
+            "model": (f"ladder L={model.num_layers}, z {'+'.join(str(s[0]) for s in model.latent_shapes)}, "
+                      f"nf={model.config.nf}, {args.channels}x{args.image_size}x{args.image_size}"),
+            "batch": args.batch, "steps": args.steps, "sampler": args.mode_sampler,
+            "compile_mode": args.compile_mode, "compile_backend": args.compile_backend, "reps": args.reps,
+            "threads": args.threads, "floor_seconds": statistics.median(floor_times),
+            "floor_warm_up_seconds": warm_up["floor"], "rows": rows}
+
+
+def modes_markdown(result: dict) -> str:
+    """The modes side by side, and the issue's targets read off them (not asserted)."""
+    lines = [(f"## K-step loop modes: {result['model']}, batch {result['batch']}, K={result['steps']}, "
+              f"{result['sampler']}, on {result['device_name']} ({result['device']}, torch "
+              f"{result['torch']}, {result['threads']} threads), median of {result['reps']} interleaved "
+              "rounds"), "",
+             (f"compiled = torch.compile of one step, mode {result['compile_mode']}, backend "
+              f"{result['compile_backend']}; bf16 = bfloat16 autocast of the generator, latents float32. "
+              f"K-step ratio = loop time / K eager float32 forward+backward passes of log_joint "
+              f"({result['floor_seconds']:.4f} s)."), "",
+             ("| mode | seconds per training iteration | K-step loop s | K-step ratio | loop speed-up vs "
+              "eager float32 | warm-up s (compile) | host-sync check |"),
+             "|---|---:|---:|---:|---:|---:|---|"]
+    for row in result["rows"]:
+        lines.append(f"| {row['mode']} | {row['seconds_per_iteration']:.4f} | {row['loop_seconds']:.4f} | "
+                     f"{row['k_step_ratio']:.3f} | {row['loop_speedup_over_eager_float32']:.2f}x | "
+                     f"{row['warm_up_seconds']:.1f} | {row['host_sync_check']} |")
+    best = next(row for row in result["rows"] if row["mode"] == "compiled bf16")
+    speedup = best["loop_speedup_over_eager_float32"]
+    lines += ["", (f"Targets (issue 9): compiled bf16 loop {speedup:.2f}x faster than eager float32 (target "
+                   f">= 2), K-step ratio {best['k_step_ratio']:.3f} (target < 1.0).")]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--json", metavar="PATH")
-    parser.add_argument("--only", choices=("all", "kernel", "samplers"), default="all",
-                        help="kernel: the K-step figures; samplers: the baselines side by side")
+    parser.add_argument("--only", choices=("all", "kernel", "samplers", "modes"), default="all",
+                        help="kernel: the K-step figures; samplers: the baselines side by side; modes: "
+                             "eager/compiled x float32/bf16 (in all only with --device cuda: compiling is "
+                             "slow on a CPU)")
     parser.add_argument("--steps", type=int, default=20, help="K of shortrun, langevin and abp (samplers)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (the samplers section)")
     parser.add_argument("--quick", action="store_true", help="2 rounds: a check that it runs, not a measurement")
+    modes = parser.add_argument_group("modes (the ladder model these figures use)")
+    modes.add_argument("--image-size", type=int, default=16)
+    modes.add_argument("--channels", type=int, default=3)
+    modes.add_argument("--layers", type=int, default=None, help="[default: the ladder's, 3]")
+    modes.add_argument("--nf", type=int, default=None, help="[default: the ladder's, 16]")
+    modes.add_argument("--papers-scale", action="store_true",
+                       help="3x64x64, 5 layers, nf=64, batch 128, K=20 (the papers' scale)")
+    modes.add_argument("--mode-sampler", choices=("shortrun", "langevin"), default="shortrun")
+    modes.add_argument("--compile-mode", choices=("default", "reduce-overhead", "max-autotune"), default=None,
+                       help="[default: reduce-overhead on cuda (CUDA graphs of one step), default on cpu]")
+    modes.add_argument("--compile-backend", default="inductor", help="e.g. aot_eager for a quick check")
     parser.add_argument("--sampler-memory-child", metavar="SAMPLER", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.threads < 1 or args.batch < 1 or args.reps < 1 or args.steps < 1:
@@ -200,7 +354,20 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--device cuda: no CUDA device is available")
     if args.quick:
         args.reps = 2
+    if args.papers_scale:
+        for name, value in PAPERS_SCALE.items():
+            setattr(args, name, value)
+    if args.compile_mode is None:
+        args.compile_mode = "reduce-overhead" if args.device.startswith("cuda") else "default"
     report = {}
+    if args.only == "modes" or (args.only == "all" and args.device.startswith("cuda")):
+        report["modes"] = measure_modes(args)
+        print(modes_markdown(report["modes"]) + "\n")
+    if args.only == "modes":
+        if args.json:
+            with open(args.json, "w") as handle:
+                json.dump(report, handle, indent=2)
+        return 0
     if args.only in ("all", "samplers"):
         model = build_ladder("cpu")
         label = (f"ladder defaults (L={model.num_layers}, z {'+'.join(str(s[0]) for s in model.latent_shapes)}, "

@@ -93,6 +93,8 @@ def run(
     tune_every: int | None = typer.Option(None, help="run the tuner every T_s iterations (0: never)"),
     seed: int | None = typer.Option(None, help="random seed (same seed, same numbers on CPU)"),
     device: str | None = typer.Option(None, help="cpu or cuda"),
+    precision: str | None = typer.Option(None, help="float32 or bf16 (inference and loss under bfloat16 "
+                                         "autocast, latents float32; docs/gpu.md) [default: float32]"),
     out: Path | None = typer.Option(None, help="run folder to create [default: runs/<time>-<model>-<sampler>]"),
     resume: Path | None = typer.Option(None, help="continue the run in this folder from its checkpoint"),
     quiet: bool = typer.Option(False, help="no progress bar"),
@@ -101,13 +103,13 @@ def run(
     ``torchrun --nproc_per_node N -m inferkit run ...`` the N processes train data-parallel."""
     try:
         _run(model, sampler, tuner, data, data_dir, model_opt, sampler_opt, tuner_opt, data_opt, train_opt, config,
-             iterations, batch_size, tune_every, seed, device, out, resume, quiet)
+             iterations, batch_size, tune_every, seed, device, precision, out, resume, quiet)
     finally:
         distributed.shutdown()
 
 
 def _run(model, sampler, tuner, data, data_dir, model_opt, sampler_opt, tuner_opt, data_opt, train_opt, config,
-         iterations, batch_size, tune_every, seed, device, out, resume, quiet) -> None:
+         iterations, batch_size, tune_every, seed, device, precision, out, resume, quiet) -> None:
     from inferkit.trainer import train
 
     if resume is not None:
@@ -116,6 +118,9 @@ def _run(model, sampler, tuner, data, data_dir, model_opt, sampler_opt, tuner_op
             spec.train.iterations = iterations
         if device is not None:
             spec.train.device = device
+        if precision is not None:  # like the device, an execution setting a continuation may change
+            spec.train.precision = precision
+        spec.train.validate()
         resolve_device(spec.train.device)
         distributed.initialize(spec.train.device)
         data_obj, model_obj, sampler_obj, tuner_obj = build_objects(spec, resolve=False)
@@ -140,7 +145,7 @@ def _run(model, sampler, tuner, data, data_dir, model_opt, sampler_opt, tuner_op
     train_values = dict(file_config.get("train", {}))
     train_values.update(parse_assignments(train_opt, "--train-opt"))
     for key, value in (("iterations", iterations), ("batch_size", batch_size), ("tune_every", tune_every),
-                       ("seed", seed), ("device", device)):
+                       ("seed", seed), ("device", device), ("precision", precision)):
         if value is not None:
             train_values[key] = value
     spec.train = TrainConfig.from_dict(train_values)

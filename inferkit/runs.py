@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from inferkit.acceleration import check_precision
 from inferkit.errors import UserError
 from inferkit.interfaces import require_compatible
 from inferkit.options import build, coerce, option_types, suggest
@@ -52,6 +53,9 @@ class TrainConfig:
     """``S``: the batch splits into S shards with data and random draws of their own (0: one per
     process, so 1 outside ``torchrun``); one process with ``shards=S`` trains as S processes do
     (:mod:`inferkit.distributed`)."""
+    precision: str = "float32"
+    """``float32``, or ``bf16``: inference and the loss under bfloat16 autocast, latents float32
+    (tuning and evaluation stay float32; see :mod:`inferkit.acceleration`)."""
 
     def validate(self) -> None:
         positive = ("iterations", "batch_size", "log_every", "checkpoint_every", "image_every", "eval_examples")
@@ -68,6 +72,7 @@ class TrainConfig:
                 raise UserError(f"{name.replace('_', '-')} must be positive and finite, got {value}")
         if not 0 <= self.sigma_anneal <= 1 or not all(0 <= m <= 1 for m in self.lr_milestones):
             raise UserError("sigma-anneal and lr-milestones are fractions of the run, between 0 and 1")
+        check_precision(self.precision, self.device)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:

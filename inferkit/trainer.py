@@ -30,6 +30,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from inferkit import distributed
+from inferkit.acceleration import autocast
 from inferkit.errors import UserError
 from inferkit.evaluation import reconstruction_mse, seeded_generator
 from inferkit.images import is_image_shape, save_grid
@@ -307,8 +308,9 @@ def train(model: Model, sampler: Sampler, tuner: Tuner, data, spec: RunSpec, run
                 seed = distributed.shard_seed(config.seed, shard)
                 sync = nullcontext() if last or not hasattr(step, "no_sync") else step.no_sync()
                 with sync:
-                    loss, z = step(batch["x"], batch["index"], seeded_generator(seed, t, device),
-                                   seeded_generator(seed, 1_000_000 + t, device))
+                    with autocast(device, config.precision):  # bf16: the generator in bfloat16, latents float32
+                        loss, z = step(batch["x"], batch["index"], seeded_generator(seed, t, device),
+                                       seeded_generator(seed, 1_000_000 + t, device))
                     (loss / len(my_shards)).backward()
                 totals[0] += loss.detach().double()
                 if (t + 1) % config.log_every == 0 or t + 1 == config.iterations:

@@ -6,16 +6,22 @@
 layer (``per="layer"``) or one per step (``per="step"``). ``F = z_0 -> z_K`` is the flow whose
 law ``q_s`` the KL tuners fit to ``p(z | x)``; its Jacobian factorises over steps as
 ``prod_k (I + S_k H_k)`` with ``H_k = hess_z log p(x, z_k)``.
+
+With ``compile`` other than ``"none"`` each step runs as one ``torch.compile``d function of
+``(z_k, x, mask, s_k, eps_k)`` (see :mod:`inferkit.acceleration`); the noise is drawn outside it,
+with the same generator in the same order, so both paths draw the same numbers.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import weakref
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
 
+from inferkit.acceleration import check_compile, compile_function, uses_cuda_graphs
 from inferkit.errors import UserError
 from inferkit.interfaces import Inference, Latents, Model, Sampler
 
@@ -29,12 +35,17 @@ class ShortRun(Sampler):
         num_steps: K, the number of gradient steps.
         step_size: s; one number, or a sequence (one per layer or one per step, see ``per``).
         per: ``"shared"``, ``"layer"`` or ``"step"``: what one entry of ``step_size`` covers.
+        compile: ``"none"`` (eager steps), or the ``torch.compile`` mode of one step: ``"default"``,
+            ``"reduce-overhead"`` (CUDA graphs of one step on CUDA) or ``"max-autotune"``.
+        compile_backend: the ``torch.compile`` backend (``inductor``; ``aot_eager`` compiles fast).
     """
 
     noise_scale: float = 0.0  # multiplies sqrt(2 s) eps; 1 for Langevin
 
-    def __init__(self, num_steps: int = 20, step_size: float | tuple[float, ...] = 0.05, per: str = "shared"):
+    def __init__(self, num_steps: int = 20, step_size: float | tuple[float, ...] = 0.05, per: str = "shared",
+                 compile: str = "none", compile_backend: str = "inductor"):
         super().__init__()
+        check_compile(compile, compile_backend)
         if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
             raise UserError(f"num_steps must be a positive integer (K), got {num_steps!r}")
         if per not in STEP_SIZE_LAYOUTS:
@@ -57,11 +68,22 @@ class ShortRun(Sampler):
             raise UserError(f"per=step needs one step size per step: got {len(values)} for num_steps={num_steps}")
         self.num_steps = num_steps
         self.per = per
+        self.compile = compile
+        self.compile_backend = compile_backend
         tensor = torch.tensor(values if per != "shared" else values[0], dtype=torch.float64)
         self.register_buffer("step_size", tensor)
 
     def extra_repr(self) -> str:
-        return f"num_steps={self.num_steps}, per={self.per!r}, step_size={self.step_size.tolist()}"
+        text = f"num_steps={self.num_steps}, per={self.per!r}, step_size={self.step_size.tolist()}"
+        if self.compile != "none":
+            text += f", compile={self.compile!r}, compile_backend={self.compile_backend!r}"
+        return text
+
+    def __getstate__(self) -> dict:
+        """The module's state without the compiled step (rebuilt on first use after unpickling)."""
+        state = super().__getstate__()
+        state.pop("_compiled_step", None)
+        return state
 
     def hyperparameters(self) -> dict[str, Tensor]:
         return {"step_size": self.step_size}
@@ -97,6 +119,8 @@ class ShortRun(Sampler):
         Each step builds a fresh graph of ``log p(x, z_k)``, takes ``grad_z`` and frees it, so peak
         memory does not grow with K. Nothing here synchronises with the host.
         """
+        if self.compile != "none":
+            return self._infer_compiled(model, x, mask=mask, generator=generator)
         z = tuple(t.detach() for t in model.sample_prior(x.shape[0], generator=generator))
         dtype, device = z[0].dtype, z[0].device
         # Detached: a step size a tuner made differentiable must not link the steps into one graph.
@@ -117,6 +141,40 @@ class ShortRun(Sampler):
                     z = tuple(torch.addcmul(t, e, row[layer])
                               for layer, (t, e) in enumerate(zip(z, self._noise_like(z, generator))))
         return Inference(z=z, info={"num_steps": self.num_steps})
+
+    # -- the compiled hot path ------------------------------------------------------------------
+    def compiled_step(self, model: Model) -> Callable:
+        """The compiled ``step(z, x, mask, step_row, noise, noise_row) -> z_next`` for ``model``
+        (built on first use, kept while the model lives, never saved with the sampler)."""
+        cached = self.__dict__.get("_compiled_step")
+        if cached is not None and cached[0]() is model:
+            return cached[1]
+        function = compile_function(gradient_step(model), self.compile, self.compile_backend)
+        self.__dict__["_compiled_step"] = (weakref.ref(model), function)
+        return function
+
+    def _infer_compiled(self, model: Model, x: Tensor, *, mask: Tensor | None,
+                        generator: torch.Generator | None) -> Inference:
+        """:meth:`infer` through :meth:`compiled_step`: the same updates and the same noise draws."""
+        z = tuple(t.detach() for t in model.sample_prior(x.shape[0], generator=generator))
+        dtype, device = z[0].dtype, z[0].device
+        steps = self.step_size_matrix(len(z)).detach().to(device=device, dtype=dtype)
+        # One contiguous [L] tensor per step, made before the loop: every call sees the same layout.
+        step_rows = [row.clone() for row in steps.unbind(0)]
+        noise_rows = None
+        if self.noise_scale:
+            noise_rows = [row.clone() for row in ((2 * steps).sqrt() * self.noise_scale).unbind(0)]
+        step = self.compiled_step(model)
+        graphs = uses_cuda_graphs(self.compile, self.compile_backend, device)
+        with torch.no_grad():  # torch.func.grad inside the step ignores it; no parameter graph is built
+            for k in range(self.num_steps):
+                noise = None if noise_rows is None else self._noise_like(z, generator)
+                if graphs:
+                    torch.compiler.cudagraph_mark_step_begin()
+                z = step(z, x, mask, step_rows[k], noise, None if noise_rows is None else noise_rows[k])
+        if graphs:  # a CUDA-graph output is overwritten by the next replay
+            z = tuple(t.clone() for t in z)
+        return Inference(z=z, info={"num_steps": self.num_steps, "compile": self.compile})
 
     # -- the differentiable map F, for tuners ---------------------------------------------------
     def path(self, model: Model, x: Tensor, z0: Latents, noise: list[Latents] | None = None,
@@ -144,3 +202,20 @@ class ShortRun(Sampler):
              mask: Tensor | None = None) -> Latents:
         """``F(z_0) = z_K`` (differentiable)."""
         return self.path(model, x, z0, noise, mask)[-1]
+
+
+def gradient_step(model: Model) -> Callable:
+    """``step(z, x, mask, step_row, noise, noise_row)``: one update
+    ``z_l + s_l * grad_{z_l} log p(x, z) [+ r_l * eps_l]`` per layer ``l`` (``s = step_row``,
+    ``r = noise_row``, ``eps = noise``; no noise term when ``noise`` is None), as :meth:`ShortRun.infer`
+    computes it, written with ``torch.func.grad`` so that ``torch.compile`` takes it whole."""
+
+    def step(z: Latents, x: Tensor, mask: Tensor | None, step_row: Tensor, noise: Latents | None,
+             noise_row: Tensor | None) -> Latents:
+        grads = torch.func.grad(lambda latents: model.log_joint(x, latents, mask).sum())(z)
+        z = tuple(torch.addcmul(t, g, step_row[layer]) for layer, (t, g) in enumerate(zip(z, grads)))
+        if noise is not None:
+            z = tuple(torch.addcmul(t, e, noise_row[layer]) for layer, (t, e) in enumerate(zip(z, noise)))
+        return z
+
+    return step
