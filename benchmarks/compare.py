@@ -70,7 +70,7 @@ BUDGETS = {
                     ablation_eval=EvalConfig(reference_steps=0, inpaint_examples=0, ais_examples=0, iwae_samples=0,
                                              fd_samples=64, figures=False),
                     tuner_options={"batch_size": 2, "grid": (0.01, 0.05)}),
-    # About 45 minutes on 2 quiet CPU cores with all five samplers (README: "Comparison benchmark").
+    # 42.1 min measured alone on 2 CPU cores with all five samplers and the ablations (benchmarks/RESULTS.md).
     "cpu": Budget(num_layers=3, nf=16, num_steps=20, iterations=200, batch_size=32, tune_every=100,
                   num_train=0, num_test=0,
                   main_eval=EvalConfig(num_examples=256, reference_steps=100, inpaint_examples=64,
