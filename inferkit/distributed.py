@@ -4,7 +4,8 @@
 
 **Shards.** The global batch ``B`` of iteration ``t`` is the union of ``S`` shard batches (``S`` =
 ``TrainConfig.shards``, default: one per process). Shard ``s`` owns the training examples
-``i = s mod S`` (fixed shards, the layout of an unshuffled ``DistributedSampler``), takes its ``B / S``
+``i = s mod S`` (fixed shards: the layout of an unshuffled ``DistributedSampler`` without its padding,
+which would give an example two owners), takes its ``B / S``
 examples of iteration ``t`` from them by :func:`shard_batch_indices`, and draws its random numbers from
 :func:`shard_generator`, a pure function of ``(seed, t, s)``. Process ``r`` of ``W`` trains shards
 ``r, r + W, ...`` (gradients accumulated over them), ``DistributedDataParallel`` averages over
