@@ -136,7 +136,7 @@ class TrainingStep(torch.nn.Module):
         self.negative_phase = isinstance(model, HasLogNormalizerGradient)  # an unnormalised prior's grad log Z
 
     def forward(self, x: torch.Tensor, index: torch.Tensor | None, generator: torch.Generator,
-                negative_generator: torch.Generator) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+                negative_generator: torch.Generator | None) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
         inference = self.sampler.infer(self.model, x, index=index, generator=generator)
         loss = self.sampler.loss(self.model, x, inference)
         if self.negative_phase:
@@ -265,7 +265,9 @@ def train(model: Model, sampler: Sampler, tuner: Tuner, data, spec: RunSpec, run
         mse_start = reconstruction_mse(model, sampler, x_test, seed=config.seed) if main else math.nan
         elapsed_before = 0.0
         tuning_seconds = 0.0
-    step = _data_parallel(TrainingStep(model, sampler), device)
+    training_step = TrainingStep(model, sampler)
+    step = _data_parallel(training_step, device)
+    mixed_precision = autocast(device, config.precision)  # bf16: the generator in bfloat16, latents float32
 
     def checkpoint(iteration: int, seconds: float) -> None:
         sampler.gather_example_state(owned.to(device), distributed.all_reduce_sum)  # collective: every rank
@@ -308,9 +310,9 @@ def train(model: Model, sampler: Sampler, tuner: Tuner, data, spec: RunSpec, run
                 seed = distributed.shard_seed(config.seed, shard)
                 sync = nullcontext() if last or not hasattr(step, "no_sync") else step.no_sync()
                 with sync:
-                    with autocast(device, config.precision):  # bf16: the generator in bfloat16, latents float32
-                        loss, z = step(batch["x"], batch["index"], seeded_generator(seed, t, device),
-                                       seeded_generator(seed, 1_000_000 + t, device))
+                    negative = seeded_generator(seed, 1_000_000 + t, device) if training_step.negative_phase else None
+                    with mixed_precision:
+                        loss, z = step(batch["x"], batch["index"], seeded_generator(seed, t, device), negative)
                     (loss / len(my_shards)).backward()
                 totals[0] += loss.detach().double()
                 if (t + 1) % config.log_every == 0 or t + 1 == config.iterations:
