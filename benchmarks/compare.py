@@ -205,6 +205,15 @@ def ebm_markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def write_results(out: Path, stem: str, results: dict[str, Any], render) -> int:
+    """Write ``OUT/STEM.json`` and ``OUT/STEM.md`` (``render(results)``), print the tables; exit code 0."""
+    write_json_atomic(out / f"{stem}.json", results)
+    (out / f"{stem}.md").write_text(render(results))
+    print(render(results))
+    print(f"wrote {out / f'{stem}.json'} and {out / f'{stem}.md'}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", type=Path, required=True, help="folder with the MNIST IDX files")
@@ -269,11 +278,7 @@ def main(argv: list[str] | None = None) -> int:
             record["model"] = model
             results["ebm"].append(record)
         results["wall_seconds"] = time.perf_counter() - began
-        write_json_atomic(out / "results_ebm.json", results)
-        (out / "results_ebm.md").write_text(ebm_markdown(results))
-        print(ebm_markdown(results))
-        print(f"wrote {out / 'results_ebm.json'} and {out / 'results_ebm.md'}")
-        return 0
+        return write_results(out, "results_ebm", results, ebm_markdown)
     print(f"Table 1: {', '.join(samplers) or 'no sampler'} on ladder L={budget.num_layers}", flush=True)
     for sampler in samplers:
         spec = run_spec(budget, sampler, budget.num_layers, budget.num_steps, args)
@@ -293,11 +298,7 @@ def main(argv: list[str] | None = None) -> int:
                 results["ablations"][key].append({"value": value, "name": record["name"], "eval": record["eval"],
                                                   "seconds_per_iteration": record["seconds_per_iteration"]})
     results["wall_seconds"] = time.perf_counter() - began
-    write_json_atomic(out / "results.json", results)
-    (out / "results.md").write_text(markdown(results))
-    print(markdown(results))
-    print(f"wrote {out / 'results.json'} and {out / 'results.md'}")
-    return 0
+    return write_results(out, "results", results, markdown)
 
 
 if __name__ == "__main__":
