@@ -111,6 +111,16 @@ class ShortRun(Sampler):
     def _noise_like(self, z: Latents, generator: torch.Generator | None) -> Latents:
         return tuple(torch.randn(t.shape, generator=generator, device=t.device, dtype=t.dtype) for t in z)
 
+    def _start(self, model: Model, x: Tensor, generator: torch.Generator | None
+               ) -> tuple[Latents, Tensor, Tensor | None]:
+        """``z_0 ~ p(z)`` (detached), the ``[K, L]`` step sizes ``S`` and noise scales
+        ``sqrt(2 S) * noise_scale`` (``None`` without noise) in the latents' dtype and device."""
+        z = tuple(t.detach() for t in model.sample_prior(x.shape[0], generator=generator))
+        # Detached: a step size a tuner made differentiable must not link the steps into one graph.
+        steps = self.step_size_matrix(len(z)).detach().to(device=z[0].device, dtype=z[0].dtype)
+        noise_steps = (2 * steps).sqrt() * self.noise_scale if self.noise_scale else None
+        return z, steps, noise_steps
+
     # -- the hot path: inference without a graph across steps -----------------------------------
     def infer(self, model: Model, x: Tensor, *, index: Tensor | None = None, mask: Tensor | None = None,
               generator: torch.Generator | None = None) -> Inference:
@@ -121,14 +131,9 @@ class ShortRun(Sampler):
         """
         if self.compile != "none":
             return self._infer_compiled(model, x, mask=mask, generator=generator)
-        z = tuple(t.detach() for t in model.sample_prior(x.shape[0], generator=generator))
-        dtype, device = z[0].dtype, z[0].device
-        # Detached: a step size a tuner made differentiable must not link the steps into one graph.
-        steps = self.step_size_matrix(len(z)).detach().to(device=device, dtype=dtype)
+        z, steps, noise_steps = self._start(model, x, generator)
         step_rows = [list(row) for row in steps.unbind(0)]  # 0-dim views made once, not per step
-        noise_rows = None
-        if self.noise_scale:
-            noise_rows = [list(row) for row in ((2 * steps).sqrt() * self.noise_scale).unbind(0)]
+        noise_rows = None if noise_steps is None else [list(row) for row in noise_steps.unbind(0)]
         with torch.enable_grad():
             for k in range(self.num_steps):
                 z = tuple(t.requires_grad_() for t in z)
@@ -156,16 +161,12 @@ class ShortRun(Sampler):
     def _infer_compiled(self, model: Model, x: Tensor, *, mask: Tensor | None,
                         generator: torch.Generator | None) -> Inference:
         """:meth:`infer` through :meth:`compiled_step`: the same updates and the same noise draws."""
-        z = tuple(t.detach() for t in model.sample_prior(x.shape[0], generator=generator))
-        dtype, device = z[0].dtype, z[0].device
-        steps = self.step_size_matrix(len(z)).detach().to(device=device, dtype=dtype)
+        z, steps, noise_steps = self._start(model, x, generator)
         # One contiguous [L] tensor per step, made before the loop: every call sees the same layout.
         step_rows = [row.clone() for row in steps.unbind(0)]
-        noise_rows = None
-        if self.noise_scale:
-            noise_rows = [row.clone() for row in ((2 * steps).sqrt() * self.noise_scale).unbind(0)]
+        noise_rows = None if noise_steps is None else [row.clone() for row in noise_steps.unbind(0)]
         step = self.compiled_step(model)
-        graphs = uses_cuda_graphs(self.compile, self.compile_backend, device)
+        graphs = uses_cuda_graphs(self.compile, self.compile_backend, z[0].device)
         with torch.no_grad():  # torch.func.grad inside the step ignores it; no parameter graph is built
             for k in range(self.num_steps):
                 noise = None if noise_rows is None else self._noise_like(z, generator)
