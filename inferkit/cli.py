@@ -25,6 +25,7 @@ from inferkit.interfaces import require_compatible
 from inferkit.options import parse_assignments
 from inferkit.registry import list_plugins
 from inferkit.runs import CHECKPOINT_FILE, PluginSpec, RunSpec, TrainConfig, build_objects, resolve_device
+from inferkit.runs import restore_checkpoint
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
                   help="Short-run inference and learning for deep latent-variable models.")
@@ -32,6 +33,9 @@ console = Console()
 err_console = Console(stderr=True)
 
 _OPT_HELP = "key=value option for the {} plugin (repeatable)"
+_SAVED_MODEL_HELP = "the run's model again, to import the pyro:MODULE:FUNCTION model its config.json names"
+_TRUST_HELP = ("import the pyro:MODULE:FUNCTION model the run's config.json names (only for run folders you "
+               "trust)")
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -57,20 +61,17 @@ def _plugin_from(config: dict[str, Any], key: str, name: str | None, default: st
     return PluginSpec(name=name or section.get("name", default), options=merged)
 
 
-def _load_run(run: Path):
-    spec = RunSpec.load(run)
+def _load_run(run: Path, model_name: str | None = None, trust_code: bool = False):
+    """Rebuild a run folder's objects and load its checkpoint (``model_name``, ``trust_code``: the
+    user's ``--model`` and ``--trust-code``, see :meth:`RunSpec.load`)."""
+    spec = RunSpec.load(run, model=model_name, trust_code=trust_code)
     data, model, sampler, tuner = build_objects(spec, resolve=False)
     path = run / CHECKPOINT_FILE
     if not path.is_file():
         raise UserError(f"{run} has no checkpoint yet; train it with `inferkit run` (or --resume) first")
     require_compatible(model, sampler)
     sampler.setup(model, num_examples=len(data.train))  # the trainer's hook: encoders, chain stores
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-        model.load_state_dict(state["model"])
-        sampler.load_state_dict(state["sampler"])
-    except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint is a user-facing error
-        raise UserError(f"checkpoint {path} cannot be read ({type(exc).__name__}); it may be damaged") from None
+    state = restore_checkpoint(path, "cpu", model, sampler)
     return spec, data, model, sampler, tuner, state
 
 
@@ -98,22 +99,23 @@ def run(
     out: Path | None = typer.Option(None, help="run folder to create [default: runs/<time>-<model>-<sampler>]"),
     resume: Path | None = typer.Option(None, help="continue the run in this folder from its checkpoint"),
     quiet: bool = typer.Option(False, help="no progress bar"),
+    trust_code: bool = typer.Option(False, "--trust-code", help=f"with --resume: {_TRUST_HELP}"),
 ) -> None:
     """Train a model with a sampler and a tuner (Algorithm 1) and write a run folder. Under
     ``torchrun --nproc_per_node N -m inferkit run ...`` the N processes train data-parallel."""
     try:
         _run(model, sampler, tuner, data, data_dir, model_opt, sampler_opt, tuner_opt, data_opt, train_opt, config,
-             iterations, batch_size, tune_every, seed, device, precision, out, resume, quiet)
+             iterations, batch_size, tune_every, seed, device, precision, out, resume, quiet, trust_code)
     finally:
         distributed.shutdown()
 
 
 def _run(model, sampler, tuner, data, data_dir, model_opt, sampler_opt, tuner_opt, data_opt, train_opt, config,
-         iterations, batch_size, tune_every, seed, device, precision, out, resume, quiet) -> None:
+         iterations, batch_size, tune_every, seed, device, precision, out, resume, quiet, trust_code) -> None:
     from inferkit.trainer import train
 
     if resume is not None:
-        spec = RunSpec.load(resume)
+        spec = RunSpec.load(resume, model=model, trust_code=trust_code)
         if iterations is not None:
             spec.train.iterations = iterations
         if device is not None:
@@ -208,13 +210,15 @@ def sample(
     num: int = typer.Option(64, help="number of samples"),
     seed: int = typer.Option(0, help="random seed"),
     output: Path | None = typer.Option(None, help="PNG file [default: RUN/samples.png]"),
+    model_name: str | None = typer.Option(None, "--model", help=_SAVED_MODEL_HELP),
+    trust_code: bool = typer.Option(False, "--trust-code", help=_TRUST_HELP),
 ) -> None:
     """Draw ancestral samples from a trained model and save them as a PNG grid."""
     from inferkit.images import is_image_shape, save_grid
 
     if num < 1:
         raise UserError(f"--num must be a positive integer, got {num}")
-    _, _, model, _, _, _ = _load_run(run)
+    _, _, model, _, _, _ = _load_run(run, model_name, trust_code)
     if not is_image_shape(tuple(model.data_shape)):
         raise UserError(f"model data of shape {tuple(model.data_shape)} are not images; nothing to draw")
     with torch.no_grad():
@@ -247,6 +251,8 @@ def eval_command(
     figures: bool = typer.Option(True, help="write the PNG figures into RUN"),
     device: str | None = typer.Option(None, help="cpu or cuda [default: the run's]"),
     quiet: bool = typer.Option(False, help="no progress messages"),
+    model_name: str | None = typer.Option(None, "--model", help=_SAVED_MODEL_HELP),
+    trust_code: bool = typer.Option(False, "--trust-code", help=_TRUST_HELP),
 ) -> None:
     """Evaluate a run on its test split: reconstruction, inpainting, AIS log-likelihood, IWAE, Fréchet
     distances, hierarchy; writes RUN/eval.json and PNG figures."""
@@ -263,7 +269,7 @@ def eval_command(
                         inception_weights=str(inception_weights) if inception_weights is not None else None,
                         figures=figures)
     config.validate()
-    spec, data, model, sampler, _, state = _load_run(run)
+    spec, data, model, sampler, _, state = _load_run(run, model_name, trust_code)
     target = resolve_device(device or spec.train.device)
     model.to(target)
     sampler.to(target)
@@ -304,6 +310,8 @@ def tune(
     tuner_opt: list[str] = typer.Option([], help=_OPT_HELP.format("tuner")),
     num_examples: int = typer.Option(16, help="test examples for the objective"),
     output: Path | None = typer.Option(None, help="PNG of J(s) [default: RUN/tune.png]"),
+    model_name: str | None = typer.Option(None, "--model", help=_SAVED_MODEL_HELP),
+    trust_code: bool = typer.Option(False, "--trust-code", help=_TRUST_HELP),
 ) -> None:
     """Run a tuner on a trained run's test data, print J at every point it tried and plot J(s)."""
     from inferkit.plots import plot_objective_curves
@@ -314,7 +322,7 @@ def tune(
         raise UserError(f"--num-examples must be a positive integer, got {num_examples}")
     if output is not None and output.suffix.lower() != ".png":
         raise UserError(f"--output must name a .png file, got {output}")
-    spec, data, model, sampler, run_tuner, state = _load_run(run)
+    spec, data, model, sampler, run_tuner, state = _load_run(run, model_name, trust_code)
     if tuner is not None or tuner_opt:
         options = spec.tuner.options if tuner is None else {}
         options = {**options, **parse_assignments(tuner_opt, "--tuner-opt")}

@@ -2,6 +2,11 @@
 
 A run folder holds ``config.json`` (the resolved :class:`RunSpec`), so ``--resume``, ``eval``,
 ``sample`` and ``tune`` rebuild exactly the objects the run trained.
+
+A run folder is data, never code: its ``.pt`` files are loaded with ``torch.load(weights_only=True)``
+(tensors, numbers, strings and containers; a pickled Python object is refused, see
+:func:`load_plain`), and a ``pyro:MODULE:FUNCTION`` model its config names is imported only when the
+user names it again or trusts the folder (:meth:`RunSpec.load`).
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import inspect
 import json
 import math
 import os
+import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -122,15 +128,30 @@ class RunSpec:
         write_json_atomic(folder / CONFIG_FILE, self.to_dict())
 
     @classmethod
-    def load(cls, folder: Path) -> RunSpec:
+    def load(cls, folder: Path, *, model: str | None = None, trust_code: bool = False) -> RunSpec:
+        """The spec saved in ``folder``. A ``pyro:`` model is code, so a config naming one is refused
+        unless the user names the same model again (``model``, their ``--model``) or ``trust_code``."""
         path = Path(folder) / CONFIG_FILE
         if not path.is_file():
             raise UserError(f"{folder} holds no inferkit run (no {CONFIG_FILE}); give a run folder made by "
                             "`inferkit run`")
         try:
-            return cls.from_dict(json.loads(path.read_text()))
+            spec = cls.from_dict(json.loads(path.read_text()))
         except json.JSONDecodeError as exc:
             raise UserError(f"{path} is not valid JSON ({exc}); the run folder is damaged") from None
+        _check_model_trusted(spec.model.name, path, model=model, trust_code=trust_code)
+        return spec
+
+
+def _check_model_trusted(saved: str, path: Path, *, model: str | None, trust_code: bool) -> None:
+    """Refuse a saved model the user did not confirm: a ``--model`` that differs from it, or a
+    ``pyro:`` model (code) neither named again nor trusted with ``--trust-code``."""
+    if model is not None and model != saved:
+        raise UserError(f"--model {model} is not the model of this run: {path} names {saved}; a run keeps "
+                        f"its model (pass --model {saved}, or leave --model out)")
+    if saved.startswith("pyro:") and model is None and not trust_code:
+        raise UserError(f"{path} names the Pyro model {saved}, which is code; pass --model {saved} "
+                        "(or --trust-code) to import it")
 
 
 def write_json_atomic(path: Path, value: Any) -> None:
@@ -148,6 +169,62 @@ def save_atomic(obj: Any, path: Path) -> None:
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, path)
+
+
+def load_plain(path: Path, map_location: Any = "cpu", *, what: str = "checkpoint",
+               hint: str = "it may be damaged") -> Any:
+    """What ``torch.save`` wrote to ``path``, loaded with ``weights_only=True``: tensors, numbers,
+    strings, lists, tuples and dicts, never an arbitrary pickled object (unpickling one may run any
+    code). A file that holds one is refused; an unreadable file is a UserError ending in ``hint``."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:
+        if _holds_objects(path):
+            raise UserError(f"{path} is not a plain inferkit {what} (it holds Python objects); refusing to "
+                            "load it") from None
+        raise UserError(f"{what} {path} cannot be read (UnpicklingError); {hint}") from None
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is a user-facing error
+        raise UserError(f"{what} {path} cannot be read ({type(exc).__name__}); {hint}") from None
+
+
+def _holds_objects(path: Path) -> bool:
+    """Whether a file ``weights_only`` refused names globals it does not allow (read from the pickle's
+    opcodes, nothing run); ``False`` when it names none, so the pickle itself is damaged. A file this
+    cannot scan (not torch's zip format) counts as holding objects."""
+    try:
+        return bool(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+    except Exception:  # noqa: BLE001 - unscannable: refuse it as untrusted rather than call it damaged
+        return True
+
+
+CHECKPOINT_KEYS = ("iteration", "model", "sampler")
+
+
+def load_checkpoint(path: Path, map_location: Any = "cpu") -> dict[str, Any]:
+    """A run's checkpoint as a dict (iteration, model, sampler, optimizer, ...), loaded by
+    :func:`load_plain`: a checkpoint holding Python objects is refused, nothing in it run."""
+    state = load_plain(path, map_location)
+    if not isinstance(state, dict) or any(key not in state for key in CHECKPOINT_KEYS):
+        raise UserError(f"checkpoint {path} cannot be read (not an inferkit checkpoint); it may be damaged")
+    return state
+
+
+def restore_checkpoint(path: Path, map_location: Any, model: torch.nn.Module, sampler: torch.nn.Module,
+                       optimizer: torch.optim.Optimizer | None = None) -> dict[str, Any]:
+    """Load the checkpoint at ``path`` into ``model``, ``sampler`` (built and set up as the run's) and
+    ``optimizer``; returns the checkpoint."""
+    state = load_checkpoint(path, map_location)
+    try:
+        model.load_state_dict(state["model"])
+        sampler.load_state_dict(state["sampler"])
+        if optimizer is not None:
+            optimizer.load_state_dict(state["optimizer"])
+    except UserError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a checkpoint that does not fit is a user-facing error
+        raise UserError(f"checkpoint {path} cannot be read ({type(exc).__name__}); it may be damaged or from "
+                        "another model") from None
+    return state
 
 
 def _jsonable(value: Any) -> Any:

@@ -43,6 +43,7 @@ from inferkit.interfaces import (
     require_compatible,
 )
 from inferkit.runs import CHECKPOINT_FILE, RunSpec, TrainConfig, save_atomic, write_json_atomic
+from inferkit.runs import restore_checkpoint
 
 METRICS_FILE = "metrics.jsonl"
 TUNER_FILE = "tuner.jsonl"
@@ -236,19 +237,12 @@ def train(model: Model, sampler: Sampler, tuner: Tuner, data, spec: RunSpec, run
     start = 0
     checkpoint_path = run_dir / CHECKPOINT_FILE
     if resume:
-        try:
-            state = torch.load(checkpoint_path, map_location=device, weights_only=False)
-            model.load_state_dict(state["model"])
-            sampler.load_state_dict(state["sampler"])
-            optimizer.load_state_dict(state["optimizer"])
-            start = int(state["iteration"])
-            mse_start = float(state["test_mse_start"])
-            elapsed_before = float(state.get("seconds", 0.0))
-        except FileNotFoundError:
-            raise UserError(f"{run_dir} has no checkpoint to resume from; start a new run instead") from None
-        except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint is a user-facing error
-            raise UserError(f"checkpoint {checkpoint_path} cannot be read ({type(exc).__name__}); it may be "
-                            "damaged or from another model") from None
+        if not checkpoint_path.is_file():
+            raise UserError(f"{run_dir} has no checkpoint to resume from; start a new run instead")
+        state = restore_checkpoint(checkpoint_path, device, model, sampler, optimizer)
+        start = int(state["iteration"])
+        mse_start = float(state.get("test_mse_start", math.nan))
+        elapsed_before = float(state.get("seconds", 0.0))
         distributed.barrier()  # every process has read the checkpoint before rank 0 rewrites anything
         if main:
             for name in (METRICS_FILE, TUNER_FILE):

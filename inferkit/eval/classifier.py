@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from inferkit.errors import UserError
-from inferkit.runs import save_atomic
+from inferkit.runs import load_plain, save_atomic
 
 FEATURE_DIM = 128
 
@@ -108,8 +108,10 @@ def save_classifier(net: FeatureClassifier, info: dict[str, Any], path: Path) ->
 
 def load_classifier(path: Path, data_shape: tuple[int, ...], device: torch.device | str = "cpu"
                     ) -> tuple[FeatureClassifier, dict[str, Any]]:
+    """The classifier saved at ``path`` (loaded by :func:`~inferkit.runs.load_plain`: a file holding
+    Python objects is refused, nothing in it run), checked against ``data_shape``."""
+    saved = load_plain(path, "cpu", what="classifier file", hint="delete it to retrain")
     try:
-        saved = torch.load(path, map_location="cpu", weights_only=False)
         config = saved["config"]
         net = FeatureClassifier(config["channels"], config["image_size"], tuple(config["head_sizes"]),
                                 config["width"])

@@ -24,8 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import os
-import sys
+import inspect
 from collections.abc import Callable, Iterator
 
 import pyro
@@ -85,7 +84,7 @@ class PyroModel(Model):
                             f"one example, got {tuple(data_shape)}; give --model-opt data_shape=...")
         self.data_shape = tuple(int(d) for d in data_shape)
         self.observed = observed
-        trace = self._trace(self._placeholder(2), sample_observed=True)
+        trace = self._first_trace()
         if observed not in trace.nodes or trace.nodes[observed]["type"] != "sample":
             raise UserError(f"pyro model {self.source}: it has no sample site named {observed!r}; give the name of "
                             "its observed site with --model-opt observed=...")
@@ -117,6 +116,19 @@ class PyroModel(Model):
             name.replace(".", "_"): param for name, param in store.named_parameters() if name in used})
 
     # -- tracing --------------------------------------------------------------------------------
+    def _first_trace(self):
+        """The function traced on two placeholder examples, refused unless it records a sample site
+        (a function that is not a Pyro model fails here, before it is used)."""
+        try:
+            trace = self._trace(self._placeholder(2), sample_observed=True)
+        except Exception as exc:  # noqa: BLE001 - whatever the function raises, it is not a usable model
+            raise UserError(f"pyro model {self.source}: tracing it on a placeholder batch of zeros failed "
+                            f"({type(exc).__name__}: {exc}); is it a Pyro model function model(x)?") from None
+        if not any(site["type"] == "sample" for site in trace.nodes.values()):
+            raise UserError(f"pyro model {self.source}: tracing it on a placeholder batch records no sample "
+                            "site; is it a Pyro model function model(x)?")
+        return trace
+
     def _placeholder(self, n: int, like: Tensor | None = None) -> Tensor:
         """Data of ``n`` examples to trace the function on where no data is given (zeros)."""
         if like is None:
@@ -199,16 +211,29 @@ def load_pyro_function(spec: str) -> type[PyroModel]:
     module_name, sep, attribute = spec.partition(":")
     if not sep or not module_name or not attribute:
         raise UserError(f"--model {PREFIX}{spec}: give {PREFIX}MODULE:FUNCTION, e.g. {PREFIX}mypkg.models:model")
-    if os.getcwd() not in sys.path:  # like `python -m`: modules in the working directory import by name
-        sys.path.insert(0, os.getcwd())
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise UserError(f"--model {PREFIX}{spec}: cannot import {module_name!r} ({exc}); is it on PYTHONPATH?") from None
+        raise UserError(f"--model {PREFIX}{spec}: cannot import {module_name!r} ({exc}); is it on "
+                        "PYTHONPATH? (the working directory is not searched: for a module there run with "
+                        "PYTHONPATH=.)") from None
     function = getattr(module, attribute, None)
-    if not callable(function):
+    if function is None:
         raise UserError(f"--model {PREFIX}{spec}: {module_name!r} has no function {attribute!r}")
+    _check_python_function(function, module_name, f"{PREFIX}{spec}")
     return pyro_model(function, name=f"{PREFIX}{spec}")
+
+
+def _check_python_function(function: object, module_name: str, label: str) -> None:
+    """Refuse what cannot be a Pyro model function of ``module_name``: builtins and other C functions,
+    classes, callable objects, and functions only imported into it (``pyro:os:system`` is refused
+    here, before anything is called). What passes is then traced by :class:`PyroModel`."""
+    if not inspect.isfunction(function):
+        raise UserError(f"--model {label}: that is a {type(function).__name__}, not a Pyro model (a Python "
+                        "function model(x) that draws sample sites)")
+    if function.__module__ != module_name:
+        raise UserError(f"--model {label}: that function is defined in {function.__module__!r}, not in "
+                        f"{module_name!r}; name the module that defines the Pyro model")
 
 
 __all__ = ["PREFIX", "PyroModel", "load_pyro_function", "pyro_model"]
