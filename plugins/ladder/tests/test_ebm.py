@@ -95,7 +95,7 @@ def test_trains_with_shortrun_and_kl_grid_and_eval_refuses_nats(tmp_path, monkey
     torch.manual_seed(0)  # the run seeds parameter initialisation with its seed, 0
     before = LadderEBM(num_layers=2, latent_dims=(4, 2), nf=8, image_size=16, channels=3, energy_hidden=16)
     assert main(args) == 0
-    state = torch.load(run / "checkpoint.pt", weights_only=False)
+    state = torch.load(run / "checkpoint.pt", weights_only=True)
     model_state = state.get("model", state)
     energy_after = {k: v for k, v in model_state.items() if k.startswith("energy.")}
     initial = before.state_dict()
