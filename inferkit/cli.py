@@ -77,7 +77,8 @@ def _load_run(run: Path, model_name: str | None = None, trust_code: bool = False
 
 @app.command()
 def run(
-    model: str | None = typer.Option(None, help="model plugin (see `inferkit list`) [default: ladder]"),
+    model: str | None = typer.Option(None, help="model plugin (see `inferkit list`) [default: ladder]; with "
+                                     "--resume, the run's model again (to import a pyro: model)"),
     sampler: str | None = typer.Option(None, help="sampler plugin [default: shortrun]"),
     tuner: str | None = typer.Option(None, help="tuner plugin [default: kl-grid; fixed for samplers the KL "
                                      "objective does not apply to (abp, vae, lvae)]"),

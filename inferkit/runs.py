@@ -204,7 +204,8 @@ def load_checkpoint(path: Path, map_location: Any = "cpu") -> dict[str, Any]:
     """A run's checkpoint as a dict (iteration, model, sampler, optimizer, ...), loaded by
     :func:`load_plain`: a checkpoint holding Python objects is refused, nothing in it run."""
     state = load_plain(path, map_location)
-    if not isinstance(state, dict) or any(key not in state for key in CHECKPOINT_KEYS):
+    if not isinstance(state, dict) or any(key not in state for key in CHECKPOINT_KEYS) \
+            or not isinstance(state["iteration"], int):
         raise UserError(f"checkpoint {path} cannot be read (not an inferkit checkpoint); it may be damaged")
     return state
 
