@@ -99,6 +99,8 @@ class EvalContext:
     x: Tensor
     """Its first ``config.num_examples`` rows (all when 0)."""
     network: inception.FIDInceptionV3 | None = None
+    log: Callable[[str], None] = lambda message: None
+    """Where progress messages go."""
     feature_net: classifier.FeatureClassifier | None = None
     figure_paths: list[str] = field(default_factory=list)
     _generated: Tensor | None = field(default=None, init=False, repr=False)
@@ -329,9 +331,6 @@ class ClassifierFrechetDistance(Evaluator):
     name = "classifier Fréchet distance"
     keys = ("classifier_frechet_distance", "classifier_frechet_distance_train_vs_test")
 
-    def __init__(self, log: Callable[[str], None]) -> None:
-        self.log = log
-
     def skip_reason(self, context: EvalContext) -> str | None:
         if classifier.classifier_targets(context.data) is None:
             return f"data set {context.data.name} carries no labels or factors"
@@ -344,7 +343,7 @@ class ClassifierFrechetDistance(Evaluator):
         net, info, trained = classifier.classifier_for(data, path, iterations=config.classifier_iterations,
                                                        seed=config.seed, device=context.device)
         if trained:
-            self.log(f"trained the feature classifier ({path}); test accuracy {info['test_accuracy']}")
+            context.log(f"trained the feature classifier ({path}); test accuracy {info['test_accuracy']}")
         context.feature_net = net
         real = context.x_all[:config.fd_samples]
         fake_features = net.feature_batches(context.generated())
@@ -396,7 +395,7 @@ class Figures(Evaluator):
         return {}
 
 
-def evaluators(context: EvalContext, log: Callable[[str], None] = lambda message: None) -> list[Evaluator]:
+def evaluators(context: EvalContext) -> list[Evaluator]:
     """The evaluators :attr:`EvalContext.config` asks for, in the order they run."""
     config, model = context.config, context.model
     patterns = config.inpaint_patterns if context.is_image else tuple(
@@ -410,7 +409,7 @@ def evaluators(context: EvalContext, log: Callable[[str], None] = lambda message
         (bool(config.ais_examples) and isinstance(model, UnnormalizedModel), UnnormalizedLogLikelihood),
         (bool(config.iwae_samples), IWAEBound),
         (images and context.network is not None, FID),
-        (images, lambda: ClassifierFrechetDistance(log)),
+        (images, ClassifierFrechetDistance),
         (images and bool(config.factor_rows), FactorCheck),
         (context.writes_figures, Figures),
     ]
@@ -418,7 +417,8 @@ def evaluators(context: EvalContext, log: Callable[[str], None] = lambda message
 
 
 # ------------------------------------------------------------------------------------- the evaluation
-def _context(model: Model, sampler: Sampler, data: DataSet, config: EvalConfig, out_dir: Path | None) -> EvalContext:
+def _context(model: Model, sampler: Sampler, data: DataSet, config: EvalConfig, out_dir: Path | None,
+             log: Callable[[str], None]) -> EvalContext:
     """The evaluation's context; loads the Inception network first, so a wrong path fails before any
     long computation."""
     device = module_device(model)
@@ -429,7 +429,7 @@ def _context(model: Model, sampler: Sampler, data: DataSet, config: EvalConfig, 
         network = inception.load_fid_inception(config.inception_weights, device)
     x_all = data.test.x.to(device)
     x = x_all if config.num_examples == 0 else x_all[:config.num_examples]
-    return EvalContext(model, sampler, data, config, out_dir, device, x_all, x, network=network)
+    return EvalContext(model, sampler, data, config, out_dir, device, x_all, x, network=network, log=log)
 
 
 def evaluate(model: Model, sampler: Sampler, data: DataSet, config: EvalConfig | None = None, *,
@@ -440,13 +440,13 @@ def evaluate(model: Model, sampler: Sampler, data: DataSet, config: EvalConfig |
     (evaluator name -> why it does not apply), ``figures`` (file names) and ``seconds`` per evaluator."""
     config = config or EvalConfig()
     config.validate()
-    context = _context(model, sampler, data, config, Path(out_dir) if out_dir is not None else None)
+    context = _context(model, sampler, data, config, Path(out_dir) if out_dir is not None else None, log)
     model.eval()
     sampler.eval()
     result: dict[str, Any] = {"test_examples": int(context.x.shape[0])}
     skipped: dict[str, str] = {}
     seconds: dict[str, float] = {}
-    for evaluator in evaluators(context, log):
+    for evaluator in evaluators(context):
         reason = evaluator.skip_reason(context)
         if reason is None:
             log(f"{evaluator.name} ...")
