@@ -2,9 +2,10 @@
 
 from inferkit.errors import UserError
 from inferkit.interfaces import (
+    DataSet,
+    DataSplit,
     GradientFlow,
     HasLayerConditionals,
-    HasLogNormalizerGradient,
     HasObservationNoise,
     Inference,
     Latents,
@@ -12,14 +13,16 @@ from inferkit.interfaces import (
     Sampler,
     Tuner,
     TuneResult,
+    UnnormalizedModel,
 )
 from inferkit.objective import flow_log_density, kl_objective
 from inferkit.registry import list_plugins, load_dataset, load_model, load_sampler, load_tuner
 
 __all__ = [
+    "DataSet",
+    "DataSplit",
     "GradientFlow",
     "HasLayerConditionals",
-    "HasLogNormalizerGradient",
     "HasObservationNoise",
     "Inference",
     "Latents",
@@ -27,6 +30,7 @@ __all__ = [
     "Sampler",
     "TuneResult",
     "Tuner",
+    "UnnormalizedModel",
     "UserError",
     "flow_log_density",
     "kl_objective",

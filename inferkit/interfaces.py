@@ -9,13 +9,15 @@ by minimising ``J(s) = KL(q_s || p(z|x)) - log p(x)`` through
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
+from torch.distributions import constraints
 
+from inferkit.devices import module_placement
 from inferkit.errors import UserError
 
 Latents = tuple[Tensor, ...]
@@ -26,7 +28,8 @@ class Model(torch.nn.Module, abc.ABC):
     """A latent-variable model ``p(x, z) = p(z) p(x | z)``.
 
     ``log_joint`` is the *normalised* log density, constants included, so that
-    ``kl_objective(...) + log p(x)`` is the KL itself.
+    ``kl_objective(...) + log p(x)`` is the KL itself (unless the model is an
+    :class:`UnnormalizedModel`).
     """
 
     latent_shapes: tuple[tuple[int, ...], ...]
@@ -35,14 +38,26 @@ class Model(torch.nn.Module, abc.ABC):
     data_shape: tuple[int, ...]
     """Shape of one observation ``x`` without the batch dimension."""
 
-    normalized: bool = True
-    """False when ``log_joint`` is known only up to an additive constant ``-log Z`` (an RBM or
-    energy-based prior): log-likelihood evaluators must then refuse, or estimate ``log Z`` (AIS),
-    instead of reporting nats they do not have. Gradient samplers and J's argmin are unaffected."""
+    latent_support: constraints.Constraint = constraints.real
+    """The set each latent takes values in, as a :mod:`torch.distributions.constraints` constraint:
+    ``constraints.real`` for continuous latents, ``constraints.boolean`` for latents in {0, 1} (no
+    gradient flow applies); a sampler handles the supports in its :attr:`Sampler.latent_supports`."""
 
-    latent_support: str = "real"
-    """``"real"`` for continuous latents; ``"binary"`` for latents in {0, 1} (no gradient flow
-    applies; see :attr:`Sampler.latent_supports`)."""
+    supports_mask: bool = True
+    """Whether ``log_joint`` honours its ``mask`` (restricts ``log p(x | z)`` to the observed entries);
+    inpainting is skipped for a model that cannot."""
+
+    @classmethod
+    def options_for_data(cls, data_shape: tuple[int, ...]) -> dict[str, Any]:
+        """Constructor options this model takes from the data set's ``data_shape`` (e.g. image size and
+        channels); options the user gave win. Default: none."""
+        return {}
+
+    @property
+    def normalized(self) -> bool:
+        """Whether ``log_joint`` is the normalised log density: False exactly for an
+        :class:`UnnormalizedModel`."""
+        return not isinstance(self, UnnormalizedModel)
 
     @abc.abstractmethod
     def sample_prior(self, n: int, *, generator: torch.Generator | None = None) -> Latents:
@@ -85,6 +100,32 @@ class Model(torch.nn.Module, abc.ABC):
         return total
 
 
+class UnnormalizedModel(Model):
+    """A model whose ``log_joint`` is known only up to an additive constant ``-log Z`` (an RBM or
+    energy-based prior): ``log_joint = log p(x, z) + log Z``.
+
+    Log-likelihood evaluators report nats only from :meth:`estimate_log_likelihood` (or an estimator
+    for the model's family, such as :mod:`inferkit.eval.rbm` for an RBM prior) and otherwise record a
+    skip. Gradient samplers and the argmin of J are unaffected, since ``log Z`` does not depend on ``z``.
+    """
+
+    def log_normalizer_surrogate(self, n: int, *, generator: torch.Generator | None = None) -> Tensor:
+        """A scalar equal to 0 whose gradient in the parameters estimates ``grad log Z`` from ``n``
+        samples of the model's prior; the trainer adds it to every loss, so that the loss has the
+        gradient of ``-log p(x, z)`` (the maximum-likelihood negative phase). Default: a zero tensor, for
+        a normaliser that does not depend on the model's parameters or that the sampler's loss handles."""
+        device, dtype = module_placement(self)
+        return torch.zeros((), device=device, dtype=dtype)
+
+    def estimate_log_likelihood(self, x: Tensor, sampler: Sampler, *, num_chains: int, num_steps: int,
+                                num_samples: int, generator: torch.Generator | None = None
+                                ) -> dict[str, Any] | None:
+        """Per-example estimates of ``log p(x)`` in nats for the rows of ``x`` (``"per_example"``), their
+        ``"mean"``, ``"standard_error"`` and ``"examples"``, and how they were made, by the model's own
+        machinery. Default: ``None``, no estimate of its own."""
+        return None
+
+
 @runtime_checkable
 class HasObservationNoise(Protocol):
     """Optional: a model whose observation noise sigma the trainer may anneal."""
@@ -92,6 +133,54 @@ class HasObservationNoise(Protocol):
     observation_sigma: float
 
     def set_observation_sigma(self, sigma: float) -> None: ...
+
+
+class DataSplit(abc.ABC):
+    """One split of a data set: ``x`` ``[N, *data_shape]`` (a tensor, or tensor-like for splits read from
+    storage), optional per-item ``labels`` ``[N]`` and ``factors`` ``[N, F]``, and batches by index."""
+
+    x: Tensor
+    labels: Tensor | None = None
+    """Class label of each item (``None``: unlabelled)."""
+    factors: Tensor | None = None
+    """Level index of each known generative factor, columns as :attr:`DataSet.factor_names` (``None``: none)."""
+    streaming: bool = False
+    """True when batches are read from storage on demand; the trainer then reads iteration ``t + 1``'s
+    batches while ``t`` computes."""
+
+    @abc.abstractmethod
+    def __len__(self) -> int:
+        """Number of items."""
+
+    @property
+    @abc.abstractmethod
+    def data_shape(self) -> tuple[int, ...]:
+        """Shape of one item ``x`` without the batch dimension."""
+
+    @abc.abstractmethod
+    def batch(self, indices: Tensor | Sequence[int]) -> dict[str, Tensor]:
+        """The items at ``indices`` as one batch: ``x``, ``index``, and ``label`` / ``factors`` when present."""
+
+
+class DataSet(abc.ABC):
+    """A data set: ``train`` and ``test`` :class:`DataSplit` of one ``data_shape``, with what is known
+    about its items (factors, classes), ``None`` where nothing is."""
+
+    name: str = "data"
+    """The registry name, recorded with what is trained on the data (e.g. the feature classifier)."""
+    train: DataSplit
+    test: DataSplit
+    factor_names: tuple[str, ...] | None = None
+    """Names of the columns of the splits' ``factors``."""
+    factor_sizes: tuple[int, ...] | None = None
+    """Number of levels of each factor, in ``factor_names`` order."""
+    num_classes: int | None = None
+    """Number of label classes (``None``: unknown, or no labels)."""
+
+    @property
+    def data_shape(self) -> tuple[int, ...]:
+        """Shape of one item ``x`` without the batch dimension (the train split's)."""
+        return self.train.data_shape
 
 
 @dataclass(frozen=True)
@@ -126,8 +215,8 @@ class Sampler(torch.nn.Module, abc.ABC):
     """Why :func:`inferkit.kl_objective` does not apply to this sampler (``None``: it applies if the
     sampler is a :class:`GradientFlow`); KL tuners show it to the user."""
 
-    latent_supports: tuple[str, ...] = ("real",)
-    """The :attr:`Model.latent_support` values this sampler handles (gradient samplers: real only)."""
+    latent_supports: tuple[constraints.Constraint, ...] = (constraints.real,)
+    """The :attr:`Model.latent_support` constraints this sampler handles (gradient samplers: real only)."""
 
     uses_every_parameter: bool = True
     """False when some training iterations leave trainable parameters (the model's or the sampler's)
@@ -173,39 +262,57 @@ class Sampler(torch.nn.Module, abc.ABC):
         per-example state."""
 
 
+def support_name(support: constraints.Constraint) -> str:
+    """How messages name a latent support: ``"real"``, ``"binary"``, else the constraint itself."""
+    if support is constraints.real:
+        return "real"
+    if support is constraints.boolean:
+        return "binary"
+    return str(support)
+
+
 def require_compatible(model: Model, sampler: Sampler) -> None:
     """Raise :class:`~inferkit.errors.UserError` when ``sampler`` cannot handle ``model``'s latents."""
-    support = getattr(model, "latent_support", "real")
+    support = model.latent_support
     if support not in sampler.latent_supports:
-        raise UserError(f"sampler {type(sampler).__name__} needs {' or '.join(sampler.latent_supports)} latents but "
-                        f"model {type(model).__name__} has {support} latents; pick a sampler for {support} "
-                        "latents (see `inferkit list`)")
+        needs = " or ".join(support_name(s) for s in sampler.latent_supports)
+        name = support_name(support)
+        raise UserError(f"sampler {type(sampler).__name__} needs {needs} latents but model {type(model).__name__} "
+                        f"has {name} latents; pick a sampler for {name} latents (see `inferkit list`)")
 
 
-@runtime_checkable
-class HasLogNormalizerGradient(Protocol):
-    """A model whose ``log_joint`` is unnormalised (``normalized = False``) in a way that depends on
-    its parameters, e.g. an energy-based prior ``p(z) = exp(-E(z)) p_0(z) / Z``. The trainer adds
-    ``log_normalizer_surrogate`` to every loss, so that ``-log_joint`` plus it has the gradient of
-    ``-log p(x, z)``: the maximum-likelihood negative phase."""
+class RBMPriorModel(UnnormalizedModel):
+    """Binary latents ``z`` under an RBM prior, ``p(z) = exp(-F(z)) / Z``, and a Bernoulli likelihood of
+    the binarised ``x`` (``rbm-prior``): what the K-sample samplers (vimco, rws) and
+    :mod:`inferkit.eval.rbm` work with. ``log_prior`` is ``-F(z)``, unnormalised; the RBM's negative phase
+    comes from the sampler's persistent chains, so :meth:`log_normalizer_surrogate` keeps its zero default."""
 
-    def log_normalizer_surrogate(self, n: int, *, generator: torch.Generator | None = None) -> Tensor:
-        """A scalar equal to 0 whose gradient in the parameters estimates ``grad log Z`` from ``n``
-        samples of the model's prior."""
-        ...
+    latent_support = constraints.boolean
+
+    rbm: torch.nn.Module
+    """The prior's RBM (:class:`~inferkit.models.rbm.RBM`), whose free energy is ``F``."""
+
+    @abc.abstractmethod
+    def binarize(self, x: Tensor) -> Tensor:
+        """The binarised ``x``, flattened to ``[batch, D]``."""
+
+    @abc.abstractmethod
+    def decoder_logits(self, z: Tensor) -> Tensor:
+        """Bernoulli logits ``[..., D]`` of ``p(x | z)`` for ``z`` ``[..., n]``."""
+
+    @abc.abstractmethod
+    def log_likelihood(self, x: Tensor, z: Tensor, mask: Tensor | None = None) -> Tensor:
+        """``log p(x | z)`` for ``z`` ``[B, n]`` (result ``[B]``) or ``[B, K, n]`` (result ``[B, K]``), over
+        the observed entries of ``mask`` (1 = observed)."""
 
 
-@runtime_checkable
-class HasLogLikelihoodEstimate(Protocol):
-    """An unnormalised model (``normalized = False``) that can still estimate ``log p(x)`` in nats
-    with its own machinery (e.g. AIS for an RBM's ``log Z``); ``inferkit eval`` uses it instead of
-    refusing."""
+class HasBernoulliEncoder(abc.ABC):
+    """A sampler with an amortized factorised Bernoulli ``q(z | x)`` over binary latents (vimco, rws)."""
 
-    def estimate_log_likelihood(self, x: Tensor, sampler: Sampler, *, num_chains: int, num_steps: int,
-                                num_samples: int, generator: torch.Generator | None = None) -> dict[str, Any]:
-        """Per-example estimates of ``log p(x)`` (``"per_example"``), their ``"mean"`` and
-        ``"standard_error"``, and how they were made."""
-        ...
+    @abc.abstractmethod
+    def encoder_logits(self, model: Model, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        """The logits ``[B, n]`` of ``q(z | x) = prod_i Bernoulli(z_i; sigmoid(logits_i))`` (hidden pixels,
+        mask 0, unseen)."""
 
 
 @runtime_checkable

@@ -247,17 +247,15 @@ def build_objects(spec: RunSpec, *, resolve: bool = True):
     """Build (data, model, sampler, tuner) from ``spec``; with ``resolve`` the spec's options are
     replaced by the full resolved options (defaults included), ready to be saved.
 
-    A model class may define ``options_for_data(data_shape) -> dict`` to take its input shape from
-    the data (e.g. image size and channels); options the user gave win.
+    A model class takes options from the data's shape through :meth:`Model.options_for_data` (e.g. image
+    size and channels); options the user gave win.
     """
     data_cls = plugin_class("dataset", spec.data.name)
     data = build(data_cls, spec.data.options, what=f"dataset {spec.data.name!r}")
     model_cls = plugin_class("model", spec.model.name)
     model_options = dict(spec.model.options)
-    fit = getattr(model_cls, "options_for_data", None)
-    if fit is not None:
-        for key, value in fit(tuple(data.data_shape)).items():
-            model_options.setdefault(key, value)
+    for key, value in model_cls.options_for_data(tuple(data.data_shape)).items():
+        model_options.setdefault(key, value)
     torch.manual_seed(spec.train.seed)  # parameter initialisation is part of the run's seed
     model = build(model_cls, model_options, what=f"model {spec.model.name!r}")
     if tuple(model.data_shape) != tuple(data.data_shape):

@@ -32,18 +32,19 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from inferkit import distributed
 from inferkit.acceleration import autocast
 from inferkit.errors import UserError
-from inferkit.evaluation import reconstruction_mse, seeded_generator
+from inferkit.eval.reconstruction import reconstruction_mse
 from inferkit.images import is_image_shape, save_grid
 from inferkit.interfaces import (
-    HasLogNormalizerGradient,
     HasObservationNoise,
     Model,
     Sampler,
     Tuner,
+    UnnormalizedModel,
     require_compatible,
 )
 from inferkit.runs import CHECKPOINT_FILE, RunSpec, TrainConfig, save_atomic, write_json_atomic
 from inferkit.runs import restore_checkpoint
+from inferkit.seeding import seeded_generator
 
 METRICS_FILE = "metrics.jsonl"
 TUNER_FILE = "tuner.jsonl"
@@ -134,7 +135,7 @@ class TrainingStep(torch.nn.Module):
         super().__init__()
         self.model = model
         self.sampler = sampler
-        self.negative_phase = isinstance(model, HasLogNormalizerGradient)  # an unnormalised prior's grad log Z
+        self.negative_phase = isinstance(model, UnnormalizedModel)  # an unnormalised prior's grad log Z
 
     def forward(self, x: torch.Tensor, index: torch.Tensor | None, generator: torch.Generator,
                 negative_generator: torch.Generator | None) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:

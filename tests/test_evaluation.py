@@ -5,6 +5,7 @@ the FID network's architecture and weight loading, the classifier, the hierarchy
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -227,7 +228,7 @@ def test_eval_command_writes_every_measure_and_figure(tmp_path, capsys):
         assert math.isfinite(result[key]) and result[key] >= 0
     assert set(result["inpainting_mse"]) == set(inpainting.MASK_PATTERNS)
     assert result["ais_log_likelihood"]["examples"] == 4 and math.isfinite(result["ais_log_likelihood"]["mean"])
-    assert result["iwae_bound"] is None  # shortrun is not amortized
+    assert result["iwae_bound"] is None and "not amortized" in result["skipped"]["IWAE"]  # shortrun
     assert result["reference_inference"]["num_steps"] == 10
     factors = result["hierarchy_factors"]
     assert set(factors["dominant_layer"]) == {"background", "shape", "foreground", "scale", "pos_x", "pos_y"}
@@ -245,6 +246,7 @@ def test_eval_command_writes_every_measure_and_figure(tmp_path, capsys):
 
 def test_an_unnormalised_model_gets_no_log_likelihood_in_nats():
     from inferkit.evaluation import EvalConfig, evaluate
+    from inferkit.interfaces import UnnormalizedModel
 
     data = inferkit.load_dataset("shapes", num_train=8, num_test=8)
     model = inferkit.load_model("ladder", image_size=16, nf=8)
@@ -252,7 +254,14 @@ def test_an_unnormalised_model_gets_no_log_likelihood_in_nats():
     config = EvalConfig(num_examples=4, reference_steps=0, inpaint_examples=0, ais_examples=2, ais_steps=2,
                         iwae_samples=0, fd_samples=0, figures=False, factor_rows=0)
     assert math.isfinite(evaluate(model, sampler, data, config)["ais_log_likelihood"]["mean"])
-    model.normalized = False  # as an energy-based or RBM prior declares it
+
+    class Unnormalised(type(model), UnnormalizedModel):  # as an energy-based or RBM prior declares it
+        pass
+
+    model = Unnormalised(image_size=16, nf=8)
+    assert model.normalized is False
     result = evaluate(model, sampler, data, config)
-    assert result["ais_log_likelihood"] is None and result["iwae_bound"] is None
-    assert "log Z unknown" in result["log_likelihood_refused"]
+    assert result["ais_log_likelihood"] is None
+    assert "log Z unknown" in result["skipped"]["log-likelihood (the model's own estimator)"]
+    result = evaluate(model, sampler, data, dataclasses.replace(config, iwae_samples=4))
+    assert result["iwae_bound"] is None and "log Z unknown" in result["skipped"]["IWAE"]

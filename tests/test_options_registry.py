@@ -7,6 +7,7 @@ from importlib.metadata import EntryPoint
 from typing import Literal, Optional, Union
 
 import pytest
+from torch.distributions import constraints
 
 import inferkit
 from inferkit import UserError, registry
@@ -173,12 +174,12 @@ def test_samplers_and_kl_tuners_refuse_models_with_latents_they_cannot_handle():
     from inferkit.interfaces import require_compatible
 
     model = load_model("linear-gaussian")
-    model.latent_support = "binary"  # as a discrete-latent model declares it
+    model.latent_support = constraints.boolean  # as a discrete-latent model declares it
     for name in ("shortrun", "langevin", "abp", "vae"):
         with pytest.raises(UserError, match="binary latents"):
             require_compatible(model, load_sampler(name))
     for name in ("kl-grid", "kl-grad"):
         with pytest.raises(UserError, match="real-valued latents"):
             load_tuner(name).check(model, load_sampler("shortrun"))
-    model.latent_support = "real"
+    model.latent_support = constraints.real
     require_compatible(model, load_sampler("shortrun"))  # no error

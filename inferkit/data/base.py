@@ -19,6 +19,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from inferkit.errors import UserError
+from inferkit.interfaces import DataSet, DataSplit
 
 __all__ = [
     "ImageData",
@@ -49,7 +50,7 @@ def as_int(name: str, value: Any, *, minimum: int | None = None) -> int:
     return result
 
 
-class TensorSplit(Dataset):
+class TensorSplit(DataSplit, Dataset):
     """One split held as tensors: ``x`` ``[N, C, H, W]`` float32 in ``[-1, 1]``, optional
     ``labels`` ``[N]`` int64 and ``factors`` ``[N, F]``.
 
@@ -148,15 +149,11 @@ class TensorSplit(Dataset):
         return f"TensorSplit({self.name!r}, n={len(self)}, shape={self.data_shape}{extra})"
 
 
-class ImageData:
-    """A data set: ``train`` and ``test`` :class:`TensorSplit` with the same image shape.
-
-    ``data_shape`` is ``(C, H, W)``; ``factor_names`` names the columns of ``factors``
-    (``None`` for data without known generative factors); ``num_classes`` is set
-    when items carry a ``label``.
+class ImageData(DataSet):
+    """An image data set (:class:`~inferkit.interfaces.DataSet`): ``train`` and ``test`` splits with
+    the same image shape ``(C, H, W)``; ``factor_names`` names the columns of ``factors`` (``None``
+    for data without known generative factors); ``num_classes`` is set when items carry a ``label``.
     """
-
-    name: str = "data"
 
     def __init__(
         self,
@@ -179,10 +176,6 @@ class ImageData:
             self.name = name
         self.factor_names: tuple[str, ...] | None = None if factor_names is None else tuple(factor_names)
         self.num_classes = num_classes
-
-    @property
-    def data_shape(self) -> tuple[int, int, int]:
-        return self.train.data_shape
 
     def split(self, which: str) -> TensorSplit:
         """``"train"`` or ``"test"``."""

@@ -51,6 +51,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from inferkit.data.base import ImageData, as_int, batch_indices, make_loader
 from inferkit.errors import UserError
+from inferkit.interfaces import DataSplit
 
 __all__ = ["EXTENSIONS", "ImageFolderDataset", "ImageFolderSplit", "LazyImages", "find_images", "load_image"]
 
@@ -212,7 +213,7 @@ class LazyImages:
         return f"LazyImages(shape={tuple(self.shape)}, device={self.device})"
 
 
-class ImageFolderSplit(Dataset):
+class ImageFolderSplit(DataSplit, Dataset):
     """One split: a list of image files, decoded on demand. Same batch API as ``TensorSplit``
     (``batch``, ``batches``, ``data_shape``, ``to``, ``x``), and a ``Dataset`` for ``DataLoader``."""
 

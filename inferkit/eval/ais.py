@@ -26,7 +26,8 @@ import torch
 from pyro.ops.integrator import velocity_verlet
 from torch import Tensor
 
-from inferkit.interfaces import Latents, Model
+from inferkit.interfaces import Model
+from inferkit.objective import flatten_latents, unflatten_latents
 
 
 @dataclass(frozen=True)
@@ -58,19 +59,6 @@ def sigmoid_schedule(num_steps: int, sharpness: float = 4.0) -> Tensor:
     return (s - s[0]) / (s[-1] - s[0])
 
 
-def _flatten(z: Latents) -> Tensor:
-    return torch.cat([t.reshape(t.shape[0], -1) for t in z], dim=1)
-
-
-def _unflatten(flat: Tensor, shapes: tuple[tuple[int, ...], ...]) -> Latents:
-    out, start = [], 0
-    for shape in shapes:
-        size = math.prod(shape)
-        out.append(flat[:, start:start + size].reshape(flat.shape[0], *shape))
-        start += size
-    return tuple(out)
-
-
 def ais_log_likelihood(model: Model, x: Tensor, *, num_chains: int = 16, num_steps: int = 500,
                        leapfrog_steps: int = 10, step_size: float = 0.05, target_acceptance: float = 0.65,
                        generator: torch.Generator | None = None) -> AISResult:
@@ -83,7 +71,7 @@ def ais_log_likelihood(model: Model, x: Tensor, *, num_chains: int = 16, num_ste
     shapes = tuple(tuple(s) for s in model.latent_shapes)
     n = xr.shape[0]
     betas = sigmoid_schedule(num_steps)
-    z = _flatten(model.sample_prior(n, generator=generator)).detach()
+    z = flatten_latents(model.sample_prior(n, generator=generator)).detach()
     device, dtype = z.device, z.dtype
     step = torch.full((n, 1), float(step_size), device=device, dtype=dtype)
     # Multiplicative step-size adaptation whose fixed point is the target acceptance rate.
@@ -94,7 +82,7 @@ def ais_log_likelihood(model: Model, x: Tensor, *, num_chains: int = 16, num_ste
 
     def parts(flat: Tensor) -> tuple[Tensor, Tensor]:
         """``(log p(z), log p(x | z))`` per chain."""
-        latents = _unflatten(flat, shapes)
+        latents = unflatten_latents(flat, shapes)
         log_prior = model.log_prior(latents)
         return log_prior, model.log_joint(xr, latents) - log_prior
 

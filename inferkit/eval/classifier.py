@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from inferkit.errors import UserError
+from inferkit.interfaces import DataSet
 from inferkit.runs import load_plain, save_atomic
 
 FEATURE_DIM = 128
@@ -56,14 +57,14 @@ class FeatureClassifier(nn.Module):
         return torch.cat([self.features(x[i:i + batch_size]).double().cpu() for i in range(0, x.shape[0], batch_size)])
 
 
-def classifier_targets(data) -> tuple[tuple[str, ...], tuple[int, ...], Tensor, Tensor] | None:
-    """(head names, head sizes, train targets ``[N, H]``, test targets) of a data set, or ``None``
-    when it carries neither factors nor labels."""
-    names = getattr(data, "factor_names", None)
-    if names is not None and data.train.factors is not None and hasattr(data, "factor_sizes"):
-        return tuple(names), tuple(data.factor_sizes), data.train.factors, data.test.factors
+def classifier_targets(data: DataSet) -> tuple[tuple[str, ...], tuple[int, ...], Tensor, Tensor] | None:
+    """(head names, head sizes, train targets ``[N, H]``, test targets) of a data set: every factor when
+    it has named, sized factors, else the class label; ``None`` when it carries neither."""
+    names, sizes = data.factor_names, data.factor_sizes
+    if names is not None and sizes is not None and data.train.factors is not None:
+        return tuple(names), tuple(sizes), data.train.factors, data.test.factors
     if data.train.labels is not None and data.test.labels is not None:
-        classes = getattr(data, "num_classes", None) or int(data.train.labels.max()) + 1
+        classes = data.num_classes or int(data.train.labels.max()) + 1
         return ("label",), (int(classes),), data.train.labels[:, None], data.test.labels[:, None]
     return None
 
@@ -73,12 +74,12 @@ def _accuracy(net: FeatureClassifier, x: Tensor, targets: Tensor) -> list[float]
     return (predicted == targets.to(predicted.device)).double().mean(0).tolist()
 
 
-def train_classifier(data, *, iterations: int = 1000, batch_size: int = 64, learning_rate: float = 2e-3,
+def train_classifier(data: DataSet, *, iterations: int = 1000, batch_size: int = 64, learning_rate: float = 2e-3,
                      seed: int = 0, device: torch.device | str = "cpu") -> tuple[FeatureClassifier, dict[str, Any]]:
     """Train on ``data.train`` (cross-entropy summed over heads, Adam) and report test accuracy."""
     found = classifier_targets(data)
     if found is None:
-        raise UserError(f"data set {getattr(data, 'name', '?')} carries no labels or factors; "
+        raise UserError(f"data set {data.name} carries no labels or factors; "
                         "no classifier can be trained for its Fréchet distance")
     names, sizes, train_targets, test_targets = found
     channels, image_size, _ = data.data_shape
@@ -97,7 +98,7 @@ def train_classifier(data, *, iterations: int = 1000, batch_size: int = 64, lear
     net.eval()
     accuracy = _accuracy(net, data.test.x.to(device), test_targets)
     info = {"heads": list(names), "test_accuracy": dict(zip(names, accuracy)), "iterations": iterations,
-            "data": getattr(data, "name", "?"), "data_shape": list(data.data_shape)}
+            "data": data.name, "data_shape": list(data.data_shape)}
     return net, info
 
 
@@ -124,7 +125,7 @@ def load_classifier(path: Path, data_shape: tuple[int, ...], device: torch.devic
     return net.to(device).eval(), saved["info"]
 
 
-def classifier_for(data, path: Path, *, iterations: int = 1000, seed: int = 0,
+def classifier_for(data: DataSet, path: Path, *, iterations: int = 1000, seed: int = 0,
                    device: torch.device | str = "cpu") -> tuple[FeatureClassifier, dict[str, Any], bool]:
     """The classifier saved at ``path`` when it fits ``data``, else a new one trained and saved there.
     Returns (network, info, whether it was trained now)."""
@@ -132,7 +133,7 @@ def classifier_for(data, path: Path, *, iterations: int = 1000, seed: int = 0,
     found = classifier_targets(data)
     if path.is_file():
         net, info = load_classifier(path, tuple(data.data_shape), device)
-        if found is not None and list(found[0]) == info.get("heads") and info.get("data") == getattr(data, "name", "?"):
+        if found is not None and list(found[0]) == info.get("heads") and info.get("data") == data.name:
             return net, info, False
     net, info = train_classifier(data, iterations=iterations, seed=seed, device=device)
     save_classifier(net, info, path)

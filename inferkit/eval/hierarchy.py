@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from inferkit.devices import module_device
 from inferkit.interfaces import Latents, Model
 
 
@@ -38,16 +39,9 @@ def vary_layer(model: Model, layer: int, num_rows: int, num_columns: int, *,
 @torch.no_grad()
 def layer_traversal_images(model: Model, num_rows: int = 6, num_columns: int = 8, *, seed: int = 0) -> list[Tensor]:
     """One image grid ``[rows * columns, C, H, W]`` per latent layer (bottom first)."""
-    generator = torch.Generator(device=_device(model)).manual_seed(seed)
+    generator = torch.Generator(device=module_device(model)).manual_seed(seed)
     return [model.decode(vary_layer(model, layer, num_rows, num_columns, generator=generator))
             for layer in range(model.num_layers)]
-
-
-def _device(model: Model) -> torch.device:
-    tensor = next(model.parameters(), None)
-    if tensor is None:
-        tensor = next(model.buffers())
-    return tensor.device
 
 
 def disagreement(levels: Tensor, num_rows: int, num_columns: int) -> Tensor:
@@ -67,7 +61,7 @@ def factor_changes(model: Model, classifier, factor_names: tuple[str, ...], *, n
                    num_columns: int = 8, seed: int = 0) -> dict:
     """``change(l, f)`` for every layer and factor, ``change(all, f)``, their ratio, and the layer
     whose variation changes each factor most (see module docstring)."""
-    generator = torch.Generator(device=_device(model)).manual_seed(seed)
+    generator = torch.Generator(device=module_device(model)).manual_seed(seed)
 
     def rates(layer: int) -> Tensor:
         images = model.decode(vary_layer(model, layer, num_rows, num_columns, generator=generator))

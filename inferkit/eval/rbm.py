@@ -16,7 +16,8 @@ the marginal of an RBM with visible bias ``(1-beta) c + beta a``, hidden bias ``
   ``log p_hat(z) = -F(z) - log Z_0 - sum_k [log f_k(z_{k-1}) - log f_{k-1}(z_{k-1})]``: an unbiased
   estimate of the annealing model's ``p(z)``, conservative (low) on average for ``log p(z)``, so the
   implied ``-F(z) - log p_hat(z)`` is on average *above* ``log Z``.
-* ``log p(x)`` (the paper's eq. 6) with ``z_i ~ q(z | x)``:
+* ``log p(x)`` (the paper's eq. 6) with ``z_i ~ q(z | x)``, the sampler's Bernoulli encoder
+  (:func:`rbm_log_likelihood`, what :func:`inferkit.evaluate` reports for an RBM prior):
   ``log p_hat(x) = log (1/K) sum_i exp(-F(z_i) + log p(x | z_i) - log q(z_i | x)) - log Z_hat`` (AIS), and
   ``log (1/K) sum_i exp(log p_hat_RAISE(z_i) + log p(x | z_i) - log q(z_i | x))`` (RAISE).
 
@@ -34,6 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from inferkit.errors import UserError
+from inferkit.interfaces import HasBernoulliEncoder, RBMPriorModel
 from inferkit.models.rbm import MAX_ENUMERATED_UNITS, all_binary_vectors
 from inferkit.samplers.bernoulli import bernoulli_log_prob, draw_bernoulli
 
@@ -136,18 +138,18 @@ def raise_log_prior(rbm, z: Tensor, *, num_steps: int = 1000, num_chains: int = 
 
 
 @torch.no_grad()
-def exact_log_likelihood(model, x: Tensor) -> Tensor:
+def exact_log_likelihood(model: RBMPriorModel, x: Tensor) -> Tensor:
     """``log p(x) = logsumexp_z [-F(z) + log p(x | z)] - log Z`` by enumerating every ``z`` (n <= 20)."""
-    n = model.num_latents
+    n = model.rbm.num_visible
     if n > MAX_ENUMERATED_UNITS:
         raise UserError(f"exact log p(x) enumerates 2^{n} latent states; use the AIS or RAISE estimates")
     states = all_binary_vectors(n, dtype=model.rbm.weight.dtype, device=model.rbm.weight.device)
     log_joint = -model.rbm.free_energy(states).double() + model.log_likelihood(
         x, states.expand(x.shape[0], -1, -1)).double()
-    return torch.logsumexp(log_joint, -1) - model.log_partition_exact().double()
+    return torch.logsumexp(log_joint, -1) - model.rbm.log_partition_exact().double()
 
 
-def _importance_terms(model, x: Tensor, logits: Tensor, num_samples: int, batch: int,
+def _importance_terms(model: RBMPriorModel, x: Tensor, logits: Tensor, num_samples: int, batch: int,
                       generator: torch.Generator | None, log_prior):
     """``log p_hat(z_i) + log p(x | z_i) - log q(z_i | x)`` ``[B, K]`` in chunks of ``batch`` samples."""
     terms = []
@@ -161,7 +163,7 @@ def _importance_terms(model, x: Tensor, logits: Tensor, num_samples: int, batch:
 
 
 @torch.no_grad()
-def log_likelihood_ais(model, x: Tensor, logits: Tensor, *, num_samples: int, log_partition: float,
+def log_likelihood_ais(model: RBMPriorModel, x: Tensor, logits: Tensor, *, num_samples: int, log_partition: float,
                        batch: int = 100, generator: torch.Generator | None = None) -> Tensor:
     """Paper eq. 6: ``log (1/K) sum_i exp(-F(z_i) + log p(x|z_i) - log q(z_i|x)) - log Z_hat`` per row of
     ``x``, ``z_i ~ Bernoulli(sigmoid(logits))`` (``logits`` ``[B, n]``, e.g. a sampler's ``encoder_logits``)."""
@@ -171,7 +173,7 @@ def log_likelihood_ais(model, x: Tensor, logits: Tensor, *, num_samples: int, lo
 
 
 @torch.no_grad()
-def log_likelihood_raise(model, x: Tensor, logits: Tensor, *, num_samples: int, num_steps: int = 1000,
+def log_likelihood_raise(model: RBMPriorModel, x: Tensor, logits: Tensor, *, num_samples: int, num_steps: int = 1000,
                          base_bias: Tensor | None = None, batch: int = 100,
                          generator: torch.Generator | None = None) -> Tensor:
     """``log (1/K) sum_i exp(log p_hat_RAISE(z_i) + log p(x|z_i) - log q(z_i|x))`` per row of ``x``: the
@@ -180,3 +182,33 @@ def log_likelihood_raise(model, x: Tensor, logits: Tensor, *, num_samples: int, 
                               lambda z: raise_log_prior(model.rbm, z, num_steps=num_steps, base_bias=base_bias,
                                                         generator=generator))
     return torch.logsumexp(terms, 1) - math.log(num_samples)
+
+
+def _summary(values: Tensor) -> dict:
+    """Mean, standard error of the mean (``std / sqrt(n)``) and count of per-example estimates."""
+    n = values.numel()
+    return {"mean": float(values.mean()), "standard_error": float(values.std() / math.sqrt(n)) if n > 1 else math.nan,
+            "examples": int(n)}
+
+
+@torch.no_grad()
+def rbm_log_likelihood(model: RBMPriorModel, encoder: HasBernoulliEncoder, x: Tensor, *, num_chains: int,
+                       num_steps: int, num_samples: int, generator: torch.Generator | None = None) -> dict:
+    """``log p(x)`` per row of ``x`` by the paper's eq. 6 with ``log Z`` from AIS (``25 * num_chains``
+    chains, ``num_steps`` Gibbs sweeps, a base-rate model fitted to the encoder's codes of ``x``), and
+    RAISE's conservative counterpart on the first 8 rows, with ``q(z | x)`` the sampler's encoder."""
+    logits = encoder.encoder_logits(model, x)
+    codes = torch.bernoulli(torch.sigmoid(logits), generator=generator)
+    base = base_rate_bias(codes)
+    log_z = ais_log_partition(model.rbm, num_chains=num_chains * 25, num_steps=num_steps, base_bias=base,
+                              generator=generator)
+    values = log_likelihood_ais(model, x, logits, num_samples=num_samples, log_partition=log_z.log_partition,
+                                generator=generator).cpu()
+    few = min(8, x.shape[0])
+    raised = log_likelihood_raise(model, x[:few], logits[:few], num_samples=min(num_samples, 16),
+                                  num_steps=num_steps, base_bias=base, generator=generator).cpu()
+    return {**_summary(values), "per_example": values.tolist(), "method": "paper eq. 6 with AIS log Z",
+            "log_partition": log_z.log_partition, "log_partition_standard_error": log_z.standard_error,
+            "ais_chains": num_chains * 25, "gibbs_steps": num_steps, "importance_samples": num_samples,
+            "raise": {**_summary(raised), "importance_samples": min(num_samples, 16)},
+            "ais_same_examples_as_raise": _summary(values[:few])}

@@ -4,7 +4,8 @@
     p(x | z) = prod_d Bernoulli(x_d; sigmoid(g_theta(z))_d)                     x binarised
 
 ``g_theta`` is an MLP with ELU activations (``decoder_hidden`` widths, the paper's 200-100-100-200-200
-reversed encoder by default). ``Z`` is unknown, so ``normalized = False``: :meth:`log_joint` returns
+reversed encoder by default). ``Z`` is unknown, so the model is an unnormalised one
+(:class:`~inferkit.interfaces.RBMPriorModel`): :meth:`log_joint` returns
 ``log p*(x, z) = -F(z) + log p(x | z) = log p(x, z) + log Z`` (the paper's eq. 4), exact up to the
 additive constant ``log Z``; :mod:`inferkit.eval.rbm` estimates ``log Z`` (AIS) and ``log p(x)``.
 
@@ -23,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from inferkit.errors import UserError
-from inferkit.interfaces import Latents, Model
+from inferkit.interfaces import Latents, RBMPriorModel
 from inferkit.models.gibbs import gibbs_sweeps
 from inferkit.models.rbm import RBM
 
@@ -34,7 +35,7 @@ def _positive_int(name: str, value, minimum: int = 1) -> int:
     return value
 
 
-class RBMPrior(Model):
+class RBMPrior(RBMPriorModel):
     """Binary latents ``z`` (``num_latents``) under an RBM with ``num_hidden`` hidden units, and an
     ELU MLP decoder giving Bernoulli means for the binarised ``x`` (see the module docstring).
 
@@ -46,9 +47,6 @@ class RBMPrior(Model):
         pixel_range: ``(low, high)`` of the data; pixels above ``(low + high) / 2`` are 1.
         gibbs_steps: block-Gibbs sweeps :meth:`sample_prior` runs from uniform random states.
     """
-
-    latent_support = "binary"
-    normalized = False
 
     def __init__(self, num_latents: int = 200, num_hidden: int = 400,
                  decoder_hidden: tuple[int, ...] = (100, 100, 200, 200),
@@ -81,9 +79,9 @@ class RBMPrior(Model):
         layers.append(nn.Linear(width, math.prod(data_shape)))
         self.decoder = nn.Sequential(*layers)
 
-    @staticmethod
-    def options_for_data(data_shape: tuple[int, ...]) -> dict:
-        """The data set's shape (the trainer's hook)."""
+    @classmethod
+    def options_for_data(cls, data_shape: tuple[int, ...]) -> dict:
+        """``data_shape``: the data set's shape."""
         return {"data_shape": tuple(int(s) for s in data_shape)}
 
     def extra_repr(self) -> str:
@@ -137,46 +135,6 @@ class RBMPrior(Model):
         probs = torch.sigmoid(self.decoder_logits(z[0]))
         mean = self.pixel_low + (self.pixel_high - self.pixel_low) * probs
         return mean.reshape(*mean.shape[:-1], *self.data_shape)
-
-    @torch.no_grad()
-    def estimate_log_likelihood(self, x: Tensor, sampler, *, num_chains: int, num_steps: int, num_samples: int,
-                                generator: torch.Generator | None = None) -> dict:
-        """``log p(x)`` per row of ``x`` by the paper's eq. 6 with ``log Z`` from AIS (``25 * num_chains``
-        chains, ``num_steps`` Gibbs sweeps, a base-rate model fitted to the encoder's codes of ``x``), and
-        RAISE's conservative counterpart on the first 8 rows (what :func:`inferkit.evaluate` reports
-        for this unnormalised model). ``sampler`` must expose ``encoder_logits`` (vimco, rws)."""
-        from inferkit.eval.rbm import (
-            ais_log_partition,
-            base_rate_bias,
-            log_likelihood_ais,
-            log_likelihood_raise,
-        )
-
-        encoder_logits = getattr(sampler, "encoder_logits", None)
-        if encoder_logits is None:
-            raise UserError(f"rbm-prior: log p(x) needs an encoder q(z|x); sampler {type(sampler).__name__} has none "
-                            "(use vimco or rws), or pass --ais-examples 0")
-        logits = encoder_logits(self, x)
-        codes = torch.bernoulli(torch.sigmoid(logits), generator=generator)
-        base = base_rate_bias(codes)
-        log_z = ais_log_partition(self.rbm, num_chains=num_chains * 25, num_steps=num_steps, base_bias=base,
-                                  generator=generator)
-        values = log_likelihood_ais(self, x, logits, num_samples=num_samples, log_partition=log_z.log_partition,
-                                    generator=generator).cpu()
-        few = min(8, x.shape[0])
-        raised = log_likelihood_raise(self, x[:few], logits[:few], num_samples=min(num_samples, 16),
-                                      num_steps=num_steps, base_bias=base, generator=generator).cpu()
-
-        def summary(v: Tensor) -> dict:
-            n = v.numel()
-            return {"mean": float(v.mean()), "standard_error": float(v.std() / math.sqrt(n)) if n > 1 else math.nan,
-                    "examples": int(n)}
-
-        return {**summary(values), "per_example": values.tolist(), "method": "paper eq. 6 with AIS log Z",
-                "log_partition": log_z.log_partition, "log_partition_standard_error": log_z.standard_error,
-                "ais_chains": num_chains * 25, "gibbs_steps": num_steps, "importance_samples": num_samples,
-                "raise": {**summary(raised), "importance_samples": min(num_samples, 16)},
-                "ais_same_examples_as_raise": summary(values[:few])}
 
     def log_partition_exact(self) -> Tensor:
         """Exact ``log Z`` of the RBM prior by enumeration (small ``num_latents`` or ``num_hidden``)."""

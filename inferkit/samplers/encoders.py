@@ -12,6 +12,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from inferkit.devices import module_placement
 from inferkit.errors import UserError
 
 ENCODER_KINDS = ("auto", "conv", "mlp")
@@ -104,10 +105,7 @@ class GaussianHead(nn.Module):
 
 def model_reference(model: nn.Module) -> tuple[torch.device, torch.dtype]:
     """Device and floating dtype of a model's parameters (or buffers), CPU float32 if it has none."""
-    for tensor in list(model.parameters()) + list(model.buffers()):
-        if tensor.is_floating_point():
-            return tensor.device, tensor.dtype
-    return torch.device("cpu"), torch.float32
+    return module_placement(model)
 
 
 def gaussian_log_density(z: Tensor, mean: Tensor, log_std: Tensor) -> Tensor:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from inferkit.devices import module_placement
 from inferkit.interfaces import Latents, Model
 from inferkit.samplers.shortrun import ShortRun
 
@@ -24,11 +25,7 @@ class Langevin(ShortRun):
                      ) -> list[Latents]:
         """``eps_0..eps_{K-1} ~ N(0, I)``, shaped like the latents."""
         # Noise is made where the model lives (never on the host and copied over).
-        reference = next(model.parameters(), None)
-        if reference is None:
-            reference = next(model.buffers(), None)
-        device = None if reference is None else reference.device
-        dtype = None if reference is None else reference.dtype
+        device, dtype = module_placement(model)
         return [tuple(torch.randn(n, *shape, generator=generator, device=device, dtype=dtype)
                       for shape in model.latent_shapes)
                 for _ in range(self.num_steps)]

@@ -22,16 +22,19 @@ does), never on evaluation calls, and live in ``state_dict`` so checkpoints resu
 
 from __future__ import annotations
 
+import abc
 import math
 
 import torch
 from torch import Tensor
+from torch.distributions import constraints
 
+from inferkit.devices import module_placement
 from inferkit.errors import UserError
-from inferkit.interfaces import Inference, Model, Sampler
+from inferkit.interfaces import HasBernoulliEncoder, Inference, Model, RBMPriorModel, Sampler
 from inferkit.models.gibbs import PersistentChains
 from inferkit.samplers.bernoulli import BernoulliEncoder, bernoulli_log_prob, check_widths, draw_bernoulli
-from inferkit.samplers.encoders import mask_input, model_reference, shape_key
+from inferkit.samplers.encoders import mask_input, shape_key
 from inferkit.samplers.pretrain import hard_codes, log_partition_surrogate, pcd_loss, soft_binarize
 
 PHASES = ("autoencoder", "rbm", "train")
@@ -50,7 +53,7 @@ def _check_fraction(name: str, option: str, value) -> float:
     return value
 
 
-class MultiSampleBernoulli(Sampler):
+class MultiSampleBernoulli(Sampler, HasBernoulliEncoder):
     """Base of the K-sample samplers for binary latents under an RBM prior (``rbm-prior``).
 
     Args:
@@ -66,7 +69,7 @@ class MultiSampleBernoulli(Sampler):
     name = "multisample"
     kl_objective_unsupported = ("its latents are binary and q(z|x) is an amortized Bernoulli encoder trained "
                                 "with the model; there is no step size to tune")
-    latent_supports = ("binary",)
+    latent_supports = (constraints.boolean,)
     uses_every_parameter = False  # pre-training phases train the encoder/decoder, then the RBM alone
 
     def __init__(self, num_samples: int = 50, hidden: tuple[int, ...] = (200, 200, 100, 100),
@@ -100,14 +103,13 @@ class MultiSampleBernoulli(Sampler):
     # -- lifecycle -------------------------------------------------------------------------------
     def setup(self, model: Model, *, num_examples: int | None = None) -> None:
         """Build the encoder and the persistent chains for ``model`` (kept if built for the same shapes)."""
-        if getattr(model, "latent_support", "real") != "binary" or not all(
-                hasattr(model, attr) for attr in ("rbm", "log_likelihood", "binarize")):
+        if not isinstance(model, RBMPriorModel):
             raise UserError(f"{self.name}: model {type(model).__name__} is not an RBM-prior model with binary latents; "
-                            "use --model rbm-prior (or a model with rbm, log_likelihood and binarize)")
+                            "use --model rbm-prior (or a model derived from inferkit.interfaces.RBMPriorModel)")
         key = shape_key(model)
         if self._built_for == key:
             return
-        device, dtype = model_reference(model)
+        device, dtype = module_placement(model)
         self.encoder = BernoulliEncoder(math.prod(model.data_shape), model.latent_dim, self.hidden)
         self.chains = PersistentChains(self.num_chains, model.latent_dim)
         self.encoder.to(device=device, dtype=dtype)
@@ -191,7 +193,7 @@ class MultiSampleBernoulli(Sampler):
         per_example = self.training_objective(model, log_p, log_q, inference)
         return -per_example.mean() + log_partition_surrogate(model.rbm, negative)
 
+    @abc.abstractmethod
     def training_objective(self, model: Model, log_p: Tensor, log_q: Tensor, inference: Inference) -> Tensor:
         """Per-example surrogate to *maximise*, from ``log p*(x, z_i)`` and ``log q(z_i | x)`` ``[B, K]``
-        (both with their graphs); its value should be ``L_K + log Z``."""
-        raise NotImplementedError
+        (both with their graphs); its value is ``L_K + log Z`` and its gradient the sampler's update."""

@@ -13,10 +13,11 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+from torch.distributions import constraints
 
 from inferkit import distributed
 from inferkit.errors import UserError
-from inferkit.interfaces import Model, Sampler
+from inferkit.interfaces import Model, Sampler, support_name
 from inferkit.objective import LOGDET_METHODS, ObjectiveInfo, kl_objective, kl_objective_unavailable
 
 
@@ -81,10 +82,9 @@ def mean_over_processes(objective: Tensor, info: ObjectiveInfo) -> tuple[float, 
 
 def require_real_latents(tuner: str, model: Model) -> None:
     """J(s) needs a differentiable log density in ``z``: refuse a model with discrete latents."""
-    support = getattr(model, "latent_support", "real")
-    if support != "real":
+    if model.latent_support is not constraints.real:
         raise UserError(f"{tuner}: the KL objective needs real-valued latents, but model {type(model).__name__} has "
-                        f"{support} latents; use the 'fixed' tuner (--tuner fixed)")
+                        f"{support_name(model.latent_support)} latents; use the 'fixed' tuner (--tuner fixed)")
 
 
 def require_step_size(tuner: str, sampler: Sampler) -> Tensor:

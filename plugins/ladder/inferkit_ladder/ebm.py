@@ -7,11 +7,11 @@ and every lower layer and the likelihood as in :class:`~inferkit_ladder.LadderMo
 
     log p(x, z) = log p_0(z) - E_alpha(z_L) + log p(x | z) - log Z_alpha,
 
-known only up to ``log Z_alpha``: ``log_joint`` omits it and the model says so (``normalized =
-False``), so log-likelihood evaluators refuse it. ``sample_prior`` / ``log_prior`` stay the Gaussian
-reference ``p_0`` (the initial density short-run inference starts from, exact and normalised, so
-``J(s)`` and its tuners apply unchanged: ``J + log p(x) + log Z = KL``). Samples of the tilted prior
-come from short-run Langevin on ``log p_0(z_L) - E_alpha(z_L)`` (``prior_steps`` steps of size
+known only up to ``log Z_alpha``: ``log_joint`` omits it and the model says so (it is an
+:class:`~inferkit.interfaces.UnnormalizedModel`), so log-likelihood evaluators skip it.
+``sample_prior`` / ``log_prior`` stay the Gaussian reference ``p_0`` (the initial density short-run
+inference starts from, exact and normalised, so ``J(s)`` and its tuners apply unchanged:
+``J + log p(x) + log Z = KL``). Samples of the tilted prior come from short-run Langevin on ``log p_0(z_L) - E_alpha(z_L)`` (``prior_steps`` steps of size
 ``prior_step_size``, from ``p_0``):
 
     z_{k+1} = z_k + s grad[-|z_k|^2 / 2 - E_alpha(z_k)] + sqrt(2 s) eps_k
@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from inferkit.errors import UserError
-from inferkit.interfaces import Latents
+from inferkit.interfaces import Latents, UnnormalizedModel
 from inferkit_ladder.config import _int, _positive_float
 from inferkit_ladder.model import LadderModel
 
@@ -44,7 +44,7 @@ class LatentEnergy(nn.Module):
         return self.net(z).squeeze(-1)
 
 
-class LadderEBM(LadderModel):
+class LadderEBM(LadderModel, UnnormalizedModel):
     """:class:`~inferkit_ladder.LadderModel` with the top prior tilted by ``exp(-E_alpha(z_L))``.
 
     Args (besides the ladder's):
@@ -52,8 +52,6 @@ class LadderEBM(LadderModel):
         prior_steps, prior_step_size: short-run Langevin for samples of the tilted prior
             (Pang et al.: 60 steps of ``0.4^2 / 2 = 0.08``).
     """
-
-    normalized = False
 
     def __init__(
         self,

@@ -1,0 +1,30 @@
+"""Reconstruction by a sampler's inference: ``E[x | z]`` at ``z ~ q(z | x)``, and its mean squared error."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from inferkit.interfaces import Model, Sampler
+from inferkit.seeding import seeded_generator
+
+
+def reconstruct(model: Model, sampler: Sampler, x: Tensor, *, generator: torch.Generator | None = None,
+                mask: Tensor | None = None) -> Tensor:
+    """``E[x | z]`` at ``z ~ q(z | x)`` inferred by ``sampler``."""
+    z = sampler.infer(model, x, mask=mask, generator=generator).z
+    with torch.no_grad():
+        return model.decode(z)
+
+
+def reconstruction_mse(model: Model, sampler: Sampler, x: Tensor, *, seed: int = 0, batch_size: int = 64) -> float:
+    """Mean squared error ``mean (x - E[x | z])^2`` over ``x``, with ``z`` inferred by ``sampler`` in batches
+    of ``batch_size`` (the batch starting at row ``i`` with generator ``seeded_generator(seed, i)``)."""
+    total, count = 0.0, 0
+    for start in range(0, x.shape[0], batch_size):
+        chunk = x[start:start + batch_size]
+        generator = seeded_generator(seed, start, chunk.device)
+        recon = reconstruct(model, sampler, chunk, generator=generator)
+        total += float((recon - chunk).pow(2).sum())
+        count += chunk.numel()
+    return total / count
