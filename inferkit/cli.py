@@ -105,8 +105,14 @@ def run(
     try:
         _run(model, sampler, tuner, data, data_dir, model_opt, sampler_opt, tuner_opt, data_opt, train_opt, config,
              iterations, batch_size, tune_every, seed, device, precision, out, resume, quiet)
+    except KeyboardInterrupt as exc:  # past typer, which would swallow a KeyboardInterrupt and its message
+        raise _Interrupted(str(exc) if isinstance(exc, TrainingInterrupted) else "interrupted") from None
     finally:
         distributed.shutdown()
+
+
+class _Interrupted(Exception):
+    """A command stopped by a signal; :func:`main` prints its message and exits 130."""
 
 
 def _run(model, sampler, tuner, data, data_dir, model_opt, sampler_opt, tuner_opt, data_opt, train_opt, config,
@@ -125,17 +131,14 @@ def _run(model, sampler, tuner, data, data_dir, model_opt, sampler_opt, tuner_op
         spec = RunSpec.load(resume)
         checkpointed = (resume / CHECKPOINT_FILE).is_file()
         note = _continue_settings(spec, settings, checkpointed)
+        if not checkpointed:
+            note = (f"note: {resume} has no checkpoint (the run stopped before its first); it starts again "
+                    "from iteration 0 with its config.json")
         resolve_device(spec.train.device)
         distributed.initialize(spec.train.device)
-        if distributed.context().is_main:
-            if not checkpointed:
-                note = (f"note: {resume} has no checkpoint (the run stopped before its first); it starts again "
-                        "from iteration 0 with its config.json")
-            if note is not None:
-                err_console.print(note, markup=False, highlight=False, soft_wrap=True)
         data_obj, model_obj, sampler_obj, tuner_obj = build_objects(spec, resolve=False)
         result = train(model_obj, sampler_obj, tuner_obj, data_obj, spec, resume, resume=checkpointed,
-                       progress=not quiet)
+                       progress=not quiet, notes=(note,) if note else ())
         _report(result.summary, result.run_dir)
         return
 
@@ -413,7 +416,10 @@ def _number(value: Any) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the app, turning user mistakes into one ``error:`` line and exit code 2."""
     try:
-        app(args=argv, standalone_mode=False)
+        code = app(args=argv, standalone_mode=False)
+    except _Interrupted as exc:
+        err_console.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
+        return 130
     except UserError as exc:
         err_console.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
         return 2
@@ -426,6 +432,9 @@ def main(argv: list[str] | None = None) -> int:
         cause = exc.__cause__ if isinstance(exc, click.exceptions.Abort) else exc
         message = str(cause) if isinstance(cause, TrainingInterrupted) else "interrupted"
         err_console.print(f"error: {message}", markup=False, highlight=False, soft_wrap=True)
+        return 130
+    if code == 130:  # typer's answer to a KeyboardInterrupt in a command
+        err_console.print("error: interrupted", markup=False, highlight=False)
         return 130
     return 0
 

@@ -392,7 +392,8 @@ def _run_guard(run_dir: Path, *, fresh: bool) -> Iterator[StopRequest]:
 
 
 def train(model: Model, sampler: Sampler, tuner: Tuner, data, spec: RunSpec, run_dir: str | Path, *,
-          resume: bool = False, progress: bool = True, console: Console | None = None) -> TrainResult:
+          resume: bool = False, progress: bool = True, console: Console | None = None,
+          notes: tuple[str, ...] = ()) -> TrainResult:
     """Run Algorithm 1 and write the run folder (config, checkpoint, metrics, tuner history and its
     figures, images, summary). With ``resume`` continue from the folder's checkpoint. In a process
     group (``torchrun``) every process calls it; rank 0 alone writes.
@@ -400,7 +401,8 @@ def train(model: Model, sampler: Sampler, tuner: Tuner, data, spec: RunSpec, run
     The run holds the folder's lock throughout (a second run into it is a :class:`UserError`). A
     non-finite loss or gradient stops it before the step (:class:`UserError` naming the last good
     checkpoint); SIGINT / SIGTERM stop it at the next iteration boundary after a checkpoint there
-    (:class:`TrainingInterrupted`)."""
+    (:class:`TrainingInterrupted`). ``notes`` are lines for the run's log, shown by rank 0 once the
+    folder is locked and the checkpoint read."""
     config = spec.train
     config.validate()
     run_dir = Path(run_dir)
@@ -422,12 +424,12 @@ def train(model: Model, sampler: Sampler, tuner: Tuner, data, spec: RunSpec, run
                         "lower --batch-size")
     with _run_guard(run_dir, fresh=not resume) as stop:
         return _train(model, sampler, tuner, train_split, test_split, spec, run_dir, resume=resume,
-                      progress=progress, console=console, device=device, stop=stop)
+                      progress=progress, console=console, device=device, stop=stop, notes=notes)
 
 
 def _train(model: Model, sampler: Sampler, tuner: Tuner, train_split, test_split, spec: RunSpec, run_dir: Path,
            *, resume: bool, progress: bool, console: Console, device: torch.device,
-           stop: StopRequest) -> TrainResult:
+           stop: StopRequest, notes: tuple[str, ...]) -> TrainResult:
     """The body of :func:`train`, in the locked run folder."""
     config = spec.train
     ctx = distributed.context()
@@ -482,6 +484,8 @@ def _train(model: Model, sampler: Sampler, tuner: Tuner, train_split, test_split
         mse_start = reconstruction_mse(model, sampler, x_test, seed=config.seed) if main else math.nan
         elapsed_before = 0.0
         tuning_seconds = 0.0
+    for note in notes if main else ():
+        console.print(note, markup=False, highlight=False, soft_wrap=True)
     last_checkpoint = start if resume else None  # the iteration of the last checkpoint written (good by construction)
     training_step = TrainingStep(model, sampler)
     step = _data_parallel(training_step, device)
