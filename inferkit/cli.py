@@ -177,7 +177,8 @@ def _run(model, sampler, tuner, data, data_dir, model_opt, sampler_opt, tuner_op
 
 def _default_run_dir(spec: RunSpec) -> Path:
     """``runs/<time>-<model>-<sampler>-<random>``: runs started in the same second get folders of their own."""
-    return Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{spec.model.name}-{spec.sampler.name}-{secrets.token_hex(3)}"
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{stamp}-{spec.model.name}-{spec.sampler.name}-{secrets.token_hex(3)}"
 
 
 RESUME_SETTINGS = ("iterations", "device", "precision")

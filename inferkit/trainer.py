@@ -274,7 +274,8 @@ class StopRequest:
 
 
 def _interrupted(iteration: int, run_dir: Path) -> TrainingInterrupted:
-    return TrainingInterrupted(f"interrupted at iteration {iteration}; continue with inferkit run --resume {run_dir}")
+    return TrainingInterrupted(f"interrupted at iteration {iteration}; continue with inferkit run "
+                               f"--resume {run_dir}")
 
 
 def _checkpoint_name(run_dir: Path, iteration: int | None, checkpoint_every: int) -> str:
@@ -486,7 +487,7 @@ def _train(model: Model, sampler: Sampler, tuner: Tuner, train_split, test_split
         tuning_seconds = 0.0
     for note in notes if main else ():
         console.print(note, markup=False, highlight=False, soft_wrap=True)
-    last_checkpoint = start if resume else None  # the iteration of the last checkpoint written (good by construction)
+    last_checkpoint = start if resume else None  # the last checkpoint's iteration (finite by construction)
     training_step = TrainingStep(model, sampler)
     step = _data_parallel(training_step, device)
     mixed_precision = autocast(device, config.precision)  # bf16: the generator in bfloat16, latents float32
