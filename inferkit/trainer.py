@@ -423,18 +423,6 @@ def train(model: Model, sampler: Sampler, tuner: Tuner, data, spec: RunSpec, run
     if len(train_split) < config.batch_size:
         raise UserError(f"batch size {config.batch_size} is larger than the {len(train_split)} training examples; "
                         "lower --batch-size")
-    with _run_guard(run_dir, fresh=not resume) as stop:
-        return _train(model, sampler, tuner, train_split, test_split, spec, run_dir, resume=resume,
-                      progress=progress, console=console, device=device, stop=stop, notes=notes)
-
-
-def _train(model: Model, sampler: Sampler, tuner: Tuner, train_split, test_split, spec: RunSpec, run_dir: Path,
-           *, resume: bool, progress: bool, console: Console, device: torch.device,
-           stop: StopRequest, notes: tuple[str, ...]) -> TrainResult:
-    """The body of :func:`train`, in the locked run folder."""
-    config = spec.train
-    ctx = distributed.context()
-    main = ctx.is_main
     resharded = resume and config.shards % ctx.world_size != 0
     if resharded:
         if main:
@@ -444,6 +432,20 @@ def _train(model: Model, sampler: Sampler, tuner: Tuner, train_split, test_split
         config.shards = ctx.world_size
     shards = distributed.resolve_shards(config.shards, ctx.world_size, config.batch_size)
     config.shards = shards  # saved in config.json: a resumed run keeps its shards on any process count
+    with _run_guard(run_dir, fresh=not resume) as stop:
+        return _train(model, sampler, tuner, train_split, test_split, spec, run_dir, resume=resume,
+                      progress=progress, console=console, device=device, stop=stop, notes=notes,
+                      resharded=resharded)
+
+
+def _train(model: Model, sampler: Sampler, tuner: Tuner, train_split, test_split, spec: RunSpec, run_dir: Path,
+           *, resume: bool, progress: bool, console: Console, device: torch.device,
+           stop: StopRequest, notes: tuple[str, ...], resharded: bool) -> TrainResult:
+    """The body of :func:`train`, in the locked run folder."""
+    config = spec.train
+    ctx = distributed.context()
+    main = ctx.is_main
+    shards = config.shards  # resolved by train, before the folder is locked
     my_shards = distributed.shards_of(ctx.rank, ctx.world_size, shards)
     owned = distributed.owned_examples(len(train_split), shards, my_shards)
     x_test = test_split.x[: config.eval_examples]
