@@ -6,3 +6,10 @@ class UserError(ValueError):
 
     The message says what to do; the CLI shows it without a traceback.
     """
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training stopped by SIGINT or SIGTERM at an iteration boundary, after its checkpoint.
+
+    The message says where it stopped and how to continue; the CLI shows it and exits 130.
+    """

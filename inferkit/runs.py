@@ -41,12 +41,13 @@ class TrainConfig:
     batch_size: int = 32
     learning_rate: float = 1e-3
     lr_milestones: tuple[float, ...] = (0.6, 0.85)
-    """Fractions of ``iterations`` at which the learning rate is multiplied by ``lr_gamma``."""
+    """Fractions of the schedule (``schedule_iterations``) at which the learning rate is multiplied by
+    ``lr_gamma``."""
     lr_gamma: float = 0.3
     sigma_start: float = 0.3
     sigma_end: float = 0.2
     sigma_anneal: float = 0.5
-    """Fraction of the run over which observation sigma goes linearly from start to end."""
+    """Fraction of the schedule over which observation sigma goes linearly from start to end."""
     tune_every: int = 100
     """``T_s``: run the tuner every this many iterations (0: never)."""
     seed: int = 0
@@ -62,12 +63,38 @@ class TrainConfig:
     precision: str = "float32"
     """``float32``, or ``bf16``: inference and the loss under bfloat16 autocast, latents float32
     (tuning and evaluation stay float32; see :mod:`inferkit.acceleration`)."""
+    schedule_iterations: int = 0
+    """The iteration count the fractions ``lr_milestones`` and ``sigma_anneal`` refer to (0: ``iterations``).
+    ``--resume RUN --iterations N`` keeps the run's planned count here, so an extended run is the planned
+    run followed by iterations at the final learning rate and sigma (:meth:`resized`)."""
+
+    @property
+    def schedule_total(self) -> int:
+        """The iteration count the learning-rate and sigma schedules are fractions of."""
+        return self.schedule_iterations or self.iterations
+
+    def resized(self, iterations: int) -> str | None:
+        """Continue to ``iterations`` in total with the schedules of the run as planned; returns a note
+        for the run's log when the total changes (``None`` otherwise)."""
+        if iterations == self.iterations:
+            return None
+        planned = self.schedule_total
+        self.schedule_iterations, self.iterations = planned, iterations
+        if iterations == planned:
+            return None
+        where = (f"iterations {planned}-{iterations - 1} train at the final learning rate and sigma"
+                 if iterations > planned else f"it stops at {iterations}")
+        return (f"note: the run was planned for {planned} iterations and now goes to {iterations}; its "
+                f"learning-rate and sigma schedules stay those of the {planned} planned and {where}, so it "
+                f"differs from a run planned with {iterations} iterations from the start")
 
     def validate(self) -> None:
         positive = ("iterations", "batch_size", "log_every", "checkpoint_every", "image_every", "eval_examples")
         for name in positive:
             if getattr(self, name) < 1:
                 raise UserError(f"{name.replace('_', '-')} must be a positive integer, got {getattr(self, name)}")
+        if self.schedule_iterations < 0:
+            raise UserError(f"schedule-iterations must be >= 0 (0: iterations), got {self.schedule_iterations}")
         if self.shards < 0:
             raise UserError(f"shards must be >= 0 (0: one per process), got {self.shards}")
         if self.tune_every < 0:
@@ -154,11 +181,42 @@ def _check_model_trusted(saved: str, path: Path, *, model: str | None, trust_cod
                         "(or --trust-code) to import it")
 
 
-def write_json_atomic(path: Path, value: Any) -> None:
-    """Write JSON to ``path`` through a temporary file and a rename, so a crash leaves the old file."""
+NULL_BECAUSE = "null_because"
+"""The key of a written JSON object that says which of its values were non-finite numbers (``null``)."""
+
+
+def _finite_only(value: Any, path: str, replaced: dict[str, str]) -> Any:
+    """``value`` with every non-finite float replaced by ``None`` (recorded in ``replaced`` by path)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        replaced[path or "."] = repr(value)  # 'nan', 'inf', '-inf'
+        return None
+    if isinstance(value, dict):
+        return {k: _finite_only(v, f"{path}.{k}" if path else str(k), replaced) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite_only(v, f"{path}[{i}]", replaced) for i, v in enumerate(value)]
+    return value
+
+
+def strict_json(value: Any, **dumps_options: Any) -> str:
+    """``value`` as strict JSON: a non-finite float (NaN, +-inf, which JSON cannot hold) becomes ``null``,
+    and an object gets a ``null_because`` entry mapping each such value's path to what it was."""
+    replaced: dict[str, str] = {}
+    clean = _finite_only(value, "", replaced)
+    if replaced and isinstance(clean, dict):
+        clean[NULL_BECAUSE] = {path: f"non-finite ({what})" for path, what in replaced.items()}
+    return json.dumps(clean, allow_nan=False, **dumps_options)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename, so a crash leaves the old file."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(value, indent=2) + "\n")
+    tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def write_json_atomic(path: Path, value: Any) -> None:
+    """Write strict JSON (:func:`strict_json`) to ``path`` through a temporary file and a rename."""
+    write_text_atomic(path, strict_json(value, indent=2) + "\n")
 
 
 def save_atomic(obj: Any, path: Path) -> None:

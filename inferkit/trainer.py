@@ -10,20 +10,29 @@ alone, so a run resumed from a checkpoint gives the same numbers as an uninterru
 
 Data parallel (:mod:`inferkit.distributed`): under ``torchrun`` every process trains its shards of the
 batch through ``DistributedDataParallel``; rank 0 alone writes the run folder.
+
+Safety: before every optimiser step the loss and all gradients are checked to be finite (one fused
+check, one host sync per iteration, agreed across processes); a non-finite one stops the run without
+taking the step, so no checkpoint ever holds non-finite parameters. SIGINT and SIGTERM stop at the next
+iteration boundary with a checkpoint there (:class:`~inferkit.errors.TrainingInterrupted`). A run holds
+an exclusive lock on its folder (``RUN/.lock``) for its whole life, so two runs never share a folder.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
+import signal
+import threading
 import time
 import warnings
 from bisect import bisect_right
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import closing, nullcontext
+from contextlib import closing, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from rich.console import Console
@@ -31,7 +40,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from inferkit import distributed
 from inferkit.acceleration import autocast
-from inferkit.errors import UserError
+from inferkit.errors import TrainingInterrupted, UserError
 from inferkit.eval.reconstruction import reconstruction_mse
 from inferkit.images import is_image_shape, save_grid
 from inferkit.interfaces import (
@@ -42,13 +51,28 @@ from inferkit.interfaces import (
     UnnormalizedModel,
     require_compatible,
 )
-from inferkit.runs import CHECKPOINT_FILE, RunSpec, TrainConfig, save_atomic, write_json_atomic
-from inferkit.runs import restore_checkpoint
+from inferkit.runs import (
+    CHECKPOINT_FILE,
+    CONFIG_FILE,
+    RunSpec,
+    TrainConfig,
+    restore_checkpoint,
+    save_atomic,
+    strict_json,
+    write_json_atomic,
+    write_text_atomic,
+)
 from inferkit.seeding import seeded_generator
+
+try:  # POSIX; elsewhere run folders are not locked
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None
 
 METRICS_FILE = "metrics.jsonl"
 TUNER_FILE = "tuner.jsonl"
 SUMMARY_FILE = "summary.json"
+LOCK_FILE = ".lock"
 
 
 @dataclass
@@ -63,13 +87,14 @@ class TrainResult:
 
 def learning_rate(config: TrainConfig, iteration: int) -> float:
     """``eta_t = eta * gamma^(number of milestones passed)`` (step-wise decay)."""
-    milestones = sorted(round(m * config.iterations) for m in config.lr_milestones)
+    milestones = sorted(round(m * config.schedule_total) for m in config.lr_milestones)
     return config.learning_rate * config.lr_gamma ** bisect_right(milestones, iteration)
 
 
 def observation_sigma(config: TrainConfig, iteration: int) -> float:
-    """Linear annealing from ``sigma_start`` to ``sigma_end`` over ``sigma_anneal`` of the run."""
-    span = config.sigma_anneal * config.iterations
+    """Linear annealing from ``sigma_start`` to ``sigma_end`` over ``sigma_anneal`` of the schedule
+    (``config.schedule_total``: the run's planned iterations)."""
+    span = config.sigma_anneal * config.schedule_total
     fraction = 1.0 if span <= 0 else min(1.0, iteration / span)
     return config.sigma_start + fraction * (config.sigma_end - config.sigma_start)
 
@@ -80,25 +105,187 @@ def _step_size_summary(sampler: Sampler) -> float:
 
 
 def _append_jsonl(path: Path, record: dict[str, Any]) -> None:
+    """Append ``record`` as one line of strict JSON (non-finite numbers as ``null``)."""
     with open(path, "a") as handle:
-        handle.write(json.dumps(record) + "\n")
+        handle.write(strict_json(record) + "\n")
 
 
-def _truncate_jsonl(path: Path, before_iteration: int) -> None:
-    """Drop records at or after ``before_iteration`` (written after the checkpoint we resume from)."""
+def _read_jsonl(path: Path, console: Console | None = None) -> list[dict[str, Any]]:
+    """The records of a JSON-lines file (``[]`` when it does not exist). A torn last line (a crash in
+    the middle of an append) is dropped with a warning; a damaged line before it is a user error."""
+    if not path.exists():
+        return []
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for number, line in enumerate(lines, 1):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if number < len(lines):
+                raise UserError(f"{path} line {number} is not valid JSON; the run folder is damaged") from None
+            if console is not None:
+                console.print(f"warning: dropped the torn last line of {path} (a crash while it was written)",
+                              markup=False, highlight=False)
+    return records
+
+
+def _truncate_jsonl(path: Path, before_iteration: int, console: Console | None = None) -> None:
+    """Drop records at or after ``before_iteration`` (written after the checkpoint we resume from), and
+    a torn last line; the file is replaced atomically."""
     if not path.exists():
         return
-    kept = [line for line in path.read_text().splitlines()
-            if line.strip() and json.loads(line).get("iteration", -1) < before_iteration]
-    path.write_text("".join(line + "\n" for line in kept))
+    kept = [r for r in _read_jsonl(path, console) if r.get("iteration", -1) < before_iteration]
+    write_text_atomic(path, "".join(strict_json(r) + "\n" for r in kept))
 
 
 def _recorded_tuning_seconds(path: Path) -> float:
     """Seconds of the tunings already in ``tuner.jsonl`` (a resumed run's share before the checkpoint)."""
-    if not path.exists():
-        return 0.0
-    return sum(float(json.loads(line).get("seconds", 0.0)) for line in path.read_text().splitlines()
-               if line.strip())
+    return sum(float(r.get("seconds") or 0.0) for r in _read_jsonl(path))
+
+
+# -- the run folder: one run at a time ----------------------------------------------------------------
+_LEFTOVERS = (CONFIG_FILE, METRICS_FILE, TUNER_FILE, LOCK_FILE)
+"""What a run that stopped before its first checkpoint leaves (with ``*.tmp`` files and image grids)."""
+
+
+def _is_leftover(path: Path) -> bool:
+    name = path.name
+    return (name in _LEFTOVERS or name.endswith(".tmp") or
+            (name.endswith(".png") and name.startswith(("samples_", "reconstructions_"))))
+
+
+def check_new_run_folder(run_dir: Path) -> None:
+    """Refuse a folder that holds anything but an empty folder, or a run that stopped before its first
+    checkpoint (its ``config.json`` and what it wrote before), which a new run may start over."""
+    if not run_dir.exists():
+        return
+    if not run_dir.is_dir():
+        raise UserError(f"{run_dir} exists and is not a folder; give a new --out")
+    entries = list(run_dir.iterdir())
+    if not entries or all(e.name == LOCK_FILE for e in entries):
+        return
+    dead = (run_dir / CONFIG_FILE).is_file() and all(_is_leftover(e) for e in entries)
+    if not dead:
+        raise UserError(f"{run_dir} already exists and is not empty; give a new --out, or --resume {run_dir}")
+
+
+def _clear_leftovers(run_dir: Path) -> None:
+    """Remove what a run that stopped before its first checkpoint wrote (its lock stays)."""
+    for entry in run_dir.iterdir():
+        if _is_leftover(entry) and entry.name != LOCK_FILE and entry.is_file():
+            entry.unlink()
+
+
+class RunLock:
+    """An exclusive ``flock`` on ``RUN/.lock`` for the life of a run. The kernel drops it when the
+    process ends, however it ends, so a crashed run leaves no stale lock (the file itself stays)."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = run_dir / LOCK_FILE
+        self._handle = None
+
+    def acquire(self) -> None:
+        """Take the lock, or raise :class:`UserError` naming the process that holds it."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(self.path, "a+")
+        if fcntl is not None:
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                handle.seek(0)
+                holder = handle.read().strip() or "unknown"
+                handle.close()
+                raise UserError(f"{self.path.parent} is in use by another inferkit run (process {holder}); "
+                                "wait for it to end, or give another --out") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        self._handle = handle
+
+    def release(self) -> None:
+        if self._handle is not None:
+            self._handle.close()  # closing the file drops the flock
+            self._handle = None
+
+
+def _lock_run_folder(run_dir: Path, *, fresh: bool) -> RunLock | None:
+    """Rank 0 locks the folder (and, for a new run, checks it is free to start in); every process
+    learns the outcome, so all raise the same error together. Returns rank 0's held lock."""
+    lock, error = None, None
+    if distributed.context().is_main:
+        try:
+            lock = RunLock(run_dir)
+            lock.acquire()
+            if fresh:
+                check_new_run_folder(run_dir)
+                _clear_leftovers(run_dir)
+        except UserError as exc:
+            if lock is not None:
+                lock.release()
+            error = str(exc)
+    error = distributed.broadcast_from_main(error)
+    if error is not None:
+        raise UserError(error)
+    return lock
+
+
+# -- stopping safely: non-finite values and signals ----------------------------------------------------
+def _nonfinite(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """A 0-d tensor, 1.0 when any of ``tensors`` holds a NaN or an infinity (one fused reduction: the
+    max-norm of each tensor, which is NaN or inf exactly when the tensor has one; no host sync)."""
+    if not tensors:
+        return torch.zeros((), dtype=torch.float64)
+    with torch.no_grad():
+        norms = torch._foreach_norm([t.detach() for t in tensors], math.inf)
+        return (~torch.isfinite(torch.stack([n.double() for n in norms]))).any().double()
+
+
+def _gradients(parameters: list[torch.Tensor]) -> list[torch.Tensor]:
+    return [p.grad for p in parameters if p.grad is not None]
+
+
+class StopRequest:
+    """SIGINT / SIGTERM handlers for the life of a run (main thread only; the old ones come back after).
+    While the iterations run (``deferring``) the first signal asks the run to stop at the next iteration
+    boundary; otherwise, or at a second signal, the handler interrupts at once (``KeyboardInterrupt``)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.deferring = False
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested or not self.deferring:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    @contextmanager
+    def installed(self) -> Iterator[StopRequest]:
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+        self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        try:
+            yield self
+        finally:
+            for s, handler in self._previous.items():
+                signal.signal(s, handler)
+
+
+def _interrupted(iteration: int, run_dir: Path) -> TrainingInterrupted:
+    return TrainingInterrupted(f"interrupted at iteration {iteration}; continue with inferkit run "
+                               f"--resume {run_dir}")
+
+
+def _checkpoint_name(run_dir: Path, iteration: int | None, checkpoint_every: int) -> str:
+    """The last good checkpoint for a message, or that there is none yet."""
+    if iteration is None:
+        return (f"no checkpoint was written yet (the first was due at iteration {checkpoint_every}), so "
+                "nothing can be resumed")
+    return f"the last good checkpoint is {run_dir / CHECKPOINT_FILE} (iteration {iteration})"
 
 
 def _plot_tuning(run_dir: Path, console: Console) -> None:
@@ -195,11 +382,30 @@ class BatchSource:
             self._executor.shutdown(wait=True, cancel_futures=True)
 
 
+@contextmanager
+def _run_guard(run_dir: Path, *, fresh: bool) -> Iterator[StopRequest]:
+    """For the life of a run: the folder's lock (rank 0) and the SIGINT / SIGTERM handlers."""
+    lock = _lock_run_folder(run_dir, fresh=fresh)
+    try:
+        with StopRequest().installed() as stop:
+            yield stop
+    finally:
+        if lock is not None:
+            lock.release()
+
+
 def train(model: Model, sampler: Sampler, tuner: Tuner, data, spec: RunSpec, run_dir: str | Path, *,
-          resume: bool = False, progress: bool = True, console: Console | None = None) -> TrainResult:
+          resume: bool = False, progress: bool = True, console: Console | None = None,
+          notes: tuple[str, ...] = ()) -> TrainResult:
     """Run Algorithm 1 and write the run folder (config, checkpoint, metrics, tuner history and its
     figures, images, summary). With ``resume`` continue from the folder's checkpoint. In a process
-    group (``torchrun``) every process calls it; rank 0 alone writes."""
+    group (``torchrun``) every process calls it; rank 0 alone writes.
+
+    The run holds the folder's lock throughout (a second run into it is a :class:`UserError`). A
+    non-finite loss or gradient stops it before the step (:class:`UserError` naming the last good
+    checkpoint); SIGINT / SIGTERM stop it at the next iteration boundary after a checkpoint there
+    (:class:`TrainingInterrupted`). ``notes`` are lines for the run's log, shown by rank 0 once the
+    folder is locked and the checkpoint read."""
     config = spec.train
     config.validate()
     run_dir = Path(run_dir)
@@ -228,6 +434,20 @@ def train(model: Model, sampler: Sampler, tuner: Tuner, data, spec: RunSpec, run
         config.shards = ctx.world_size
     shards = distributed.resolve_shards(config.shards, ctx.world_size, config.batch_size)
     config.shards = shards  # saved in config.json: a resumed run keeps its shards on any process count
+    with _run_guard(run_dir, fresh=not resume) as stop:
+        return _train(model, sampler, tuner, train_split, test_split, spec, run_dir, resume=resume,
+                      progress=progress, console=console, device=device, stop=stop, notes=notes,
+                      resharded=resharded)
+
+
+def _train(model: Model, sampler: Sampler, tuner: Tuner, train_split, test_split, spec: RunSpec, run_dir: Path,
+           *, resume: bool, progress: bool, console: Console, device: torch.device,
+           stop: StopRequest, notes: tuple[str, ...], resharded: bool) -> TrainResult:
+    """The body of :func:`train`, in the locked run folder."""
+    config = spec.train
+    ctx = distributed.context()
+    main = ctx.is_main
+    shards = config.shards  # resolved by train, before the folder is locked
     my_shards = distributed.shards_of(ctx.rank, ctx.world_size, shards)
     owned = distributed.owned_examples(len(train_split), shards, my_shards)
     x_test = test_split.x[: config.eval_examples]
@@ -244,12 +464,14 @@ def train(model: Model, sampler: Sampler, tuner: Tuner, data, spec: RunSpec, run
         start = int(state["iteration"])
         mse_start = float(state.get("test_mse_start", math.nan))
         elapsed_before = float(state.get("seconds", 0.0))
+        if start > config.iterations:
+            raise UserError(f"{run_dir} is checkpointed at iteration {start}; --iterations {config.iterations} "
+                            f"would end before it (give at least {start})")
         distributed.barrier()  # every process has read the checkpoint before rank 0 rewrites anything
         if main:
             for name in (METRICS_FILE, TUNER_FILE):
-                _truncate_jsonl(run_dir / name, start)
-            if resharded:
-                spec.save(run_dir)
+                _truncate_jsonl(run_dir / name, start, console)
+            spec.save(run_dir)  # the total and the schedule it continues to (and any new shards)
         tuning_seconds = _recorded_tuning_seconds(run_dir / TUNER_FILE) if main else 0.0
     else:
         if main:
@@ -260,26 +482,36 @@ def train(model: Model, sampler: Sampler, tuner: Tuner, data, spec: RunSpec, run
         mse_start = reconstruction_mse(model, sampler, x_test, seed=config.seed) if main else math.nan
         elapsed_before = 0.0
         tuning_seconds = 0.0
+    for note in notes if main else ():
+        console.print(note, markup=False, highlight=False, soft_wrap=True)
+    last_checkpoint = start if resume else None  # the last checkpoint's iteration (finite by construction)
     training_step = TrainingStep(model, sampler)
     step = _data_parallel(training_step, device)
     mixed_precision = autocast(device, config.precision)  # bf16: the generator in bfloat16, latents float32
 
     def checkpoint(iteration: int, seconds: float) -> None:
+        nonlocal last_checkpoint
         sampler.gather_example_state(owned.to(device), distributed.all_reduce_sum)  # collective: every rank
+        if bool(_nonfinite(parameters)):  # never reached after the per-step checks; a checkpoint stays good
+            raise UserError(f"the parameters are not finite at iteration {iteration}; no checkpoint was written; "
+                            + _checkpoint_name(run_dir, last_checkpoint, config.checkpoint_every))
         if main:
             save_atomic({"iteration": iteration, "model": model.state_dict(), "sampler": sampler.state_dict(),
                          "optimizer": optimizer.state_dict(), "test_mse_start": mse_start, "seconds": seconds,
                          "spec": spec.to_dict()}, checkpoint_path)
+        last_checkpoint = iteration
 
     columns = [TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
                TextColumn("loss {task.fields[loss]:.4g}  mse {task.fields[mse]:.4f}  "
                           "s {task.fields[step]:.3g}  {task.fields[speed]:.2f} it/s"), TimeRemainingColumn()]
     began = time.perf_counter()
     loss_value, mse_value = math.nan, math.nan
+    stopping = False
     source = BatchSource(train_split, config, shards, my_shards)
     with closing(source), Progress(*columns, console=console, disable=not (progress and main), transient=False) as bar:
         task = bar.add_task("train", total=config.iterations, completed=start, loss=math.nan, mse=math.nan,
                             step=_step_size_summary(sampler), speed=0.0)
+        stop.deferring = True  # from here a signal stops the run at an iteration boundary, with a checkpoint
         for t in range(start, config.iterations):
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(config, t)
@@ -313,15 +545,21 @@ def train(model: Model, sampler: Sampler, tuner: Tuner, data, spec: RunSpec, run
                 if (t + 1) % config.log_every == 0 or t + 1 == config.iterations:
                     with torch.no_grad():
                         totals[1] += (model.decode(z) - batch["x"]).pow(2).mean().double()
+            # One host sync: is the loss or any gradient non-finite (on any process), and is a stop asked for.
+            flags = torch.stack([_nonfinite([totals[:1], *_gradients(parameters)]).to(device),
+                                 torch.tensor(float(stop.requested), dtype=torch.float64, device=device)])
+            nonfinite, stopping = (value > 0 for value in distributed.all_reduce_sum(flags).tolist())
+            if nonfinite:
+                what = "loss" if not math.isfinite(float(totals[0])) else "gradient"
+                raise UserError(f"training diverged at iteration {t} (non-finite {what}); the step was not taken; "
+                                + _checkpoint_name(run_dir, last_checkpoint, config.checkpoint_every)
+                                + "; lower the step size or the learning rate, or tune more often (--tune-every), "
+                                "in a new run")
             optimizer.step()
             done = t + 1
             if done % config.log_every == 0 or done == config.iterations:
                 distributed.all_reduce_sum(totals)  # means over all S shards, the same on every rank
                 loss_value, mse_value = (totals / shards).tolist()
-                if not math.isfinite(loss_value):
-                    raise UserError(f"training diverged at iteration {t} (non-finite loss); the last good "
-                                    f"checkpoint is in {run_dir}; lower the step size or the learning rate, "
-                                    "or tune more often (--tune-every)")
                 seconds = time.perf_counter() - began
                 speed = (done - start) / max(seconds, 1e-9)
                 step_size = _step_size_summary(sampler)
@@ -335,10 +573,15 @@ def train(model: Model, sampler: Sampler, tuner: Tuner, data, spec: RunSpec, run
             bar.update(task, completed=done)
             if done % config.image_every == 0 and main:
                 _save_images(model, sampler, x_test, run_dir, f"{done:06d}", config.seed)
-            if done % config.checkpoint_every == 0 or done == config.iterations:
+            if done % config.checkpoint_every == 0 or done == config.iterations or stopping:
                 checkpoint(done, elapsed_before + time.perf_counter() - began)
-                if config.tune_every and done < config.iterations and main:
+                if config.tune_every and done < config.iterations and main and not stopping:
                     _plot_tuning(run_dir, console)
+            if stopping:
+                raise _interrupted(done, run_dir)
+        stop.deferring = False
+    if stop.requested:  # a signal after the last iteration's check: its checkpoint is written
+        raise _interrupted(config.iterations, run_dir)
 
     seconds = elapsed_before + time.perf_counter() - began
     summary = {
@@ -347,6 +590,7 @@ def train(model: Model, sampler: Sampler, tuner: Tuner, data, spec: RunSpec, run
         "test_mse_start": mse_start, "test_mse_end": math.nan, "final_loss": loss_value,
         "final_step_size": _step_size_summary(sampler), "eval_examples": int(x_test.shape[0]),
         "tuning_seconds": tuning_seconds, "processes": ctx.world_size, "shards": shards,
+        "schedule_iterations": config.schedule_total,
     }
     if main:
         summary["test_mse_end"] = reconstruction_mse(model, sampler, x_test, seed=config.seed)
