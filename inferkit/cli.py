@@ -25,7 +25,7 @@ from inferkit.errors import TrainingInterrupted, UserError
 from inferkit.interfaces import require_compatible
 from inferkit.options import parse_assignments
 from inferkit.registry import list_plugins
-from inferkit.runs import CHECKPOINT_FILE, PluginSpec, RunSpec, TrainConfig, build_objects, resolve_device
+from inferkit.runs import CHECKPOINT_FILE, CONFIG_FILE, check_model_trusted, PluginSpec, RunSpec, TrainConfig, build_objects, resolve_device
 from inferkit.runs import restore_checkpoint
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
@@ -123,11 +123,12 @@ def _run(model, sampler, tuner, data, data_dir, model_opt, sampler_opt, tuner_op
     from inferkit.trainer import check_new_run_folder, train
 
     if resume is not None:
-        spec = RunSpec.load(resume, model=model, trust_code=trust_code)
+        spec = RunSpec.load(resume, trust_code=True)  # reading it imports nothing; the model is checked below
         _refuse_changes_on_resume(resume, spec, model=model, sampler=sampler, tuner=tuner, data=data,
                                   data_dir=data_dir, model_opt=model_opt, sampler_opt=sampler_opt, tuner_opt=tuner_opt,
                                   data_opt=data_opt, config=config, batch_size=batch_size, tune_every=tune_every,
                                   seed=seed, out=out)
+        check_model_trusted(spec.model.name, resume / CONFIG_FILE, model=model, trust_code=trust_code)
         settings = parse_assignments(train_opt, "--train-opt")
         for key, value in (("iterations", iterations), ("device", device), ("precision", precision)):
             if value is not None:

@@ -166,11 +166,11 @@ class RunSpec:
             spec = cls.from_dict(json.loads(path.read_text()))
         except json.JSONDecodeError as exc:
             raise UserError(f"{path} is not valid JSON ({exc}); the run folder is damaged") from None
-        _check_model_trusted(spec.model.name, path, model=model, trust_code=trust_code)
+        check_model_trusted(spec.model.name, path, model=model, trust_code=trust_code)
         return spec
 
 
-def _check_model_trusted(saved: str, path: Path, *, model: str | None, trust_code: bool) -> None:
+def check_model_trusted(saved: str, path: Path, *, model: str | None, trust_code: bool) -> None:
     """Refuse a saved model the user did not confirm: a ``--model`` that differs from it, or a
     ``pyro:`` model (code) neither named again nor trusted with ``--trust-code``."""
     if model is not None and model != saved:
