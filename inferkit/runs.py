@@ -6,25 +6,29 @@ A run folder holds ``config.json`` (the resolved :class:`RunSpec`), so ``--resum
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import inspect
 import json
 import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 
 from inferkit.acceleration import check_precision
 from inferkit.errors import UserError
 from inferkit.interfaces import require_compatible
-from inferkit.options import build, coerce, option_types, suggest
+from inferkit.options import Bounds, build, coerce, option_types, suggest
 from inferkit.registry import plugin_class
 
 CONFIG_FILE = "config.json"
 CHECKPOINT_FILE = "checkpoint.pt"
+
+LearningRate = Annotated[float, Bounds(maximum=1.0, why="Adam moves every parameter by about this much per step")]
 
 
 @dataclass
@@ -33,7 +37,7 @@ class TrainConfig:
 
     iterations: int = 300
     batch_size: int = 32
-    learning_rate: float = 1e-3
+    learning_rate: LearningRate = 1e-3
     lr_milestones: tuple[float, ...] = (0.6, 0.85)
     """Fractions of ``iterations`` at which the learning rate is multiplied by ``lr_gamma``."""
     lr_gamma: float = 0.3
@@ -133,6 +137,23 @@ class RunSpec:
             raise UserError(f"{path} is not valid JSON ({exc}); the run folder is damaged") from None
 
 
+def _removes_tmp_on_failure(write):
+    """Decorate an atomic writer of ``path`` (through ``PATH.tmp``): an ``OSError`` (disk full, no
+    permission) removes the partial ``PATH.tmp`` and becomes ``UserError("cannot write PATH (reason)")``."""
+    @functools.wraps(write)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        path = Path(inspect.signature(write).bind(*args, **kwargs).arguments["path"])
+        try:
+            return write(*args, **kwargs)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                path.with_name(path.name + ".tmp").unlink(missing_ok=True)
+            raise UserError(f"cannot write {path} ({exc.strerror or exc}); check the free space and the "
+                            f"permissions of {path.parent}") from None
+    return wrapper
+
+
+@_removes_tmp_on_failure
 def write_json_atomic(path: Path, value: Any) -> None:
     """Write JSON to ``path`` through a temporary file and a rename, so a crash leaves the old file."""
     tmp = path.with_name(path.name + ".tmp")
@@ -140,6 +161,7 @@ def write_json_atomic(path: Path, value: Any) -> None:
     os.replace(tmp, path)
 
 
+@_removes_tmp_on_failure
 def save_atomic(obj: Any, path: Path) -> None:
     """``torch.save`` through a temporary file, flushed to disk, then renamed into place."""
     tmp = path.with_name(path.name + ".tmp")
