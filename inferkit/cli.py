@@ -470,7 +470,9 @@ def _number(value: Any) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the app, turning user mistakes into one ``error:`` line and exit code 2."""
     try:
-        app(args=argv, standalone_mode=False)
+        code = app(args=argv, standalone_mode=False)
+        if code == 130:  # typer's exit code for a KeyboardInterrupt inside a command
+            raise KeyboardInterrupt
     except UserError as exc:
         err_console.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
         return 2

@@ -96,7 +96,7 @@ def _eight_bit(image: Image.Image) -> Image.Image:
     palettes expanded, CMYK converted), without clipping."""
     if image.mode in SIXTEEN_BIT_MODES:
         values = np.asarray(image, dtype=np.float64)
-        return Image.fromarray(np.clip(np.round(values * (255 / 65535)), 0, 255).astype(np.uint8), mode="L")
+        return Image.fromarray(np.clip(np.round(values * (255 / 65535)), 0, 255).astype(np.uint8))
     if image.mode in ("RGB", "RGBA", "L", "LA"):
         return image
     has_alpha = "A" in image.getbands() or "transparency" in image.info

@@ -28,8 +28,8 @@ from inferkit.interfaces import Inference, Latents, Model, Sampler
 from inferkit.options import Bounds
 
 MAX_STEPS = 100_000
-NumSteps = Annotated[int, Bounds(1, MAX_STEPS, "K is the gradient steps of each inference, each a forward and "
-                                               "backward pass, and K step sizes are stored")]
+NumSteps = Annotated[int, Bounds(maximum=MAX_STEPS, why="K is the gradient steps of each inference, each "
+                                                       "a forward and backward pass")]
 
 STEP_SIZE_LAYOUTS = ("shared", "layer", "step")
 

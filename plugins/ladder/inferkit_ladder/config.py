@@ -18,8 +18,8 @@ MAX_LATENT_DIM = 64
 MIN_IMAGE_SIZE = 8
 MAX_IMAGE_SIZE = 256
 MAX_NF = 1024
-Features = Annotated[int, Bounds(1, MAX_NF, "nf feature maps per layer: the parameters grow as nf * nf "
-                                            "and nf * image_size**2")]
+Features = Annotated[int, Bounds(maximum=MAX_NF, why="nf feature maps per layer: the parameters grow as "
+                                                    "nf * nf and nf * image_size**2")]
 
 
 def default_latent_dims(num_layers: int) -> tuple[int, ...]:
