@@ -204,16 +204,10 @@ def construct(cls: type, kwargs: dict[str, Any], *, what: str) -> Any:
         return cls(**kwargs)
     except UserError:
         raise
-    except (KeyboardInterrupt, SystemExit):
-        raise
-    except MemoryError:
-        raise UserError(f"{what} cannot allocate its memory with these options; give smaller sizes") from None
-    except RuntimeError as exc:
+    except Exception as exc:  # noqa: BLE001 - a broken plugin constructor must not crash the caller
         if is_out_of_memory(exc):
             raise UserError(f"{what} cannot allocate its memory with these options ({first_line(exc)}); "
                             "give smaller sizes") from None
-        raise UserError(f"{what} failed to build ({type(exc).__name__}: {first_line(exc)})") from None
-    except Exception as exc:  # noqa: BLE001 - a broken plugin constructor must not crash the caller
         raise UserError(f"{what} failed to build ({type(exc).__name__}: {first_line(exc)}); check its "
                         "options, or report it to the plugin's authors") from None
 
