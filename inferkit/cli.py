@@ -5,6 +5,7 @@ A user's mistake ends with one line ``error: ...``, exit code 2, and nothing wri
 
 from __future__ import annotations
 
+import os
 import secrets
 import time
 from pathlib import Path
@@ -23,7 +24,7 @@ from rich.table import Table
 from inferkit import distributed
 from inferkit.errors import TrainingInterrupted, UserError
 from inferkit.interfaces import require_compatible
-from inferkit.options import parse_assignments
+from inferkit.options import INT64_MAX, INT64_MIN, first_line, is_out_of_memory, parse_assignments, suggest
 from inferkit.registry import list_plugins
 from inferkit.runs import CHECKPOINT_FILE, CONFIG_FILE, check_model_trusted, PluginSpec, RunSpec, TrainConfig, build_objects, resolve_device
 from inferkit.runs import restore_checkpoint
@@ -39,7 +40,15 @@ _TRUST_HELP = ("import the pyro:MODULE:FUNCTION model the run's config.json name
                "trust)")
 
 
+PLUGIN_TABLES = ("model", "sampler", "tuner", "data")
+CONFIG_TABLES = (*PLUGIN_TABLES, "train")
+PLUGIN_KEYS = ("name", "options")
+MAX_SAMPLES = 4096
+
+
 def _read_toml(path: Path) -> dict[str, Any]:
+    """The TOML file ``path``, checked by :func:`_check_config`; an unreadable, non-UTF-8 or invalid
+    file is a :class:`UserError`."""
     try:
         import tomllib
     except ModuleNotFoundError:  # Python 3.10
@@ -47,19 +56,95 @@ def _read_toml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise UserError(f"config file {path} does not exist; give the path of a TOML file with --config")
     try:
-        return tomllib.loads(path.read_text())
+        text = path.read_bytes().decode("utf-8")
+    except OSError as exc:
+        raise UserError(f"config file {path} cannot be read ({exc.strerror or exc})") from None
+    except UnicodeDecodeError as exc:
+        raise UserError(f"config file {path} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at "
+                        f"position {exc.start}); save it as UTF-8") from None
+    try:
+        config = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise UserError(f"config file {path} is not valid TOML ({exc})") from None
+    _check_config(config, path)
+    return config
+
+
+def _check_config(config: dict[str, Any], path: Path) -> None:
+    """A :class:`UserError` naming the first table or key of a config file that nothing reads, or
+    a plugin table whose ``name`` or ``options`` has the wrong type (``[train]``'s keys are
+    checked with the training settings)."""
+    tables = ", ".join(f"[{t}]" for t in CONFIG_TABLES)
+    for key, value in config.items():
+        if key not in CONFIG_TABLES:
+            raise UserError(f"config file {path}: unknown table or key {key!r}{suggest(key, CONFIG_TABLES)}; "
+                            f"the tables are {tables}")
+        if not isinstance(value, dict):
+            raise UserError(f"config file {path}: {key} must be a table [{key}], got {value!r}")
+    for table in PLUGIN_TABLES:
+        section = config.get(table, {})
+        for key in section:
+            if key not in PLUGIN_KEYS:
+                raise UserError(f"config file {path}: key {key!r} in [{table}] is not read; [{table}] takes "
+                                f"name and options, so write plugin options under [{table}.options] "
+                                f"({key} = ... there)")
+        if "name" in section and not (isinstance(section["name"], str) and section["name"].strip()):
+            raise UserError(f"config file {path}: [{table}] name must be a plugin name in quotes "
+                            f"(see `inferkit list`), got {section['name']!r}")
+        if not isinstance(section.get("options", {}), dict):
+            raise UserError(f"config file {path}: [{table}] options must be a table [{table}.options] of "
+                            f"key = value, got {section['options']!r}")
 
 
 def _plugin_from(config: dict[str, Any], key: str, name: str | None, default: str, options: list[str],
                  flag: str) -> PluginSpec:
+    """The ``key`` plugin: ``name`` given on the command line, else the config file's, else
+    ``default``; options from the config file updated by the ``flag`` (``--model-opt``) ones. A
+    data set's ``data_dir`` is made absolute, so the run folder works from any directory."""
     section = config.get(key, {})
-    if not isinstance(section, dict):
-        raise UserError(f"config file: [{key}] must be a table with name and options")
+    chosen = name if name is not None else section.get("name", default)
+    if not chosen.strip():
+        raise UserError(f"{flag.removesuffix('-opt')} is empty; name a {key} plugin (see `inferkit list`)")
     merged = dict(section.get("options", {}))
     merged.update(parse_assignments(options, flag))
-    return PluginSpec(name=name or section.get("name", default), options=merged)
+    if key == "data" and isinstance(merged.get("data_dir"), str) and merged["data_dir"].strip():
+        merged["data_dir"] = _absolute(merged["data_dir"])
+    return PluginSpec(name=chosen, options=merged)
+
+
+def _absolute(path: str | os.PathLike[str]) -> str:
+    """``path`` with ``~`` expanded, made absolute against the current directory."""
+    return str(Path(path).expanduser().resolve())
+
+
+def check_output_folder(folder: Path, flag: str) -> None:
+    """A :class:`UserError` unless ``folder`` is a folder this process can write into, or can be
+    created inside one (its nearest existing ancestor)."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        what = "is a file" if existing == folder else f"lies inside the file {existing}"
+        raise UserError(f"{flag} {folder} {what}, not a folder; give the path of a new or empty folder")
+    if not writable(existing):
+        raise UserError(f"{flag} {folder}: cannot write into {existing} (read-only); give a folder you can "
+                        "write to")
+
+
+def check_output_file(path: Path, flag: str) -> None:
+    """A :class:`UserError` unless ``path`` can be written: not a folder, in an existing writable folder."""
+    if path.is_dir():
+        raise UserError(f"{flag} {path} is a folder; give a file name such as {path / 'samples.png'}")
+    parent = path.parent
+    if not parent.is_dir():
+        raise UserError(f"{flag} {path}: folder {parent} does not exist; create it first or give another path")
+    if not writable(parent):
+        raise UserError(f"{flag} {path}: cannot write into {parent} (read-only); give a path you can write to")
+
+
+def writable(folder: Path) -> bool:
+    """True when this process may create files in the existing ``folder``."""
+    return os.access(folder, os.W_OK | os.X_OK)
 
 
 def _load_run(run: Path, model_name: str | None = None, trust_code: bool = False):
@@ -149,7 +234,7 @@ def _run(model, sampler, tuner, data, data_dir, model_opt, sampler_opt, tuner_op
     file_config = _read_toml(config) if config is not None else {}
     data_spec = _plugin_from(file_config, "data", data, "shapes", data_opt, "--data-opt")
     if data_dir is not None:
-        data_spec.options["data_dir"] = str(data_dir)
+        data_spec.options["data_dir"] = _absolute(data_dir)
     sampler_spec = _plugin_from(file_config, "sampler", sampler, "shortrun", sampler_opt, "--sampler-opt")
     spec = RunSpec(
         model=_plugin_from(file_config, "model", model, "ladder", model_opt, "--model-opt"),
@@ -172,6 +257,7 @@ def _run(model, sampler, tuner, data, data_dir, model_opt, sampler_opt, tuner_op
         raise UserError(f"dataset {spec.data.name!r} is generated by inferkit and takes no --data-dir")
     run_dir = out or _default_run_dir(spec)
     run_dir = distributed.broadcast_from_main(run_dir)  # one folder for all processes
+    check_output_folder(run_dir, "--out")
     check_new_run_folder(run_dir)  # early, before building; checked again under the folder's lock
     distributed.barrier()  # every process has checked the folder before rank 0 writes into it
     data_obj, model_obj, sampler_obj, tuner_obj = build_objects(spec)
@@ -260,11 +346,16 @@ def list_command() -> None:
     """Every installed plugin by group, with its distribution and whether it imports."""
     table = Table(title="inferkit plugins")
     for column in ("group", "name", "distribution", "target", "status"):
-        table.add_column(column)
-    for info in list_plugins():
-        status = "[green]ok[/green]" if info.ok else f"[red]error: {info.error}[/red]"
+        table.add_column(column, overflow="fold")
+    plugins = list_plugins()
+    for info in plugins:
+        status = "[green]ok[/green]" if info.ok else "[red]error (below)[/red]"
         table.add_row(info.kind, info.name, info.distribution, info.target, status)
     console.print(table)
+    for info in plugins:  # whole messages, never cut to the table's width
+        if not info.ok:
+            console.print(f"{info.kind} {info.name} ({info.distribution}): error: {info.error}", markup=False,
+                          highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -279,18 +370,38 @@ def sample(
     """Draw ancestral samples from a trained model and save them as a PNG grid."""
     from inferkit.images import is_image_shape, save_grid
 
-    if num < 1:
-        raise UserError(f"--num must be a positive integer, got {num}")
+    if not 1 <= num <= MAX_SAMPLES:
+        raise UserError(f"--num must be between 1 and {MAX_SAMPLES} (the samples form one PNG grid; draw "
+                        f"more grids with other --seed values), got {num}")
+    _check_seed(seed)
+    path = output or run / "samples.png"
     _, _, model, _, _, _ = _load_run(run, model_name, trust_code)
+    check_output_file(path, "--output")
     if not is_image_shape(tuple(model.data_shape)):
         raise UserError(f"model data of shape {tuple(model.data_shape)} are not images; nothing to draw")
-    with torch.no_grad():
-        images = model.sample(num, generator=torch.Generator().manual_seed(seed))
-    path = save_grid(images, output or run / "samples.png")
+    images = _draw(model, num, seed)
+    path = save_grid(images, path)
     console.print(f"wrote {path}")
 
 
-# ---- eval (issue 7) -------------------------------------------------------------------------------
+def _check_seed(seed: int) -> None:
+    """A :class:`UserError` for a ``--seed`` beyond the 64-bit integers that torch seeds with."""
+    if not INT64_MIN <= seed <= INT64_MAX:
+        raise UserError(f"--seed must fit in 64 bits ({INT64_MIN} to {INT64_MAX}), got {seed}")
+
+
+def _draw(model, num: int, seed: int) -> torch.Tensor:
+    """``num`` ancestral samples; memory they cannot get is a :class:`UserError`."""
+    try:
+        with torch.no_grad():
+            return model.sample(num, generator=torch.Generator().manual_seed(seed))
+    except (RuntimeError, MemoryError) as exc:
+        if not is_out_of_memory(exc):
+            raise
+        raise UserError(f"cannot allocate {num} samples ({first_line(exc)}); lower --num") from None
+
+
+# ---- eval -------------------------------------------------------------------------------
 @app.command("eval")
 def eval_command(
     run: Path = typer.Argument(..., help="run folder"),
@@ -332,7 +443,11 @@ def eval_command(
                         inception_weights=str(inception_weights) if inception_weights is not None else None,
                         figures=figures)
     config.validate()
+    _check_seed(seed)
     spec, data, model, sampler, _, state = _load_run(run, model_name, trust_code)
+    check_output_folder(run, "eval: run folder")  # before hours of evaluation, not after
+    if classifier is not None and not classifier.exists():
+        check_output_file(classifier, "--classifier")
     target = resolve_device(device or spec.train.device)
     model.to(target)
     sampler.to(target)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from pathlib import Path
@@ -10,6 +11,8 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
+
+from inferkit.errors import UserError
 
 
 def is_image_shape(shape: tuple[int, ...]) -> bool:
@@ -33,9 +36,17 @@ def grid(images: Tensor, *, nrow: int | None = None, padding: int = 2) -> np.nda
 
 
 def save_grid(images: Tensor, path: str | os.PathLike[str], *, nrow: int | None = None) -> Path:
-    """Write an image grid as PNG (atomically: a temporary file renamed into place)."""
+    """Write an image grid as PNG (atomically: a temporary file renamed into place). A failed write
+    (disk full, no permission, missing folder) removes the temporary file and is a :class:`UserError`."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    Image.fromarray(grid(images, nrow=nrow)).save(tmp, format="PNG")
-    os.replace(tmp, path)
+    array = grid(images, nrow=nrow)
+    try:
+        Image.fromarray(array).save(tmp, format="PNG")
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise UserError(f"cannot write {path} ({exc.strerror or exc}); check the free space and the "
+                        f"permissions of {path.parent}") from None
     return path

@@ -1,4 +1,10 @@
-"""Plugin options: ``key=value`` strings coerced by the plugin constructor's type annotations."""
+"""Plugin options: ``key=value`` strings coerced by the plugin constructor's type annotations.
+
+A constructor may bound a number with ``typing.Annotated``, e.g.
+``num_steps: Annotated[int, Bounds(1, 100_000, "each step is a forward and backward pass")]``:
+a value outside is refused when the option is coerced, before anything is built. Every integer
+option must fit in 64 bits (what torch and numpy hold).
+"""
 
 from __future__ import annotations
 
@@ -7,9 +13,38 @@ import inspect
 import math
 import types
 import typing
+from dataclasses import dataclass
 from typing import Any
 
 from inferkit.errors import UserError
+
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """The range an ``Annotated`` numeric option must lie in, and why (shown to the user)."""
+
+    minimum: float | None = None
+    maximum: float | None = None
+    why: str = ""
+
+    def check(self, value: Any) -> Any:
+        """``value`` itself, or a ``ValueError`` saying the range (and why) when it is outside."""
+        if (self.minimum is not None and value < self.minimum) or (self.maximum is not None
+                                                                    and value > self.maximum):
+            low = "" if self.minimum is None else f"at least {self.minimum:g}"
+            high = "" if self.maximum is None else f"at most {self.maximum:g}"
+            reason = f": {self.why}" if self.why else ""
+            raise ValueError(f"must be {' and '.join(p for p in (low, high) if p)}{reason}")
+        return value
+
+
+def _int64(value: int) -> int:
+    """``value``, or a ``ValueError`` when it does not fit in a signed 64-bit integer."""
+    if not INT64_MIN <= value <= INT64_MAX:
+        raise ValueError(f"{value} does not fit in a 64-bit integer")
+    return value
 
 
 def suggest(name: str, choices: typing.Iterable[str]) -> str:
@@ -43,7 +78,7 @@ def _parse_scalar(text: str, kind: type) -> Any:
             raise ValueError(f"not a finite number: {text!r}")
         return value
     if kind is int:
-        return int(text)
+        return _int64(int(text))
     if kind is str:
         return text
     raise ValueError(f"cannot parse {kind}")
@@ -57,6 +92,13 @@ def _split_list(text: str) -> list[str]:
 def coerce(value: Any, annotation: Any) -> Any:
     """Convert ``value`` (a string from the command line, or a TOML value) to ``annotation``."""
     origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        base, *extras = typing.get_args(annotation)
+        value = coerce(value, base)
+        for extra in extras:
+            if isinstance(extra, Bounds) and isinstance(value, (int, float)):
+                extra.check(value)
+        return value
     if origin in (typing.Union, types.UnionType):
         members = [a for a in typing.get_args(annotation) if a is not type(None)]
         if (value is None or (isinstance(value, str) and value.lower() in ("none", ""))) \
@@ -111,7 +153,7 @@ def coerce(value: Any, annotation: Any) -> Any:
                 raise ValueError(f"not a finite number: {value!r}")
             return float(value)
         if annotation is int and isinstance(value, int) and not isinstance(value, bool):
-            return value
+            return _int64(value)
         if isinstance(value, annotation) and not (isinstance(value, bool) and annotation is not bool):
             return value
         raise ValueError(f"expected {annotation.__name__}, got {value!r}")
@@ -119,8 +161,8 @@ def coerce(value: Any, annotation: Any) -> Any:
 
 
 def option_types(cls: type) -> dict[str, Any]:
-    """Keyword options of ``cls`` with their annotations and defaults."""
-    hints = typing.get_type_hints(cls.__init__)
+    """Keyword options of ``cls`` with their annotations (``Annotated`` bounds kept) and defaults."""
+    hints = typing.get_type_hints(cls.__init__, include_extras=True)
     signature = inspect.signature(cls.__init__)
     return {name: (hints.get(name, str), param.default)
             for name, param in signature.parameters.items()
@@ -139,9 +181,44 @@ def build(cls: type, options: dict[str, Any], *, what: str) -> Any:
         try:
             kwargs[key] = coerce(raw, annotation)
         except (ValueError, TypeError) as exc:
-            raise UserError(f"{what} option {key}={raw!r} is not valid ({exc}); expected {annotation}") from None
+            raise UserError(f"{what} option {key}={raw!r} is not valid ({exc}); expected "
+                            f"{describe(annotation)}") from None
     missing = [name for name, (_, default) in known.items()
                if default is inspect.Parameter.empty and name not in kwargs]
     if missing:
         raise UserError(f"{what} needs the option(s) {', '.join(missing)}; give them as key=value")
-    return cls(**kwargs)
+    return construct(cls, kwargs, what=what)
+
+
+def describe(annotation: Any) -> str:
+    """An annotation as a user reads it: ``int``, ``float | tuple[float, ...]``."""
+    if typing.get_origin(annotation) is typing.Annotated:
+        annotation = typing.get_args(annotation)[0]
+    return annotation.__name__ if isinstance(annotation, type) else str(annotation).replace("typing.", "")
+
+
+def construct(cls: type, kwargs: dict[str, Any], *, what: str) -> Any:
+    """``cls(**kwargs)``; memory it cannot allocate, or any other failure of the constructor, is a
+    :class:`UserError` naming ``what`` (a plugin's own :class:`UserError` passes unchanged)."""
+    try:
+        return cls(**kwargs)
+    except UserError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a broken plugin constructor must not crash the caller
+        if is_out_of_memory(exc):
+            raise UserError(f"{what} cannot allocate its memory with these options ({first_line(exc)}); "
+                            "give smaller sizes") from None
+        raise UserError(f"{what} failed to build ({type(exc).__name__}: {first_line(exc)}); check its "
+                        "options, or report it to the plugin's authors") from None
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """True for a ``MemoryError`` or torch's "can't allocate memory" / "out of memory" errors."""
+    text = str(exc).lower()
+    return isinstance(exc, MemoryError) or "can't allocate memory" in text or "out of memory" in text
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message, shortened when torch adds pages of detail."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text if len(text) <= 200 else text[:197] + "..."

@@ -5,13 +5,18 @@ inferkit's own built-ins are registered the same way, in its ``pyproject.toml``.
 
 from __future__ import annotations
 
+import inspect
 import traceback
+import warnings
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
 from inferkit.errors import UserError
+from inferkit.interfaces import Model, Sampler, Tuner
 from inferkit.options import build, suggest
+
+BUILTIN_DISTRIBUTION = "inferkit"
 
 GROUPS = {
     "model": "inferkit.models",
@@ -36,8 +41,75 @@ class PluginInfo:
         return self.error is None
 
 
+def _distribution(ep: EntryPoint) -> str:
+    return ep.dist.name if ep.dist is not None else "?"
+
+
+def _all_entry_points(kind: str) -> list[EntryPoint]:
+    """Every entry point of the ``kind`` group, duplicate names included, built-ins first."""
+    found = list(entry_points(group=GROUPS[kind]))
+    return sorted(found, key=lambda ep: _distribution(ep) != BUILTIN_DISTRIBUTION)
+
+
+def _resolve(kind: str) -> tuple[dict[str, EntryPoint], list[tuple[EntryPoint, EntryPoint]]]:
+    """The entry points of the ``kind`` group by name, and the ``(ignored, winner)`` pairs of names
+    given twice: the built-in one (from the ``inferkit`` distribution) wins, else the first found."""
+    chosen: dict[str, EntryPoint] = {}
+    ignored = []
+    for ep in _all_entry_points(kind):
+        if ep.name in chosen:
+            ignored.append((ep, chosen[ep.name]))
+        else:
+            chosen[ep.name] = ep
+    return chosen, ignored
+
+
+def _shadow_message(kind: str, loser: EntryPoint, winner: EntryPoint) -> str:
+    return (f"{kind} {loser.name!r} of distribution {_distribution(loser)!r} ({loser.value}) is ignored: "
+            f"the name is taken by {_distribution(winner)!r} ({winner.value}); rename the plugin's entry point")
+
+
 def _entry_points(kind: str) -> dict[str, EntryPoint]:
-    return {ep.name: ep for ep in entry_points(group=GROUPS[kind])}
+    """The entry points of the ``kind`` group by name (see :func:`_resolve`), warning about each
+    entry point ignored because another took its name."""
+    chosen, ignored = _resolve(kind)
+    for loser, winner in ignored:
+        warnings.warn(_shadow_message(kind, loser, winner), stacklevel=3)
+    return chosen
+
+
+BASES = {"model": Model, "sampler": Sampler, "tuner": Tuner}
+
+
+def _check_class(kind: str, name: str, cls: Any) -> None:
+    """A :class:`UserError` unless ``cls`` is a concrete subclass of the group's interface."""
+    where = f"{kind} plugin {name!r}"
+    if not inspect.isclass(cls):
+        raise UserError(f"{where} is {type(cls).__name__} {cls!r}, not a class; its entry point must name "
+                        "a class")
+    if kind in BASES and not issubclass(cls, BASES[kind]):
+        base = BASES[kind].__name__
+        raise UserError(f"{where} ({cls.__module__}.{cls.__qualname__}) is not an inferkit.{base}; it must "
+                        f"subclass inferkit.{base}")
+    if inspect.isabstract(cls):
+        missing = ", ".join(sorted(cls.__abstractmethods__))
+        raise UserError(f"{where} ({cls.__module__}.{cls.__qualname__}) does not implement {missing}; "
+                        "the plugin is incomplete, update or report it")
+
+
+def _load_entry_point(kind: str, ep: EntryPoint) -> type:
+    """The class behind ``ep``, checked; any failure while importing it (a ``sys.exit`` too, but
+    not Ctrl-C) is a :class:`UserError`."""
+    try:
+        cls = ep.load()
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - a broken plugin must not crash the caller
+        reason = traceback.format_exception_only(type(exc), exc)[-1].strip()
+        raise UserError(f"{kind} plugin {ep.name!r} failed to import ({reason}); reinstall it or see "
+                        "`inferkit list`") from None
+    _check_class(kind, ep.name, cls)
+    return cls
 
 
 def plugin_class(kind: str, name: str) -> type:
@@ -52,11 +124,7 @@ def plugin_class(kind: str, name: str) -> type:
         names = ", ".join(sorted(available)) or "none installed"
         raise UserError(f"unknown {kind} {name!r}{suggest(name, available)}; installed {kind}s: {names} "
                         "(see `inferkit list`)")
-    try:
-        return available[name].load()
-    except Exception as exc:  # noqa: BLE001 - a broken plugin must not crash the caller
-        raise UserError(f"{kind} plugin {name!r} failed to import ({type(exc).__name__}: {exc}); "
-                        "reinstall it or see `inferkit list`") from None
+    return _load_entry_point(kind, available[name])
 
 
 def load(kind: str, name: str, **options: Any) -> Any:
@@ -85,15 +153,18 @@ def load_dataset(name: str, **options: Any):
 
 
 def list_plugins() -> list[PluginInfo]:
-    """Every registered plugin of every group, each imported to report its status."""
+    """Every registered plugin of every group, each imported and checked to report its status; an
+    entry point whose name another one took is listed with that as its error."""
     found = []
     for kind in GROUPS:
-        for name, ep in sorted(_entry_points(kind).items()):
-            dist = ep.dist.name if ep.dist is not None else "?"
-            try:
-                ep.load()
-                error = None
-            except Exception as exc:  # noqa: BLE001 - report any import failure, never raise
-                error = traceback.format_exception_only(type(exc), exc)[-1].strip()
-            found.append(PluginInfo(kind, name, ep.value, dist, error))
+        chosen, ignored = _resolve(kind)
+        entries = [(ep, None) for ep in chosen.values()] + [(ep, _shadow_message(kind, ep, winner))
+                                                             for ep, winner in ignored]
+        for ep, error in sorted(entries, key=lambda entry: entry[0].name):
+            if error is None:
+                try:
+                    _load_entry_point(kind, ep)
+                except UserError as exc:
+                    error = str(exc)
+            found.append(PluginInfo(kind, ep.name, ep.value, _distribution(ep), error))
     return found

@@ -11,7 +11,9 @@ user names it again or trusts the folder (:meth:`RunSpec.load`).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import inspect
 import json
 import math
@@ -19,18 +21,20 @@ import os
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 
 from inferkit.acceleration import check_precision
 from inferkit.errors import UserError
 from inferkit.interfaces import require_compatible
-from inferkit.options import build, coerce, option_types, suggest
+from inferkit.options import Bounds, build, coerce, option_types, suggest
 from inferkit.registry import plugin_class
 
 CONFIG_FILE = "config.json"
 CHECKPOINT_FILE = "checkpoint.pt"
+
+LearningRate = Annotated[float, Bounds(maximum=1.0, why="Adam moves every parameter by about this much per step")]
 
 
 @dataclass
@@ -39,7 +43,7 @@ class TrainConfig:
 
     iterations: int = 300
     batch_size: int = 32
-    learning_rate: float = 1e-3
+    learning_rate: LearningRate = 1e-3
     lr_milestones: tuple[float, ...] = (0.6, 0.85)
     """Fractions of the schedule (``schedule_iterations``) at which the learning rate is multiplied by
     ``lr_gamma``."""
@@ -214,11 +218,29 @@ def write_text_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def _removes_tmp_on_failure(write):
+    """Decorate an atomic writer of ``path`` (through ``PATH.tmp``): an ``OSError`` (disk full, no
+    permission) removes the partial ``PATH.tmp`` and becomes ``UserError("cannot write PATH (reason)")``."""
+    @functools.wraps(write)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        path = Path(inspect.signature(write).bind(*args, **kwargs).arguments["path"])
+        try:
+            return write(*args, **kwargs)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                path.with_name(path.name + ".tmp").unlink(missing_ok=True)
+            raise UserError(f"cannot write {path} ({exc.strerror or exc}); check the free space and the "
+                            f"permissions of {path.parent}") from None
+    return wrapper
+
+
+@_removes_tmp_on_failure
 def write_json_atomic(path: Path, value: Any) -> None:
     """Write strict JSON (:func:`strict_json`) to ``path`` through a temporary file and a rename."""
     write_text_atomic(path, strict_json(value, indent=2) + "\n")
 
 
+@_removes_tmp_on_failure
 def save_atomic(obj: Any, path: Path) -> None:
     """``torch.save`` through a temporary file, flushed to disk, then renamed into place."""
     tmp = path.with_name(path.name + ".tmp")

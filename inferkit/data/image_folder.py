@@ -7,8 +7,10 @@ relative path, so the file list is the same on every machine. ``max_images`` > 0
 first that many; ``num_test`` of them (0: 10 %, at most 1000) go to the test split, chosen by a
 permutation seeded with ``seed``; both splits keep sorted file order.
 
-Each image is opened with Pillow (EXIF orientation applied), converted to ``RGB`` or ``L``
-(``channels`` 3 or 1), its centre square (side = the short side) is resized to
+Only regular files are listed (a FIFO or device named ``*.png`` is skipped; a link to an image is
+followed). Each image is opened with Pillow (EXIF orientation applied); 16-bit grayscale is
+scaled by its bit depth (65535 is white), a palette is expanded, transparent pixels are
+composited onto white, CMYK is converted; then it becomes ``RGB`` or ``L`` (``channels`` 3 or 1), its centre square (side = the short side) is resized to
 ``image_size`` x ``image_size`` with a Lanczos filter (the same as resizing the short side to
 ``image_size`` and centre-cropping), and pixels are mapped to ``[-1, 1]`` as for MNIST:
 ``x = 2 * v / 255 - 1``. Items are ``[C, H, W]`` float32.
@@ -17,7 +19,7 @@ Two ways to read:
 
 * ``split.batch(indices)`` (what the trainer calls each iteration) decodes the requested
   files in parallel on a persistent :class:`concurrent.futures.ProcessPoolExecutor` of
-  ``num_workers`` processes (the trainer asks for iteration ``t + 1``'s batch on a background
+  ``num_workers`` processes (which exit when their parent dies, even by ``kill -9``) (the trainer asks for iteration ``t + 1``'s batch on a background
   thread while ``t`` computes, since the split is ``streaming``). Batches are asked for by index, so a pool
   that splits each batch into ``num_workers`` contiguous chunks fits it directly: there is no
   sampler order to hand to a ``DataLoader`` and no iterator to keep in step with resumes.
@@ -34,10 +36,15 @@ trainer's test examples read) decodes only the first ``n`` images.
 from __future__ import annotations
 
 import concurrent.futures
+import ctypes
 import multiprocessing
 import operator
 import os
+import signal
+import stat
 import sys
+import threading
+import time
 import weakref
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -58,6 +65,9 @@ __all__ = ["EXTENSIONS", "ImageFolderDataset", "ImageFolderSplit", "LazyImages",
 EXTENSIONS = (".jpg", ".jpeg", ".png")
 AUTO_TEST_FRACTION, AUTO_TEST_MAX = 0.1, 1000
 MAX_IMAGE_SIZE = 1024
+SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")  # how Pillow opens 16-bit grayscale PNGs
+PARENT_POLL_SECONDS = 0.5
+PR_SET_PDEATHSIG = 1
 
 
 def find_images(root: Path) -> list[str]:
@@ -67,10 +77,40 @@ def find_images(root: Path) -> list[str]:
     for folder, dirs, files in os.walk(root):
         dirs[:] = [d for d in dirs if not d.startswith(".")]
         for name in files:
-            if not name.startswith(".") and name.lower().endswith(EXTENSIONS):
-                found.append(os.path.relpath(os.path.join(folder, name), root))
+            path = os.path.join(folder, name)
+            if not name.startswith(".") and name.lower().endswith(EXTENSIONS) and _is_regular(path):
+                found.append(os.path.relpath(path, root))
     found.sort(key=lambda rel: Path(rel).as_posix())
     return [str(root / rel) for rel in found]
+
+
+def _is_regular(path: str) -> bool:
+    """True for a regular file (or a link to one): never a FIFO, socket or device, which would block."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
+def _eight_bit(image: Image.Image) -> Image.Image:
+    """``image`` as 8-bit ``RGB``, ``RGBA``, ``L`` or ``LA`` (16-bit grayscale scaled by its bit depth,
+    palettes expanded, CMYK converted), without clipping."""
+    if image.mode in SIXTEEN_BIT_MODES:
+        values = np.asarray(image, dtype=np.float64)
+        return Image.fromarray(np.clip(np.round(values * (255 / 65535)), 0, 255).astype(np.uint8))
+    if image.mode in ("RGB", "RGBA", "L", "LA"):
+        return image
+    has_alpha = "A" in image.getbands() or "transparency" in image.info
+    return image.convert("RGBA" if has_alpha else "RGB")
+
+
+def _on_white(image: Image.Image) -> Image.Image:
+    """An 8-bit image without alpha: transparent pixels composited onto white."""
+    if image.mode not in ("RGBA", "LA"):
+        return image
+    rgba = image.convert("RGBA")
+    background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    return Image.alpha_composite(background, rgba).convert("RGB")
 
 
 def load_image(path: str, image_size: int, channels: int) -> np.ndarray:
@@ -81,7 +121,7 @@ def load_image(path: str, image_size: int, channels: int) -> np.ndarray:
         with Image.open(path) as image:
             image.draft("RGB" if channels == 3 else "L", (image_size, image_size))  # JPEG: decode smaller
             image = ImageOps.exif_transpose(image)
-            image = image.convert("RGB" if channels == 3 else "L")
+            image = _on_white(_eight_bit(image)).convert("RGB" if channels == 3 else "L")
             w, h = image.size
             side = min(w, h)
             left, top = (w - side) / 2, (h - side) / 2
@@ -107,6 +147,26 @@ def _to_float(images: np.ndarray) -> Tensor:
     return x.mul_(2.0 / 255.0).sub_(1.0)
 
 
+def _exit_with_parent(parent: int, forked_by_main_thread: bool) -> None:
+    """Worker initializer: end this worker when the process that started it dies, even by
+    ``kill -9``. A thread watches ``os.getppid()`` (it changes once the parent is gone); on Linux
+    the kernel also sends SIGKILL, when the pool was started from the parent's main thread (the
+    signal follows the thread that forked, and other threads may end before the process)."""
+    if sys.platform.startswith("linux") and forked_by_main_thread:
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        except (OSError, AttributeError):
+            pass  # the thread below still ends the worker
+    threading.Thread(target=_watch_parent, args=(parent,), daemon=True, name="inferkit-parent-watch").start()
+
+
+def _watch_parent(parent: int) -> None:
+    """End this process at once when its parent ``parent`` is gone."""
+    while os.getppid() == parent:
+        time.sleep(PARENT_POLL_SECONDS)
+    os._exit(1)
+
+
 def _pool_context():
     # fork (Linux, as DataLoader does) starts workers at once; workers only use Pillow and numpy.
     if sys.platform.startswith("linux"):
@@ -129,7 +189,11 @@ class _Decoder:
 
     def pool(self) -> concurrent.futures.ProcessPoolExecutor:
         if self._pool is None:
-            self._pool = concurrent.futures.ProcessPoolExecutor(self.num_workers, mp_context=_pool_context())
+            # The workers are forked by this thread, at the first submit.
+            from_main = threading.current_thread() is threading.main_thread()
+            self._pool = concurrent.futures.ProcessPoolExecutor(self.num_workers, mp_context=_pool_context(),
+                                                                initializer=_exit_with_parent,
+                                                                initargs=(os.getpid(), from_main))
             self._finalizer = weakref.finalize(self, self._pool.shutdown, wait=False, cancel_futures=True)
         return self._pool
 

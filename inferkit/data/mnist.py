@@ -11,6 +11,7 @@ Images are ``[1, 28, 28]`` in ``[-1, 1]``; items carry ``label``.
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import zlib
 from pathlib import Path
@@ -31,6 +32,7 @@ FILES = {
     "test_images": "t10k-images-idx3-ubyte",
     "test_labels": "t10k-labels-idx1-ubyte",
 }
+NUM_CLASSES = 10
 TEST_ONLY_TRAIN = 8000  # train size when only the t10k files are present
 
 
@@ -64,7 +66,7 @@ def read_idx(path: str | os.PathLike[str], magic: int) -> np.ndarray:
     dims = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
     if any(d == 0 for d in dims):
         raise _corrupt(path, f"empty dimension in header {dims}")
-    expected = header + int(np.prod(dims, dtype=np.int64))
+    expected = header + math.prod(dims)  # Python ints: header dimensions cannot overflow
     if len(raw) != expected:
         kind = "truncated" if len(raw) < expected else "trailing bytes"
         raise _corrupt(path, f"{kind}: {len(raw)} bytes, header {dims} needs {expected}")
@@ -86,6 +88,9 @@ def _expected_files_message() -> str:
 def _load_pair(images_path: Path, labels_path: Path) -> tuple[np.ndarray, np.ndarray]:
     images = read_idx(images_path, IMAGE_MAGIC)
     labels = read_idx(labels_path, LABEL_MAGIC)
+    if labels.size and labels.max() >= NUM_CLASSES:
+        raise _corrupt(labels_path, f"label {int(labels.max())} at row {int(labels.argmax())}, but MNIST "
+                                    f"labels are 0 to {NUM_CLASSES - 1}")
     if images.shape[0] != labels.shape[0]:
         raise UserError(
             f"MNIST files {images_path.name} ({images.shape[0]} images) and {labels_path.name} "
@@ -174,4 +179,4 @@ class MNISTDataset(ImageData):
             name="test",
             source_index=torch.from_numpy(np.asarray(test_ids, dtype=np.int64)),
         )
-        super().__init__(train, test, num_classes=10)
+        super().__init__(train, test, num_classes=NUM_CLASSES)

@@ -27,6 +27,7 @@ from torch import Tensor
 from inferkit.errors import UserError
 from inferkit.interfaces import Inference, Latents, Model, Sampler
 from inferkit.samplers.encoders import model_reference
+from inferkit.samplers.shortrun import NumSteps
 
 STORE_PLACES = ("auto", "device", "cpu")
 DEVICE_STORE_FRACTION = 0.25  # store=auto keeps chains on the device up to this share of its free memory
@@ -52,7 +53,7 @@ class ABP(Sampler):
                                 "stopped, not from the prior p_0 = p(z), and J(s) is not their KL (set its step "
                                 "size by hand: --sampler-opt step_size=...)")
 
-    def __init__(self, num_steps: int = 30, step_size: float = 0.005, test_steps: int = 300, store: str = "auto"):
+    def __init__(self, num_steps: NumSteps = 30, step_size: float = 0.005, test_steps: int = 300, store: str = "auto"):
         super().__init__()
         self.num_steps = _positive_int("num_steps", num_steps)
         self.test_steps = _positive_int("test_steps", test_steps)

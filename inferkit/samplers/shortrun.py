@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import weakref
 from collections.abc import Callable, Sequence
+from typing import Annotated
 
 import torch
 from torch import Tensor
@@ -24,6 +25,11 @@ from torch import Tensor
 from inferkit.acceleration import check_compile, compile_function, uses_cuda_graphs
 from inferkit.errors import UserError
 from inferkit.interfaces import Inference, Latents, Model, Sampler
+from inferkit.options import Bounds
+
+MAX_STEPS = 100_000
+NumSteps = Annotated[int, Bounds(maximum=MAX_STEPS, why="K is the gradient steps of each inference, each "
+                                                       "a forward and backward pass")]
 
 STEP_SIZE_LAYOUTS = ("shared", "layer", "step")
 
@@ -42,7 +48,7 @@ class ShortRun(Sampler):
 
     noise_scale: float = 0.0  # multiplies sqrt(2 s) eps; 1 for Langevin
 
-    def __init__(self, num_steps: int = 20, step_size: float | tuple[float, ...] = 0.05, per: str = "shared",
+    def __init__(self, num_steps: NumSteps = 20, step_size: float | tuple[float, ...] = 0.05, per: str = "shared",
                  compile: str = "none", compile_backend: str = "inductor"):
         super().__init__()
         check_compile(compile, compile_backend)

@@ -38,7 +38,7 @@ from inferkit.errors import UserError
 from inferkit.interfaces import Inference, Latents, Model
 from inferkit.linalg import slogdet
 from inferkit.objective import hessians
-from inferkit.samplers.shortrun import ShortRun
+from inferkit.samplers.shortrun import NumSteps, ShortRun
 
 
 class ShortRunMomentum(ShortRun):
@@ -53,7 +53,7 @@ class ShortRunMomentum(ShortRun):
     stochastic_log_det_unsupported = ("the momentum flow's Jacobian does not factor into per-step "
                                       "determinants of the latent map; use logdet=stepwise or exact")
 
-    def __init__(self, num_steps: int = 20, step_size: float | tuple[float, ...] = 0.05, per: str = "shared",
+    def __init__(self, num_steps: NumSteps = 20, step_size: float | tuple[float, ...] = 0.05, per: str = "shared",
                  momentum: float = 0.5, nesterov: bool = False):
         super().__init__(num_steps=num_steps, step_size=step_size, per=per)
         if not (isinstance(momentum, (int, float)) and 0 <= momentum < 1):

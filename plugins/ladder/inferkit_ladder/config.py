@@ -8,14 +8,18 @@ import math
 import numbers
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 from inferkit.errors import UserError
+from inferkit.options import Bounds
 
 PARAMETERIZATIONS = ("centered", "whitened")
 MAX_LATENT_DIM = 64
 MIN_IMAGE_SIZE = 8
 MAX_IMAGE_SIZE = 256
+MAX_NF = 1024
+Features = Annotated[int, Bounds(maximum=MAX_NF, why="nf feature maps per layer: the parameters grow as "
+                                                    "nf * nf and nf * image_size**2")]
 
 
 def default_latent_dims(num_layers: int) -> tuple[int, ...]:

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from inferkit.errors import UserError
 from inferkit.interfaces import Latents, UnnormalizedModel
-from inferkit_ladder.config import _int, _positive_float
+from inferkit_ladder.config import Features, _int, _positive_float
 from inferkit_ladder.model import LadderModel
 
 
@@ -58,7 +58,7 @@ class LadderEBM(LadderModel, UnnormalizedModel):
         *,
         num_layers: int = 3,
         latent_dims: tuple[int, ...] = (),
-        nf: int = 16,
+        nf: Features = 16,
         image_size: int = 32,
         channels: int = 3,
         observation_sigma: float = 0.3,

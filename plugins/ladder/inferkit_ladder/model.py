@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from inferkit.errors import UserError
 from inferkit.interfaces import Latents, Model
-from inferkit_ladder.config import LadderConfig, _positive_float
+from inferkit_ladder.config import Features, LadderConfig, _positive_float
 
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 
@@ -107,7 +107,7 @@ class LadderModel(Model):
         *,
         num_layers: int = 3,
         latent_dims: tuple[int, ...] = (),
-        nf: int = 16,
+        nf: Features = 16,
         image_size: int = 32,
         channels: int = 3,
         observation_sigma: float = 0.3,
