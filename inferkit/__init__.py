@@ -13,7 +13,7 @@ from inferkit.interfaces import (
     Tuner,
     TuneResult,
 )
-from inferkit.objective import flow_log_density, kl_objective
+from inferkit.objective import KLObjective, LogDetEstimator, flow_log_density, kl_objective
 from inferkit.registry import list_plugins, load_dataset, load_model, load_sampler, load_tuner
 
 __all__ = [
@@ -22,7 +22,9 @@ __all__ = [
     "HasLogNormalizerGradient",
     "HasObservationNoise",
     "Inference",
+    "KLObjective",
     "Latents",
+    "LogDetEstimator",
     "Model",
     "Sampler",
     "TuneResult",

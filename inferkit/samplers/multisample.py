@@ -26,6 +26,7 @@ import math
 
 import torch
 from torch import Tensor
+from torch.distributions import constraints
 
 from inferkit.errors import UserError
 from inferkit.interfaces import Inference, Model, Sampler
@@ -64,9 +65,7 @@ class MultiSampleBernoulli(Sampler):
     """
 
     name = "multisample"
-    kl_objective_unsupported = ("its latents are binary and q(z|x) is an amortized Bernoulli encoder trained "
-                                "with the model; there is no step size to tune")
-    latent_supports = ("binary",)
+    latent_supports = (constraints.boolean,)
     uses_every_parameter = False  # pre-training phases train the encoder/decoder, then the RBM alone
 
     def __init__(self, num_samples: int = 50, hidden: tuple[int, ...] = (200, 200, 100, 100),
