@@ -1,9 +1,11 @@
 """The contracts every inferkit plugin keeps (see DESIGN.md).
 
 A :class:`Model` defines ``log p(x, z)``; a :class:`Sampler` turns data ``x`` into
-latent samples ``z ~ q(z | x)``; a :class:`Tuner` sets a sampler's hyperparameters
-by minimising ``J(s) = KL(q_s || p(z|x)) - log p(x)`` through
-:func:`inferkit.kl_objective`.
+latent samples ``z ~ q(z | x)``; a :class:`GradientFlow` is a sampler whose K-step flow
+``z_K = F_s(z_0)`` from the prior takes its hyperparameters ``s`` as arguments; a :class:`Tuner`
+chooses a sampler's hyperparameters, e.g. by minimising ``J(s) = KL(q_s || p(z|x)) - log p(x)``
+through :func:`inferkit.kl_objective`, and returns them as a :class:`TuneResult` for the caller to
+apply with :meth:`Sampler.set_hyperparameters`.
 """
 
 from __future__ import annotations
