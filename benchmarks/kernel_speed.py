@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 import inferkit
-from inferkit import Model, kl_objective
+from inferkit import LogDetEstimator, Model, kl_objective
 from inferkit.models.linear_gaussian import LinearGaussian
 from inferkit.samplers import Langevin, ShortRun
 
@@ -252,8 +252,9 @@ def measure_objective(model: Model, step_size: float, batch: int, num_steps: int
     result = {"K": num_steps, "batch": batch}
     for logdet in ("stepwise", "exact"):
         def run(logdet=logdet):
-            kl_objective(model, sampler, x, logdet=logdet, differentiable=False,
-                         generator=torch.Generator(device=device).manual_seed(0))
+            with torch.no_grad():
+                kl_objective(model, sampler, x, estimator=LogDetEstimator(logdet),
+                             generator=torch.Generator(device=device).manual_seed(0))
         try:
             run()  # warm-up (first use of torch.func compiles decompositions)
             result[f"{logdet}_s"] = statistics.median(timed(run, device) for _ in range(reps))

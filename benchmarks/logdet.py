@@ -24,7 +24,7 @@ import time
 import torch
 
 import inferkit
-from inferkit.objective import kl_objective
+from inferkit.objective import LogDetEstimator, kl_objective
 from inferkit.tuners.kl_grid import KLGrid
 
 SIZES = {
@@ -40,10 +40,11 @@ def evaluate(model, sampler, x, logdet, options, check_invertible=False):
     """Seconds, J and info of one evaluation. ``exact`` is timed bare (Jacobian of F and slogdet,
     ``check_invertible=False``); its per-step eigenvalue check is timed as its own row."""
     start = time.perf_counter()
-    value, info = kl_objective(model, sampler, x, logdet=logdet, generator=torch.Generator().manual_seed(0),
-                               return_info=True, differentiable=False, check_invertible=check_invertible,
-                               **options)
-    return time.perf_counter() - start, value, info
+    with torch.no_grad():
+        result = kl_objective(model, sampler, x, estimator=LogDetEstimator(logdet, check_invertible=check_invertible,
+                                                                           **options),
+                              generator=torch.Generator().manual_seed(0))
+    return time.perf_counter() - start, result.objective, result.info
 
 
 def main() -> None:
@@ -110,9 +111,8 @@ def main() -> None:
         chosen = {}
         for name in ("exact", "stochastic"):
             tuned = inferkit.load_sampler("shortrun", num_steps=args.steps, step_size=args.step_size)
-            KLGrid(grid=grid, logdet=name, batch_size=args.batch, **options).tune(
-                model, tuned, x)
-            chosen[name] = tuned.step_size.item()
+            result = KLGrid(grid=grid, logdet=name, batch_size=args.batch, **options).tune(model, tuned, x)
+            chosen[name] = result.hyperparameters["step_size"].item()
         row["grid"] = {"grid": grid, "chosen": chosen, "same": chosen["exact"] == chosen["stochastic"]}
         print(f"kl-grid over {[round(g, 5) for g in grid]}: exact picks {chosen['exact']:.4g}, "
               f"stochastic picks {chosen['stochastic']:.4g}")

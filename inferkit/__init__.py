@@ -15,7 +15,7 @@ from inferkit.interfaces import (
     TuneResult,
     UnnormalizedModel,
 )
-from inferkit.objective import flow_log_density, kl_objective
+from inferkit.objective import KLObjective, LogDetEstimator, flow_log_density, kl_objective
 from inferkit.registry import list_plugins, load_dataset, load_model, load_sampler, load_tuner
 
 __all__ = [
@@ -25,7 +25,9 @@ __all__ = [
     "HasLayerConditionals",
     "HasObservationNoise",
     "Inference",
+    "KLObjective",
     "Latents",
+    "LogDetEstimator",
     "Model",
     "Sampler",
     "TuneResult",

@@ -506,6 +506,7 @@ def tune(
         options = {**options, **parse_assignments(tuner_opt, "--tuner-opt")}
         run_tuner = load_tuner(tuner or spec.tuner.name, **options)
     result = run_tuner.tune(model, sampler, data.test.x[:num_examples])
+    sampler.set_hyperparameters(result.hyperparameters)
     chosen = {k: v.tolist() for k, v in result.hyperparameters.items()}
     names = [name for name in chosen if any(name in point for point in result.history)]
     table = Table(title=f"tuner on {run}")
@@ -518,7 +519,7 @@ def tune(
     shown = ", ".join(f"{k} = {_number(v)}" for k, v in chosen.items())
     console.print(f"chosen: {shown}  J = {result.objective:.6g}", markup=False, highlight=False)
     record = {"iteration": int(state.get("iteration", 0)), "objective": result.objective,
-              "hyperparameters": chosen, "per": getattr(sampler, "per", None), "history": result.history}
+              "hyperparameters": chosen, "per": result.per, "history": result.history}
     write_json_atomic(run / "tune.json", record)
     figure = output or run / "tune.png"
     name = tuner or spec.tuner.name

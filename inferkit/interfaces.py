@@ -1,15 +1,17 @@
 """The contracts every inferkit plugin keeps (see DESIGN.md).
 
 A :class:`Model` defines ``log p(x, z)``; a :class:`Sampler` turns data ``x`` into
-latent samples ``z ~ q(z | x)``; a :class:`Tuner` sets a sampler's hyperparameters
-by minimising ``J(s) = KL(q_s || p(z|x)) - log p(x)`` through
-:func:`inferkit.kl_objective`.
+latent samples ``z ~ q(z | x)``; a :class:`GradientFlow` is a sampler whose K-step flow
+``z_K = F_s(z_0)`` from the prior takes its hyperparameters ``s`` as arguments; a :class:`Tuner`
+chooses a sampler's hyperparameters, e.g. by minimising ``J(s) = KL(q_s || p(z|x)) - log p(x)``
+through :func:`inferkit.kl_objective`, and returns them as a :class:`TuneResult` for the caller to
+apply with :meth:`Sampler.set_hyperparameters`.
 """
 
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -195,11 +197,15 @@ class Inference:
 
 @dataclass(frozen=True)
 class TuneResult:
-    """The hyperparameters a tuner chose, the objective there, and every point tried."""
+    """What a tuner chose, as values: the hyperparameters (detached tensors, by their names in
+    :meth:`Sampler.hyperparameters`), the objective there, every point tried, and the sampler's
+    step-size layout :attr:`Sampler.per` (for the record). Apply it with
+    ``sampler.set_hyperparameters(result.hyperparameters)``."""
 
     hyperparameters: dict[str, Tensor]
     objective: float
     history: list[dict[str, Any]] = field(default_factory=list)
+    per: str | None = None
 
 
 class Sampler(torch.nn.Module, abc.ABC):
@@ -211,12 +217,16 @@ class Sampler(torch.nn.Module, abc.ABC):
     such as KL warm-up), ``infer`` and ``loss``.
     """
 
-    kl_objective_unsupported: str | None = None
-    """Why :func:`inferkit.kl_objective` does not apply to this sampler (``None``: it applies if the
-    sampler is a :class:`GradientFlow`); KL tuners show it to the user."""
+    latent_supports: tuple[constraints.Constraint, ...] = (constraints.real,)
+    """The supports of :attr:`Model.latent_support` this sampler handles (``constraints.real``,
+    ``constraints.boolean``; gradient samplers: real only)."""
 
     latent_supports: tuple[constraints.Constraint, ...] = (constraints.real,)
     """The :attr:`Model.latent_support` constraints this sampler handles (gradient samplers: real only)."""
+
+    per: str | None = None
+    """What one entry of the ``step_size`` hyperparameter covers: ``"shared"``, ``"layer"`` or ``"step"``
+    (short-run samplers), ``None`` for a sampler without that layout."""
 
     uses_every_parameter: bool = True
     """False when some training iterations leave trainable parameters (the model's or the sampler's)
@@ -251,8 +261,26 @@ class Sampler(torch.nn.Module, abc.ABC):
         return -model.log_joint(x, inference.z, mask).mean()
 
     def hyperparameters(self) -> dict[str, Tensor]:
-        """The live tensors a tuner may set (in place)."""
+        """The current hyperparameter values by name (the sampler's own buffers: read them, change them
+        only through :meth:`set_hyperparameters`). Default: none."""
         return {}
+
+    def set_hyperparameters(self, values: Mapping[str, Tensor]) -> None:
+        """Set hyperparameters from ``values`` (e.g. a :class:`TuneResult`'s), each shaped as
+        :meth:`hyperparameters` has it; an unknown name or a wrong shape is a :class:`UserError`."""
+        current = self.hyperparameters()
+        unknown = [name for name in values if name not in current]
+        if unknown:
+            raise UserError(f"sampler {type(self).__name__} has no hyperparameter {', '.join(unknown)}; "
+                            f"it has {', '.join(current) or 'none'}")
+        for name, value in values.items():
+            value = torch.as_tensor(value)
+            if value.shape != current[name].shape:
+                raise UserError(f"sampler {type(self).__name__}: {name} has shape {tuple(current[name].shape)}, "
+                                f"got a value of shape {tuple(value.shape)}")
+        with torch.no_grad():
+            for name, value in values.items():
+                current[name].copy_(torch.as_tensor(value))
 
     def gather_example_state(self, owned: Tensor, all_reduce_sum: Callable[[Tensor], Tensor]) -> None:
         """Distributed training: unite per-example state (e.g. persistent chains) that each process
@@ -279,6 +307,13 @@ def require_compatible(model: Model, sampler: Sampler) -> None:
         name = support_name(support)
         raise UserError(f"sampler {type(sampler).__name__} needs {needs} latents but model {type(model).__name__} "
                         f"has {name} latents; pick a sampler for {name} latents (see `inferkit list`)")
+
+
+def require_real_latents(tuner: str, model: Model) -> None:
+    """J(s) needs a differentiable log density in ``z``: refuse a model whose latents are not real."""
+    if model.latent_support is not constraints.real:
+        raise UserError(f"{tuner}: the KL objective needs real-valued latents, but model {type(model).__name__} has "
+                        f"{support_name(model.latent_support)} latents; use the 'fixed' tuner (--tuner fixed)")
 
 
 class RBMPriorModel(UnnormalizedModel):
@@ -340,29 +375,89 @@ class HasLayerConditionals(Protocol):
         ...
 
 
-@runtime_checkable
-class GradientFlow(Protocol):
-    """A sampler whose K steps are ``z_{k+1} = z_k + S_k grad_z log p(x, z_k) [+ noise]``
-    with a diagonal, per-layer step matrix ``S_k``. Its Jacobian per step is
-    ``I + S_k H_k``, which is what the stepwise log-determinant uses."""
+class GradientFlow(Sampler):
+    """A sampler that runs K steps of a differentiable flow from the prior, ``z_K = F_s(z_0)``,
+    ``z_0 ~ p_0 = p(z)``, with hyperparameters passed in as values (the KL tuners' contract):
 
-    def flow(self, model: Model, x: Tensor, z0: Latents, noise: list[Latents] | None = None,
-             mask: Tensor | None = None) -> Latents: ...
+        short-run:  z_{k+1} = z_k + s_k grad_z log p(x, z_k) [+ noise_scale sqrt(2 s_k) eps_k]
 
-    def path(self, model: Model, x: Tensor, z0: Latents, noise: list[Latents] | None = None,
-             mask: Tensor | None = None) -> list[Latents]: ...
+    with a diagonal, per-layer step matrix ``S_k`` (row ``k`` of :meth:`step_sizes`). Such a step has
+    the Jacobian ``I + S_k H_k`` (``H_k = hess_z log p(x, z_k)``), which the generic stepwise
+    log-determinant uses; a flow whose steps are not of that form says so through
+    :meth:`step_log_det`. ``hyperparameters()`` holds ``step_size``; a flow with further
+    hyperparameters (momentum) takes them in :meth:`path`, :meth:`flow` and :meth:`step_log_det` as
+    keyword arguments of the same names, each defaulting to the sampler's current value.
+    """
 
-    def step_size_matrix(self, num_layers: int) -> Tensor: ...
+    num_steps: int
+    """K, the number of steps."""
 
-    def sample_noise(self, model: Model, n: int, *, generator: torch.Generator | None = None) -> list[Latents] | None: ...
+    noise_scale: float = 0.0
+    """Multiplies ``sqrt(2 s) eps`` in each step: 0 for a noise-free flow, 1 for Langevin."""
+
+    supports_stochastic_log_det: bool = True
+    """Whether ``log|det dF/dz_0|`` factors into per-step ``log|det(I + S_k H_k)|``, as the
+    ``stochastic`` (Lanczos) estimator needs."""
+
+    @abc.abstractmethod
+    def step_sizes(self, num_layers: int, step_size: Tensor | None = None) -> Tensor:
+        """``[K, L]`` step sizes ``s_{k,l}`` for a model with ``num_layers`` latent layers, from the value
+        ``step_size`` of the ``step_size`` hyperparameter (default: the current one; differentiable in it)."""
+
+    @abc.abstractmethod
+    def path(self, model: Model, x: Tensor, z0: Latents, step_sizes: Tensor, noise: list[Latents] | None = None,
+             mask: Tensor | None = None) -> list[Latents]:
+        """States ``z_0, ..., z_K`` of the flow with ``[K, L]`` ``step_sizes`` and noise path ``noise``
+        (held fixed), differentiable in ``z0``, ``step_sizes`` and the model (also under ``torch.func``)."""
+
+    def flow(self, model: Model, x: Tensor, z0: Latents, step_sizes: Tensor, noise: list[Latents] | None = None,
+             mask: Tensor | None = None, **hyperparameters: Tensor) -> Latents:
+        """``F(z_0) = z_K`` (differentiable, as :meth:`path`)."""
+        return self.path(model, x, z0, step_sizes, noise, mask, **hyperparameters)[-1]
+
+    def sample_noise(self, model: Model, n: int, *, generator: torch.Generator | None = None
+                     ) -> list[Latents] | None:
+        """The noise path ``eps_0..eps_{K-1}`` for ``n`` examples; ``None`` for a noise-free flow (default)."""
+        return None
+
+    def step_log_det(self, model: Model, x: Tensor, path: list[Latents], step_sizes: Tensor,
+                     mask: Tensor | None = None, **hyperparameters: Tensor) -> tuple[Tensor, Tensor] | None:
+        """``(log|det dz_K/dz_0|, invertibility margin)`` per example for the ``path`` :meth:`path` gave,
+        for a flow whose steps are not ``I + S_k H_k``; ``None`` (default) means "use the generic
+        ``sum_k log|det(I + S_k H_k)|``". A positive margin means locally invertible."""
+        return None
+
+
+NOT_A_FLOW = ("it is not a short-run gradient flow from the prior p_0 = p(z) (it is amortized, with q(z|x) an "
+              "encoder trained with the model, or persistent, with chains that start where they last stopped), "
+              "so J(s) is not its KL")
+"""Why ``J(s)`` does not apply to a sampler that is not a :class:`GradientFlow`."""
+
+
+def require_gradient_flow(sampler: Sampler, *, tuner: str | None = None) -> GradientFlow:
+    """``sampler`` as a :class:`GradientFlow`, or a :class:`UserError` (prefixed by ``tuner``'s name)
+    saying why ``J(s)`` does not apply and what to use instead."""
+    if not isinstance(sampler, GradientFlow):
+        prefix = f"{tuner}: " if tuner else ""
+        raise UserError(f"{prefix}the KL objective does not apply to sampler {type(sampler).__name__}: "
+                        f"{NOT_A_FLOW}; use the 'fixed' tuner (--tuner fixed)")
+    return sampler
+
+
+Reduce = Callable[[Tensor], Tensor]
+"""Sums a tensor over the processes of a data-parallel run (in place or not; returns the sum)."""
 
 
 class Tuner(abc.ABC):
-    """Sets a sampler's hyperparameters for a model and a batch of data."""
+    """Chooses a sampler's hyperparameters for a model and a batch of data; changes nothing."""
 
     @abc.abstractmethod
-    def tune(self, model: Model, sampler: Sampler, x: Tensor, mask: Tensor | None = None) -> TuneResult:
-        """Choose hyperparameters, write them into the sampler, and report."""
+    def tune(self, model: Model, sampler: Sampler, x: Tensor, mask: Tensor | None = None, *,
+             reduce: Reduce | None = None) -> TuneResult:
+        """Choose hyperparameters and report them as values; the caller applies them
+        (``sampler.set_hyperparameters(result.hyperparameters)``). ``reduce`` sums a tensor over the
+        processes of a data-parallel run (e.g. :func:`inferkit.distributed.all_reduce_sum`), so that
+        every process reaches the same choice; ``None``: one process."""
 
     def check(self, model: Model, sampler: Sampler) -> None:
         """Raise :class:`~inferkit.errors.UserError` if this tuner cannot work with ``sampler`` (the

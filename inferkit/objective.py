@@ -3,31 +3,68 @@
     J(s) = E_{z_0 ~ p_0}[ log p_0(z_0) - log|det dF/dz_0| - log p(x, F(z_0)) ]
          = KL(q_s || p(z | x)) - log p(x)
 
-``log|det dF/dz_0|`` is computed by one of three estimators (``logdet=``):
+with ``F = F_s: z_0 -> z_K`` the sampler's K-step flow at hyperparameters ``s``, passed in as values
+(:class:`BoundFlow`). ``log|det dF/dz_0|`` is computed by one of three estimators
+(:class:`LogDetEstimator`, ``method=``):
 
 * ``exact``: the full Jacobian of F by ``torch.func.jacfwd`` (vectorised over the batch), then ``slogdet``;
 * ``stepwise``: ``sum_k log|det(I + S_k H_k)|`` with a symmetric eigensolver on
-  ``I + S_k^{1/2} H_k S_k^{1/2}`` (similar to ``I + S_k H_k``), accumulated in float64;
+  ``I + S_k^{1/2} H_k S_k^{1/2}`` (similar to ``I + S_k H_k``), accumulated in float64 (or the
+  sampler's own :meth:`~inferkit.interfaces.GradientFlow.step_log_det` for steps of another form);
 * ``stochastic``: each ``log|det(I + S_k H_k)| = tr log(I + S_k^{1/2} H_k S_k^{1/2})`` by stochastic
   Lanczos quadrature (Ubaru, Chen and Saad 2017) from Hessian-vector products only, so its cost
   does not grow with the latent dimension D (``num_probes`` x ``lanczos_steps`` HVPs per step).
 
-All three are differentiable with respect to the step sizes and the model's parameters.
+All three are differentiable with respect to the step sizes and the model's parameters (in grad mode;
+under ``torch.no_grad`` the values are the same and no graph is kept).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
 from inferkit.errors import UserError
-from inferkit.interfaces import GradientFlow, Latents, Model, Sampler
+from inferkit.interfaces import NOT_A_FLOW, GradientFlow, Latents, Model, Sampler, require_gradient_flow
+from inferkit.latents import flatten_latents, hessians, unflatten_latents, unit_step_sizes
 from inferkit.linalg import slogdet
 
+__all__ = ["LOGDET_METHODS", "BoundFlow", "KLObjective", "LogDetEstimator", "ObjectiveInfo", "exact_log_det",
+           "flatten_latents", "flow_log_density", "hessians", "kl_objective", "kl_objective_unavailable",
+           "lanczos_quadrature", "stepwise_log_det", "stochastic_log_det", "unflatten_latents"]
+
 LOGDET_METHODS = ("exact", "stepwise", "stochastic")
+
+
+@dataclass(frozen=True)
+class LogDetEstimator:
+    """How ``log|det dF/dz_0|`` is estimated.
+
+    Args:
+        method: ``"stepwise"``, ``"exact"`` or ``"stochastic"`` (see the module docstring).
+        num_probes, lanczos_steps: the ``stochastic`` estimator's Rademacher probes and Lanczos steps
+            per step (probes are drawn from the objective's generator after ``z_0``, so a fixed seed
+            gives common random numbers across step sizes).
+        check_invertible: ``exact`` only: also compute every step map's eigenvalues (a stepwise pass
+            without a graph); ``False`` judges invertibility by the sign of ``det dF/dz_0`` alone and
+            reports ``min_eigenvalue`` NaN. The other estimators get their check for free.
+    """
+
+    method: str = "stepwise"
+    num_probes: int = 4
+    lanczos_steps: int = 4
+    check_invertible: bool = True
+
+    def __post_init__(self) -> None:
+        if self.method not in LOGDET_METHODS:
+            raise UserError(f"logdet must be one of {', '.join(LOGDET_METHODS)}, got {self.method!r}")
+        if self.num_probes < 1 or self.lanczos_steps < 1:
+            raise UserError(f"num_probes and lanczos_steps must be positive integers, got {self.num_probes} and "
+                            f"{self.lanczos_steps}")
 
 
 @dataclass(frozen=True)
@@ -38,7 +75,7 @@ class ObjectiveInfo:
     log-det method: with ``exact`` the per-step eigenvalues are computed as well, without a graph,
     since the sign of ``det dF/dz_0`` alone misses an even number of negative eigenvalues;
     ``stochastic`` reports the smallest Lanczos Ritz value; a sampler with its own
-    ``stepwise_log_det``, such as momentum, reports its own signed margin);
+    ``step_log_det``, such as momentum, reports its own signed margin);
     ``invertible`` is False when some step map has a non-positive (or non-finite) eigenvalue, i.e.
     F is not a diffeomorphism there and ``J`` is not a KL.
     """
@@ -48,37 +85,52 @@ class ObjectiveInfo:
     log_det: Tensor
 
 
-def flatten_latents(z: Latents) -> Tensor:
-    """Concatenate the layers of ``z`` into one ``[batch, D]`` tensor."""
-    return torch.cat([t.reshape(t.shape[0], -1) for t in z], dim=1)
+@dataclass(frozen=True)
+class KLObjective:
+    """What :func:`kl_objective` returns: ``J`` per example (float64 ``[batch]``) and its diagnostics."""
+
+    objective: Tensor
+    info: ObjectiveInfo
 
 
-def unflatten_latents(flat: Tensor, shapes: tuple[tuple[int, ...], ...]) -> Latents:
-    """Inverse of :func:`flatten_latents` for per-layer ``shapes`` (without batch)."""
-    sizes = [math.prod(s) for s in shapes]
-    return tuple(part.reshape(flat.shape[0], *s) for part, s in zip(flat.split(sizes, dim=1), shapes))
+@dataclass(frozen=True)
+class BoundFlow:
+    """A :class:`~inferkit.interfaces.GradientFlow` with its hyperparameters bound to values: the map
+    ``F_s`` that the objective evaluates. ``step_sizes`` is ``[K, L]``; ``options`` are the flow's
+    other hyperparameters (momentum), passed to it by name."""
 
+    sampler: GradientFlow
+    step_sizes: Tensor
+    options: dict[str, Tensor] = field(default_factory=dict)
 
-def hessians(model: Model, x: Tensor, z: Latents, mask: Tensor | None = None) -> Tensor:
-    """Per-example ``H = hess_z log p(x, z)`` of the flattened latents, ``[batch, D, D]``
-    (``torch.func.hessian`` under ``vmap``)."""
-    shapes = model.latent_shapes
+    @classmethod
+    def of(cls, sampler: GradientFlow, num_layers: int, hyperparameters: Mapping[str, Tensor] | None = None
+           ) -> BoundFlow:
+        """``sampler``'s flow at ``hyperparameters`` (by their names in ``sampler.hyperparameters()``;
+        the ones not given keep the sampler's current values)."""
+        values = dict(sampler.hyperparameters())
+        unknown = [name for name in (hyperparameters or {}) if name not in values]
+        if unknown:
+            raise UserError(f"sampler {type(sampler).__name__} has no hyperparameter {', '.join(unknown)}; "
+                            f"it has {', '.join(values)}")
+        values.update(hyperparameters or {})
+        step_size = values.pop("step_size")
+        return cls(sampler, sampler.step_sizes(num_layers, step_size), values)
 
-    def log_joint_single(z_flat: Tensor, x_row: Tensor, mask_row: Tensor | None) -> Tensor:
-        z_one = unflatten_latents(z_flat.unsqueeze(0), shapes)
-        m = None if mask_row is None else mask_row.unsqueeze(0)
-        return model.log_joint(x_row.unsqueeze(0), z_one, m)[0]
+    def path(self, model: Model, x: Tensor, z0: Latents, noise: list[Latents] | None, mask: Tensor | None
+             ) -> list[Latents]:
+        return self.sampler.path(model, x, z0, self.step_sizes, noise, mask, **self.options)
 
-    in_dims = (0, 0, None if mask is None else 0)
-    # torch.func.hessian is forward-over-reverse (jacfwd of jacrev): ~2x faster here than jacrev twice.
-    return torch.func.vmap(torch.func.hessian(log_joint_single), in_dims=in_dims)(flatten_latents(z), x, mask)
+    def flow(self, model: Model, x: Tensor, z0: Latents, noise: list[Latents] | None, mask: Tensor | None
+             ) -> Latents:
+        return self.sampler.flow(model, x, z0, self.step_sizes, noise, mask, **self.options)
 
-
-def _unit_step_sizes(sampler: GradientFlow, model: Model, device, dtype) -> Tensor:
-    """``[K, D]``: the diagonal of every ``S_k``, each layer's step size repeated over its units."""
-    matrix = sampler.step_size_matrix(len(model.latent_shapes)).to(device=device, dtype=dtype)
-    sizes = torch.tensor([math.prod(s) for s in model.latent_shapes], device=device)
-    return matrix.repeat_interleave(sizes, dim=1)
+    def path_log_det(self, model: Model, x: Tensor, path: list[Latents], mask: Tensor | None
+                     ) -> tuple[Tensor, Tensor]:
+        """``(log|det dz_K/dz_0|, smallest step-map eigenvalue or margin)`` of ``path``: the sampler's
+        own :meth:`~inferkit.interfaces.GradientFlow.step_log_det`, else the generic stepwise one."""
+        own = self.sampler.step_log_det(model, x, path, self.step_sizes, mask, **self.options)
+        return own if own is not None else stepwise_log_det(model, x, path, self.step_sizes, mask)
 
 
 def _stack_steps(x: Tensor, states: list[Latents], mask: Tensor | None
@@ -94,17 +146,24 @@ def _stack_steps(x: Tensor, states: list[Latents], mask: Tensor | None
     return x_all, z_all, mask_all
 
 
-def stepwise_log_det(model: Model, sampler: GradientFlow, x: Tensor, states: list[Latents],
+def _root_step_sizes(model: Model, x: Tensor, step_sizes: Tensor, num_steps: int) -> Tensor:
+    """``S_k^{1/2}`` per unit, float64, ``[K * batch, D]`` step-major like :func:`_stack_steps`' rows."""
+    units = unit_step_sizes(step_sizes.to(device=x.device, dtype=torch.float64), model.latent_shapes)
+    return units[:num_steps].sqrt().repeat_interleave(x.shape[0], dim=0)
+
+
+def stepwise_log_det(model: Model, x: Tensor, path: list[Latents], step_sizes: Tensor,
                      mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """``sum_k log|det(I + S_k H_k)|`` over the states ``z_0..z_{K-1}``, in float64.
+    """``sum_k log|det(I + S_k H_k)|`` over the states ``z_0..z_{K-1}`` of ``path``, in float64
+    (``S_k`` = row ``k`` of the ``[K, L]`` ``step_sizes``).
 
     ``I + S H`` is similar to the symmetric ``I + S^{1/2} H S^{1/2}`` (``S`` diagonal, positive),
     so ``eigvalsh`` of the latter gives its eigenvalues. Returns (log-det ``[batch]``, smallest
     eigenvalue per example ``[batch]``).
     """
+    states = path[:-1]
     batch, num_steps = x.shape[0], len(states)
-    root = _unit_step_sizes(sampler, model, x.device, torch.float64)[:num_steps].sqrt()
-    root = root.repeat_interleave(batch, dim=0)  # [K * batch, D], step-major like the rows
+    root = _root_step_sizes(model, x, step_sizes, num_steps)
     x_all, z_all, mask_all = _stack_steps(x, states, mask)
     hess = hessians(model, x_all, z_all, mask_all).to(torch.float64)
     hess = 0.5 * (hess + hess.transpose(-1, -2))
@@ -120,7 +179,7 @@ def stepwise_log_det(model: Model, sampler: GradientFlow, x: Tensor, states: lis
     return log_det, min_eig
 
 
-def exact_log_det(model: Model, sampler: GradientFlow, x: Tensor, z0: Latents,
+def exact_log_det(model: Model, flow: BoundFlow, x: Tensor, z0: Latents,
                   noise: list[Latents] | None = None, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """``log|det dF/dz_0|`` from the full per-example Jacobian of F (``torch.func.jacfwd`` under
     ``vmap``) and ``slogdet`` in float64. Returns (log-det, sign of det) per example."""
@@ -134,7 +193,7 @@ def exact_log_det(model: Model, sampler: GradientFlow, x: Tensor, z0: Latents,
             flat_noise = [n.unsqueeze(0) for n in noise_rows]
             path_noise = [unflatten_latents(n, shapes) for n in flat_noise]
         m = None if mask_row is None else mask_row.unsqueeze(0)
-        return flatten_latents(sampler.flow(model, x_row.unsqueeze(0), z_one, path_noise, m))[0]
+        return flatten_latents(flow.flow(model, x_row.unsqueeze(0), z_one, path_noise, m))[0]
 
     noise_flat = [] if noise is None else [flatten_latents(n) for n in noise]
     in_dims = (0, 0, None if mask is None else 0, *([0] * len(noise_flat)))
@@ -177,15 +236,6 @@ def hessian_vector_product_operator(model: Model, x: Tensor, z: Latents, mask: T
         return product.view(num_vectors, rows, dim)
 
     return matvec
-
-
-def hessian_vector_products(model: Model, x: Tensor, z: Latents, vectors: Tensor,
-                            mask: Tensor | None = None) -> Tensor:
-    """``H_i v`` for every vector: ``vectors`` is ``[P, batch, D]`` (P vectors per example), the result
-    too (see :func:`hessian_vector_product_operator`)."""
-    matvec = hessian_vector_product_operator(model, x, z, mask, num_vectors=vectors.shape[0],
-                                             differentiable=torch.is_grad_enabled())
-    return matvec(vectors)
 
 
 def lanczos_quadrature(matvec, probes: Tensor, num_steps: int) -> tuple[Tensor, Tensor]:
@@ -238,7 +288,7 @@ def lanczos_quadrature(matvec, probes: Tensor, num_steps: int) -> tuple[Tensor, 
     return quadrature.mean(0), theta.min(-1).values.min(0).values
 
 
-def stochastic_log_det(model: Model, sampler: GradientFlow, x: Tensor, states: list[Latents],
+def stochastic_log_det(model: Model, x: Tensor, path: list[Latents], step_sizes: Tensor,
                        mask: Tensor | None = None, *, num_probes: int = 4, lanczos_steps: int = 4,
                        generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
     """``sum_k log|det(I + S_k H_k)|`` by stochastic Lanczos quadrature on the symmetric
@@ -253,9 +303,9 @@ def stochastic_log_det(model: Model, sampler: GradientFlow, x: Tensor, states: l
     polynomial, so 4 steps suffice (on the ladder with D = 224, K = 20, moving from 4 to 12 steps
     changed log|det| by < 0.3% even at s = 0.16, where the smallest eigenvalue is 0.02); the error is
     Hutchinson's, falling like ``1/sqrt(num_probes)`` (see ``benchmarks/logdet.py``)."""
+    states = path[:-1]
     batch, num_steps = x.shape[0], len(states)
-    root = _unit_step_sizes(sampler, model, x.device, torch.float64)[:num_steps].sqrt()
-    root = root.repeat_interleave(batch, dim=0)  # [K * batch, D], step-major like the rows
+    root = _root_step_sizes(model, x, step_sizes, num_steps)
     x_all, z_all, mask_all = _stack_steps(x, states, mask)
     dim = root.shape[1]
 
@@ -269,144 +319,106 @@ def stochastic_log_det(model: Model, sampler: GradientFlow, x: Tensor, states: l
     estimate, ritz_min = lanczos_quadrature(matvec, signs.to(torch.float64) * 2 - 1, min(lanczos_steps, dim))
     log_det = estimate.view(num_steps, batch).sum(0)
     return log_det, ritz_min.detach().view(num_steps, batch).min(0).values
-_FLOW_METHODS = ("flow", "path", "step_size_matrix", "sample_noise")
 
 
 def kl_objective_unavailable(sampler: Sampler | type) -> str | None:
     """Why ``J(s)`` cannot be evaluated for ``sampler`` (an instance or a class), or ``None`` when it
-    can: the sampler's own ``kl_objective_unsupported`` reason (amortized or persistent samplers), or
-    the lack of a differentiable gradient flow."""
-    reason = getattr(sampler, "kl_objective_unsupported", None)
-    if reason:
-        return reason
-    if not all(callable(getattr(sampler, name, None)) for name in _FLOW_METHODS):
-        return "it has no differentiable gradient flow"
-    return None
+    can (it is a :class:`~inferkit.interfaces.GradientFlow`)."""
+    flow = issubclass(sampler, GradientFlow) if isinstance(sampler, type) else isinstance(sampler, GradientFlow)
+    return None if flow else NOT_A_FLOW
 
 
-def check_kl_objective(sampler: Sampler) -> None:
-    """Raise :class:`UserError` saying why, when ``J(s)`` does not apply to ``sampler``."""
-    reason = kl_objective_unavailable(sampler)
-    if reason is not None:
-        raise UserError(f"the KL objective does not apply to sampler {type(sampler).__name__}: {reason}; "
-                        "use the 'fixed' tuner (--tuner fixed)")
-
-
-def flow_log_det(model: Model, sampler: GradientFlow, x: Tensor, z0: Latents, noise: list[Latents] | None = None,
-                 mask: Tensor | None = None, *, logdet: str = "stepwise", num_probes: int = 4,
-                 lanczos_steps: int = 4, generator: torch.Generator | None = None,
-                 check_invertible: bool = True) -> tuple[Latents, Tensor, Tensor]:
+def flow_log_det(model: Model, flow: BoundFlow, x: Tensor, z0: Latents, noise: list[Latents] | None,
+                 mask: Tensor | None, estimator: LogDetEstimator, generator: torch.Generator | None = None
+                 ) -> tuple[Latents, Tensor, Tensor]:
     """``(z_K, log|det dF/dz_0|, smallest step-map eigenvalue)`` per example for ``z_K = F(z_0)``,
-    by the estimator ``logdet`` (see the module docstring; ``noise`` is held fixed)."""
-    own_stepwise = getattr(sampler, "stepwise_log_det", None)  # a flow whose steps are not I + S H
-    if logdet == "stochastic" and getattr(sampler, "stochastic_log_det_unsupported", None):
-        raise UserError(f"logdet=stochastic does not apply to sampler {type(sampler).__name__}: "
-                        f"{sampler.stochastic_log_det_unsupported}")
-    if logdet == "stepwise" and own_stepwise is not None:
-        z_final, log_det, min_eig = own_stepwise(model, x, z0, mask)
-    elif logdet == "stepwise":
-        states = sampler.path(model, x, z0, noise, mask)
-        z_final = states[-1]
-        log_det, min_eig = stepwise_log_det(model, sampler, x, states[:-1], mask)
-    elif logdet == "stochastic":
-        states = sampler.path(model, x, z0, noise, mask)
-        z_final = states[-1]
-        log_det, min_eig = stochastic_log_det(model, sampler, x, states[:-1], mask,
-                                              num_probes=num_probes, lanczos_steps=lanczos_steps,
-                                              generator=generator)
+    by ``estimator`` (see the module docstring; ``noise`` is held fixed)."""
+    method = estimator.method
+    if method == "stochastic" and not flow.sampler.supports_stochastic_log_det:
+        raise UserError(f"logdet=stochastic does not apply to sampler {type(flow.sampler).__name__}: its flow's "
+                        "Jacobian does not factor into per-step determinants det(I + S_k H_k) of the latent map; "
+                        "use logdet=stepwise or exact")
+    if method == "exact":
+        z_final = flow.flow(model, x, z0, noise, mask)
+        log_det, sign = exact_log_det(model, flow, x, z0, noise, mask)
+        if not estimator.check_invertible:  # the sign of det only: NaN eigenvalue where it is not positive
+            return z_final, log_det, torch.where(sign > 0, math.inf, math.nan)
+        with torch.no_grad():  # invertibility check: every step map, not only the sign of det
+            _, min_eig = flow.path_log_det(model, x, flow.path(model, x, z0, noise, mask), mask)
+        return z_final, log_det, min_eig
+    path = flow.path(model, x, z0, noise, mask)
+    if method == "stepwise":
+        log_det, min_eig = flow.path_log_det(model, x, path, mask)
     else:
-        z_final = sampler.flow(model, x, z0, noise, mask)
-        log_det, sign = exact_log_det(model, sampler, x, z0, noise, mask)
-        if not check_invertible:  # the sign of det only: NaN eigenvalue where it is not positive
-            min_eig = torch.where(sign > 0, math.inf, math.nan)
-        else:
-            with torch.no_grad():  # invertibility check: every step map, not only the sign of det
-                if own_stepwise is not None:
-                    _, _, min_eig = own_stepwise(model, x, z0, mask)
-                else:
-                    states = sampler.path(model, x, z0, noise, mask)
-                    _, min_eig = stepwise_log_det(model, sampler, x, states[:-1], mask)
-    return z_final, log_det, min_eig
+        log_det, min_eig = stochastic_log_det(model, x, path, flow.step_sizes, mask,
+                                              num_probes=estimator.num_probes,
+                                              lanczos_steps=estimator.lanczos_steps, generator=generator)
+    return path[-1], log_det, min_eig
 
 
 def flow_log_density(sampler: Sampler, model: Model, x: Tensor, z0: Latents, *,
-                     noise: list[Latents] | None = None, mask: Tensor | None = None, logdet: str = "stepwise",
-                     num_probes: int = 4, lanczos_steps: int = 4,
+                     noise: list[Latents] | None = None, mask: Tensor | None = None,
+                     hyperparameters: Mapping[str, Tensor] | None = None,
+                     estimator: LogDetEstimator = LogDetEstimator(),
                      generator: torch.Generator | None = None) -> tuple[Latents, Tensor]:
     """Noise-free short-run dynamics as a normalising flow (thesis, chapter 5): the density of the
     sampler's output ``z_K = F(z_0)``, ``z_0 ~ p_0``, by the change of variables
 
         log q_s(z_K) = log p_0(z_0) - log|det dF/dz_0|,
 
-    the same log-determinant the KL tuners use (``logdet=`` as in :func:`kl_objective`). ``z0`` are
-    the flow's inputs (e.g. ``model.sample_prior(n)``); returns ``(z_K, log q_s(z_K))``, the latter
-    float64 ``[batch]``. F must be invertible (every ``I + S_k H_k`` positive definite): where it is
-    not, ``q_s`` has no density by this formula and the result is NaN. A noisy sampler (Langevin) has
-    no flow density; with its noise path given as ``noise`` the result is the density of ``z_K``
-    conditional on that path, ``log q_s(z_K | eps)``. Differentiable in the step sizes and the
-    model's parameters under grad mode.
+    the same log-determinant the KL tuners use (``estimator`` as in :func:`kl_objective`). ``z0`` are
+    the flow's inputs (e.g. ``model.sample_prior(n)``); ``hyperparameters`` as in :func:`kl_objective`;
+    returns ``(z_K, log q_s(z_K))``, the latter float64 ``[batch]``. F must be invertible (every
+    ``I + S_k H_k`` positive definite): where it is not, ``q_s`` has no density by this formula and the
+    result is NaN. A noisy sampler (Langevin) has no flow density; with its noise path given as
+    ``noise`` the result is the density of ``z_K`` conditional on that path, ``log q_s(z_K | eps)``.
+    Differentiable in the step sizes and the model's parameters under grad mode.
     """
-    check_kl_objective(sampler)
-    if logdet not in LOGDET_METHODS:
-        raise UserError(f"logdet must be one of {', '.join(LOGDET_METHODS)}, got {logdet!r}")
-    if noise is None and getattr(sampler, "noise_scale", 0.0):
+    flow = BoundFlow.of(require_gradient_flow(sampler), len(model.latent_shapes), hyperparameters)
+    if noise is None and flow.sampler.noise_scale:
         raise UserError(f"sampler {type(sampler).__name__} adds noise, so its output has no flow density; "
                         "pass the noise path (noise=sampler.sample_noise(model, n)) for the density "
                         "conditional on it, or use a noise-free sampler such as 'shortrun'")
-    z_final, log_det, min_eig = flow_log_det(model, sampler, x, z0, noise, mask, logdet=logdet,
-                                             num_probes=num_probes, lanczos_steps=lanczos_steps,
-                                             generator=generator)
+    z_final, log_det, min_eig = flow_log_det(model, flow, x, z0, noise, mask, estimator, generator)
     log_q = model.log_prior(z0).to(torch.float64) - log_det
     invertible = min_eig.detach() > 0
     return z_final, torch.where(invertible, log_q, torch.full_like(log_q, math.nan))
 
 
-def kl_objective(model: Model, sampler: Sampler, x: Tensor, *, num_samples: int = 1,
-                 logdet: str = "stepwise", mask: Tensor | None = None,
-                 generator: torch.Generator | None = None, return_info: bool = False,
-                 differentiable: bool = True, num_probes: int = 4, lanczos_steps: int = 4,
-                 entropy: bool = True, check_invertible: bool = True):
-    """``J(s)`` per example (float64, ``[batch]``), averaged over ``num_samples`` draws of ``z_0``.
+def kl_objective(model: Model, sampler: Sampler, x: Tensor, *, mask: Tensor | None = None,
+                 hyperparameters: Mapping[str, Tensor] | None = None, num_samples: int = 1,
+                 estimator: LogDetEstimator = LogDetEstimator(), generator: torch.Generator | None = None,
+                 entropy: bool = True) -> KLObjective:
+    """``J(s)`` per example (float64, ``[batch]``), averaged over ``num_samples`` draws of ``z_0``:
 
-    ``J + log p(x) = KL(q_s || p(z|x))`` for noise-free dynamics; with noise (Langevin) the
-    entropy is conditional on the noise path and ``J + log p(x)`` is an upper bound on the KL.
-    With ``return_info=True`` returns ``(J, ObjectiveInfo)``. ``differentiable=False`` evaluates
-    without building an autograd graph (the values are the same; grid search needs no gradient).
-    ``num_probes`` and ``lanczos_steps`` set the ``stochastic`` estimator (probes are drawn from
-    ``generator`` after ``z_0``, so a fixed seed gives common random numbers across step sizes).
-    ``entropy=False`` drops ``log p_0(z_0) - log|det dF/dz_0|``, leaving ``E[-log p(x, F(z_0))]``:
-    the mode-seeking objective whose minimiser over-shoots (kept for that comparison).
-    ``check_invertible=False`` skips, for ``logdet="exact"`` only, the per-step eigenvalue check
-    (a stepwise pass without a graph); invertibility is then judged by the sign of ``det dF/dz_0``
-    alone and ``min_eigenvalue`` is NaN. The other estimators get their check for free.
+        J(s) = E_{z_0 ~ p_0}[ log p_0(z_0) - log|det dF_s/dz_0| - log p(x, F_s(z_0)) ]
+
+    at the sampler's hyperparameters, or at the values ``hyperparameters`` (by name, e.g.
+    ``{"step_size": s}``; tensors, differentiable when a tuner needs gradients in them). The sampler
+    is not changed. ``J + log p(x) = KL(q_s || p(z|x))`` for noise-free dynamics; with noise
+    (Langevin) the entropy is conditional on the noise path and ``J + log p(x)`` is an upper bound on
+    the KL. ``estimator`` says how ``log|det dF_s/dz_0|`` is computed. ``z_0``, the noise path and
+    the stochastic estimator's probes are drawn from ``generator`` in that order. ``entropy=False``
+    drops ``log p_0(z_0) - log|det dF/dz_0|``, leaving ``E[-log p(x, F(z_0))]``: the mode-seeking
+    objective whose minimiser over-shoots (kept for that comparison). In grad mode the result is
+    differentiable in the hyperparameter values and the model's parameters; under ``torch.no_grad``
+    it has the same values and no graph.
     """
-    check_kl_objective(sampler)
-    if logdet not in LOGDET_METHODS:
-        raise UserError(f"logdet must be one of {', '.join(LOGDET_METHODS)}, got {logdet!r}")
+    flow = BoundFlow.of(require_gradient_flow(sampler), len(model.latent_shapes), hyperparameters)
     if num_samples < 1:
         raise UserError(f"num_samples must be a positive integer, got {num_samples}")
-    if num_probes < 1 or lanczos_steps < 1:
-        raise UserError(f"num_probes and lanczos_steps must be positive integers, got {num_probes} and "
-                        f"{lanczos_steps}")
     batch = x.shape[0]
     x_rep = x.repeat_interleave(num_samples, dim=0)
     mask_rep = None if mask is None else mask.expand_as(x).repeat_interleave(num_samples, dim=0)
     z0 = model.sample_prior(x_rep.shape[0], generator=generator)
-    noise = sampler.sample_noise(model, x_rep.shape[0], generator=generator)
-    # torch.func transforms (grad, hessian, jacrev) work under no_grad too, so the values do not
-    # depend on the grad mode; only whether a graph to the step sizes and parameters is kept.
-    with torch.enable_grad() if differentiable else torch.no_grad():
-        z_final, log_det, min_eig = flow_log_det(model, sampler, x_rep, z0, noise, mask_rep, logdet=logdet,
-                                                 num_probes=num_probes, lanczos_steps=lanczos_steps,
-                                                 generator=generator, check_invertible=check_invertible)
-        energy = -model.log_joint(x_rep, z_final, mask_rep).to(torch.float64)
-        per_draw = energy + (model.log_prior(z0).to(torch.float64) - log_det) if entropy else energy
-    objective = per_draw.view(batch, num_samples).mean(1)
-    if not return_info:
-        return objective
+    noise = flow.sampler.sample_noise(model, x_rep.shape[0], generator=generator)
+    z_final, log_det, min_eig = flow_log_det(model, flow, x_rep, z0, noise, mask_rep, estimator, generator)
+    energy = -model.log_joint(x_rep, z_final, mask_rep).to(torch.float64)
+    per_draw = energy + (model.log_prior(z0).to(torch.float64) - log_det) if entropy else energy
     smallest = float(min_eig.detach().min())
     invertible = smallest > 0  # False for NaN as well
     if math.isinf(smallest):  # exact without the per-step check: only the sign of det is known
         smallest = math.nan
-    return objective, ObjectiveInfo(invertible=invertible, min_eigenvalue=smallest,
-                                    log_det=log_det.view(batch, num_samples).mean(1))
+    info = ObjectiveInfo(invertible=invertible, min_eigenvalue=smallest,
+                         log_det=log_det.view(batch, num_samples).mean(1))
+    return KLObjective(objective=per_draw.view(batch, num_samples).mean(1), info=info)

@@ -521,14 +521,15 @@ def _train(model: Model, sampler: Sampler, tuner: Tuner, train_split, test_split
             batches = source.get(t)
             if config.tune_every and t % config.tune_every == 0:
                 tune_began = time.perf_counter()
-                result = tuner.tune(model, sampler, batches[0]["x"])  # J is averaged over processes
+                result = tuner.tune(model, sampler, batches[0]["x"], reduce=distributed.all_reduce_sum)
+                sampler.set_hyperparameters(result.hyperparameters)  # J is averaged over processes: same everywhere
                 tune_seconds = time.perf_counter() - tune_began
                 tuning_seconds += tune_seconds
                 if main:
                     _append_jsonl(run_dir / TUNER_FILE, {
                         "iteration": t, "objective": result.objective, "history": result.history,
                         "hyperparameters": {k: v.tolist() for k, v in result.hyperparameters.items()},
-                        "per": getattr(sampler, "per", None), "seconds": tune_seconds})
+                        "per": result.per, "seconds": tune_seconds})
             optimizer.zero_grad(set_to_none=True)
             # (1/S) sum_s grad L_s: each of this process's shards weighs len(my_shards)^-1, DDP averages ranks.
             totals = torch.zeros(2, dtype=torch.float64, device=device)  # sum of shard losses, squared errors

@@ -93,7 +93,9 @@ def test_kl_objective_states_why_it_does_not_apply():
             KLGrid().check(model, sampler)
     Fixed().check(model, ABP())  # the fixed tuner works with all of them
     abp = ABP(step_size=0.01)
-    Fixed(step_size=0.02).tune(model, abp, x)
+    result = Fixed(step_size=0.02).tune(model, abp, x)
+    assert abp.step_size.item() == 0.01 and result.per is None
+    abp.set_hyperparameters(result.hyperparameters)
     assert abp.step_size.item() == 0.02
 
 

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import inferkit
-from inferkit import UserError, flow_log_density
+from inferkit import LogDetEstimator, UserError, flow_log_density
 from inferkit.models.linear_gaussian import LinearGaussian
 from inferkit.samplers import Langevin, ShortRun
 
@@ -34,10 +34,10 @@ def test_flow_log_density_is_the_gaussian_density_of_the_output(latent_dim, num_
     x = model.sample(3, generator=generator).detach()
     z0 = model.sample_prior(3, generator=generator)
     with torch.no_grad():
-        (z_k,), log_q = flow_log_density(sampler, model, x, z0, logdet=logdet)
+        (z_k,), log_q = flow_log_density(sampler, model, x, z0, estimator=LogDetEstimator(logdet))
         expected = closed_form_log_q(model, x, z_k, step_size, num_steps)
     torch.testing.assert_close(log_q, expected, rtol=1e-9, atol=1e-9)
-    torch.testing.assert_close(z_k, sampler.flow(model, x, z0)[0])
+    torch.testing.assert_close(z_k, sampler.flow(model, x, z0, sampler.step_sizes(1))[0])
 
 
 def test_flow_log_density_is_nan_where_the_flow_is_not_invertible():

@@ -45,6 +45,8 @@ def test_kl_grad_reaches_the_analytic_optimum_and_energy_alone_overshoots():
     optimum, optimum_kl = best_shared_step_size(model, x, num_steps)
     sampler = ShortRun(num_steps=num_steps, step_size=0.005)
     result = KLGrad(num_samples=32, learning_rate=0.1, tolerance=1e-3).tune(model, sampler, x)
+    assert sampler.step_size.item() == 0.005  # the tuner changes nothing; its result is applied by the caller
+    sampler.set_hyperparameters(result.hyperparameters)
     found = sampler.step_size.item()
     assert found == pytest.approx(optimum, rel=0.05)
     assert result.history[-1]["stop"] == "converged"
@@ -54,8 +56,9 @@ def test_kl_grad_reaches_the_analytic_optimum_and_energy_alone_overshoots():
     assert closed_form_kl(model, x, [found] * num_steps) <= optimum_kl * 1.01
 
     energy_sampler = ShortRun(num_steps=num_steps, step_size=0.005)
-    KLGrad(num_samples=32, learning_rate=0.1, tolerance=1e-3, objective="energy").tune(model, energy_sampler, x)
-    mode_seeking = energy_sampler.step_size.item()
+    energy = KLGrad(num_samples=32, learning_rate=0.1, tolerance=1e-3, objective="energy").tune(
+        model, energy_sampler, x)
+    mode_seeking = energy.hyperparameters["step_size"].item()
     assert mode_seeking > 1.5 * optimum  # drives s up towards the edge of invertibility
     assert closed_form_kl(model, x, [mode_seeking] * num_steps) > 2 * optimum_kl
 
@@ -69,7 +72,8 @@ def test_per_step_step_sizes_reach_a_lower_kl_than_the_best_shared_one():
     start = [optimum * f for f in (0.5, 0.8, 1.2, 1.5)]
     sampler = ShortRun(num_steps=num_steps, step_size=tuple(start), per="step")
     result = KLGrad(num_samples=64, learning_rate=0.1, max_iterations=300, tolerance=1e-4).tune(model, sampler, x)
-    schedule = sampler.step_size.tolist()
+    schedule = result.hyperparameters["step_size"].tolist()
+    assert result.per == "step" and sampler.step_size.tolist() == pytest.approx(start)
     assert isinstance(result.history[0]["step_size"], list) and len(schedule) == num_steps
     assert closed_form_kl(model, x, schedule) < optimum_kl * 0.97
 
@@ -82,8 +86,9 @@ def test_per_layer_step_sizes_are_tuned_separately():
     x = model.sample(2, generator=torch.Generator().manual_seed(0)).detach()
     sampler = ShortRun(num_steps=2, step_size=(0.01, 0.01), per="layer")
     result = KLGrad(max_iterations=4, batch_size=2).tune(model, sampler, x)
-    assert sampler.step_size.shape == (2,)
-    assert sampler.step_size[0] != sampler.step_size[1]
+    chosen = result.hyperparameters["step_size"]
+    assert chosen.shape == (2,)
+    assert chosen[0] != chosen[1]
     assert result.objective <= result.history[0]["J"]
     assert all(p.grad is None for p in model.parameters())  # only log s was differentiated
 
@@ -95,12 +100,14 @@ def test_a_non_invertible_start_is_halved_and_an_overshoot_is_undone():
     sampler = ShortRun(num_steps=3, step_size=3.0 / largest)  # 1 - s lambda_max < 0: F singular-ish
     result = KLGrad(num_samples=8, max_iterations=30).tune(model, sampler, x)
     assert result.history[0]["invertible"] is False
-    assert sampler.step_size.item() < 1.0 / largest
-    assert sampler.step_size.item() == pytest.approx(
-        min((p["step_size"] for p in result.history if p["invertible"]), key=lambda s: abs(s - sampler.step_size.item())))
+    chosen = result.hyperparameters["step_size"].item()
+    assert chosen < 1.0 / largest
+    assert chosen == pytest.approx(
+        min((p["step_size"] for p in result.history if p["invertible"]), key=lambda s: abs(s - chosen)))
+    assert sampler.step_size.item() == 3.0 / largest
 
 
-def test_nothing_invertible_raises_and_restores():
+def test_nothing_invertible_raises_and_leaves_the_sampler():
     model, x = setting()
     sampler = ShortRun(num_steps=3, step_size=50.0)
     with pytest.raises(UserError, match="not invertible"):

@@ -18,9 +18,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from inferkit import Inference, Model, Sampler, UserError, kl_objective
+from inferkit import Inference, LogDetEstimator, Model, Sampler, UserError, kl_objective
 from inferkit.models.linear_gaussian import LinearGaussian
-from inferkit.objective import exact_log_det, flatten_latents, stepwise_log_det, unflatten_latents
+from inferkit.latents import flatten_latents, unflatten_latents
+from inferkit.objective import BoundFlow, KLObjective, exact_log_det, stepwise_log_det
 from inferkit.samplers import Langevin, ShortRun
 
 F64 = torch.float64
@@ -61,7 +62,7 @@ def flow_matrix(model, sampler) -> torch.Tensor:
     """A = prod_k (I - S_k P), S_k = diag of the per-unit step sizes (built here, not by inferkit)."""
     precision = model.posterior_precision().detach()
     eye = torch.eye(precision.shape[0], dtype=F64)
-    matrix = sampler.step_size_matrix(len(model.latent_shapes))
+    matrix = sampler.step_sizes(len(model.latent_shapes))
     a = eye
     for k in range(sampler.num_steps):
         units = torch.cat([matrix[k, layer].expand(math.prod(shape))
@@ -74,7 +75,7 @@ def noise_matrices(model, sampler) -> list[torch.Tensor]:
     """B_k sqrt(2 S_k): how eps_k enters z_K (z_K = A z_0 + (I - A) m + sum_k B_k sqrt(2 S_k) eps_k)."""
     precision = model.posterior_precision().detach()
     eye = torch.eye(precision.shape[0], dtype=F64)
-    s = sampler.step_size_matrix(1)[:, 0]
+    s = sampler.step_sizes(1)[:, 0]
     out = []
     for k in range(sampler.num_steps):
         b = eye
@@ -108,8 +109,10 @@ def assert_identity(model, sampler, x, num_samples, seed, logdet, mask=None, clo
     """J + log p(x) == mean over the same draws of log q_s(z_K) - log p(z_K|x), to 1e-8."""
     closed_model = closed_model or model
     with torch.no_grad():
-        j, info = kl_objective(model, sampler, x, num_samples=num_samples, logdet=logdet, mask=mask,
-                               generator=torch.Generator().manual_seed(seed), return_info=True)
+        result = kl_objective(model, sampler, x, num_samples=num_samples, estimator=LogDetEstimator(logdet),
+                              mask=mask, generator=torch.Generator().manual_seed(seed))
+    assert isinstance(result, KLObjective)
+    j, info = result.objective, result.info
     z0 = model.sample_prior(x.shape[0] * num_samples, generator=torch.Generator().manual_seed(seed))
     z0_flat = flatten_latents(z0)
     x_closed = x if closed_model is model else x[:, mask.reshape(-1, x.shape[1])[0].bool()]
@@ -144,7 +147,7 @@ def test_pointwise_identity_and_logdets(latent_dim, data_dim, sigma, ratios, per
     j_exact = assert_identity(model, sampler, x, num_samples, seed, "exact")
     torch.testing.assert_close(j_step, j_exact, rtol=0, atol=1e-9)
     # The closed-form A agrees with the model's own flow_matrix for the flat step sizes.
-    steps = sampler.step_size_matrix(1)[:, 0]
+    steps = sampler.step_sizes(1)[:, 0]
     torch.testing.assert_close(flow_matrix(model, sampler), model.flow_matrix(steps).detach())
 
 
@@ -176,11 +179,11 @@ def test_mask_is_the_model_on_observed_coordinates(mask_shape):
     sampler = ShortRun(num_steps=3, step_size=0.3 / lambda_max(sub))
     for logdet in ("stepwise", "exact"):
         j = assert_identity(model, sampler, x, 2, 11, logdet, mask=mask, closed_model=sub)
-        j_sub = kl_objective(sub, sampler, x[:, observed.bool()], num_samples=2, logdet=logdet,
-                             generator=torch.Generator().manual_seed(11))
+        j_sub = kl_objective(sub, sampler, x[:, observed.bool()], num_samples=2, estimator=LogDetEstimator(logdet),
+                             generator=torch.Generator().manual_seed(11)).objective
         torch.testing.assert_close(j, j_sub.detach(), rtol=0, atol=1e-10)
     # And the mask changes the answer (the unmasked objective is a different number).
-    unmasked = kl_objective(model, sampler, x, num_samples=2, generator=torch.Generator().manual_seed(11))
+    unmasked = kl_objective(model, sampler, x, num_samples=2, generator=torch.Generator().manual_seed(11)).objective
     assert (unmasked.detach() - j).abs().max() > 1e-3
 
 
@@ -194,7 +197,7 @@ def test_monte_carlo_average_is_the_closed_form_kl(latent_dim, num_steps, ratio)
     n = 2000
     with torch.no_grad():
         per_draw = kl_objective(model, sampler, x.expand(n, -1), num_samples=1,
-                                generator=torch.Generator().manual_seed(5))
+                                generator=torch.Generator().manual_seed(5)).objective
     estimates = per_draw + model.log_marginal(x).detach()
     mean, stderr = estimates.mean(), estimates.std() / math.sqrt(n)
     kl = model.flow_kl(x, torch.full((num_steps,), s, dtype=F64)).detach()[0]
@@ -202,7 +205,7 @@ def test_monte_carlo_average_is_the_closed_form_kl(latent_dim, num_steps, ratio)
     assert abs(mean - kl) < 5 * stderr, (float(mean), float(kl), float(stderr))
     # num_samples averages the same draws: one example with n samples gives the same mean.
     with torch.no_grad():
-        pooled = kl_objective(model, sampler, x, num_samples=n, generator=torch.Generator().manual_seed(5))
+        pooled = kl_objective(model, sampler, x, num_samples=n, generator=torch.Generator().manual_seed(5)).objective
     torch.testing.assert_close(pooled[0], per_draw.mean(), rtol=0, atol=1e-9)
 
 
@@ -226,8 +229,9 @@ def test_langevin_pointwise_identity_given_the_noise():
     expected = per_draw.view(2, num_samples).mean(1) - model.log_marginal(x).detach()
     for logdet in ("stepwise", "exact"):
         with torch.no_grad():
-            j, info = kl_objective(model, sampler, x, num_samples=num_samples, logdet=logdet,
-                                   generator=torch.Generator().manual_seed(seed), return_info=True)
+            result = kl_objective(model, sampler, x, num_samples=num_samples, estimator=LogDetEstimator(logdet),
+                                  generator=torch.Generator().manual_seed(seed))
+            j, info = result.objective, result.info
         torch.testing.assert_close(j, expected, rtol=1e-9, atol=1e-8)
         torch.testing.assert_close(info.log_det, log_abs_det.expand(2), rtol=0, atol=1e-9)
 
@@ -241,7 +245,7 @@ def test_langevin_objective_is_an_upper_bound_on_the_closed_form_kl():
     x = data(model, 1, 3)
     n = 2000
     with torch.no_grad():
-        per_draw = kl_objective(model, sampler, x.expand(n, -1), generator=torch.Generator().manual_seed(1))
+        per_draw = kl_objective(model, sampler, x.expand(n, -1), generator=torch.Generator().manual_seed(1)).objective
     estimates = per_draw + model.log_marginal(x).detach()
     mean, stderr = estimates.mean(), estimates.std() / math.sqrt(n)
     steps = torch.full((num_steps,), s, dtype=F64)
@@ -263,10 +267,11 @@ def test_stepwise_and_exact_log_det_functions():
     sampler = ShortRun(num_steps=5, step_size=tuple(r / lam for r in (0.1, 0.5, 0.3, 0.6, 0.2)), per="step")
     x = data(model, 3, 1)
     z0 = model.sample_prior(3, generator=torch.Generator().manual_seed(0))
-    states = sampler.path(model, x, z0)
+    steps = sampler.step_sizes(len(model.latent_shapes))
+    states = sampler.path(model, x, z0, steps)
     assert len(states) == 6
-    log_det, min_eig = stepwise_log_det(model, sampler, x, states[:-1])
-    exact, sign = exact_log_det(model, sampler, x, z0)
+    log_det, min_eig = stepwise_log_det(model, x, states, steps)
+    exact, sign = exact_log_det(model, BoundFlow.of(sampler, len(model.latent_shapes)), x, z0)
     expected = torch.linalg.slogdet(flow_matrix(model, sampler))[1].expand(3)
     torch.testing.assert_close(log_det, expected, rtol=0, atol=1e-9)
     torch.testing.assert_close(exact, expected, rtol=0, atol=1e-9)
@@ -282,7 +287,8 @@ def test_non_invertible_steps_are_flagged_by_both_log_det_methods():
     sampler = ShortRun(num_steps=2, step_size=1.5 / lambda_max(model))
     x = data(model, 2, 0)
     for logdet in ("stepwise", "exact"):
-        _, info = kl_objective(model, sampler, x, logdet=logdet, return_info=True, differentiable=False)
+        with torch.no_grad():
+            info = kl_objective(model, sampler, x, estimator=LogDetEstimator(logdet)).info
         assert not info.invertible
         assert info.min_eigenvalue == pytest.approx(1 - 1.5)
 
@@ -319,27 +325,29 @@ def test_diverging_flow_is_reported_not_raised():
     model = Cubic()
     x = torch.ones(2, 2, dtype=F64)
     with torch.no_grad():
-        j, info = kl_objective(model, ShortRun(num_steps=10, step_size=10.0), x, return_info=True,
-                               generator=torch.Generator().manual_seed(0))
-    assert not torch.isfinite(j).all()
-    assert not info.invertible
-    j_ok, info_ok = kl_objective(model, ShortRun(num_steps=2, step_size=1e-4), x, return_info=True,
-                                 generator=torch.Generator().manual_seed(0))
-    assert torch.isfinite(j_ok).all() and info_ok.invertible
+        diverged = kl_objective(model, ShortRun(num_steps=10, step_size=10.0), x,
+                                generator=torch.Generator().manual_seed(0))
+    assert not torch.isfinite(diverged.objective).all()
+    assert not diverged.info.invertible
+    fine = kl_objective(model, ShortRun(num_steps=2, step_size=1e-4), x, generator=torch.Generator().manual_seed(0))
+    assert torch.isfinite(fine.objective).all() and fine.info.invertible
 
 
 # -- differentiability and argument checks -------------------------------------------------------
 def test_gradient_in_the_step_size_matches_finite_differences():
+    """J is differentiable in step-size values passed in (the sampler is not changed); under no_grad the
+    same values come without a graph."""
     model = lg(3, 5, 0.5, seed=8)
     x = data(model, 2, 1)
     s0 = 0.3 / lambda_max(model)
+    sampler = ShortRun(num_steps=3, step_size=0.123)
 
     def objective(s, logdet, differentiable=True):
-        sampler = ShortRun(num_steps=3, step_size=s)
-        sampler.step_size.requires_grad_(differentiable)
-        j = kl_objective(model, sampler, x, num_samples=2, logdet=logdet, differentiable=differentiable,
-                         generator=torch.Generator().manual_seed(4)).sum()
-        return j, sampler.step_size
+        step = torch.tensor(s, dtype=F64, requires_grad=differentiable)
+        with torch.enable_grad() if differentiable else torch.no_grad():
+            j = kl_objective(model, sampler, x, hyperparameters={"step_size": step}, num_samples=2,
+                             estimator=LogDetEstimator(logdet), generator=torch.Generator().manual_seed(4)).objective
+        return j.sum(), step
 
     h = 1e-6
     finite_difference = (objective(s0 + h, "stepwise", False)[0] - objective(s0 - h, "stepwise", False)[0]) / (2 * h)
@@ -350,6 +358,10 @@ def test_gradient_in_the_step_size_matches_finite_differences():
     j_frozen, _ = objective(s0, "stepwise", differentiable=False)
     assert j_frozen.grad_fn is None and not j_frozen.requires_grad
     torch.testing.assert_close(j_frozen, objective(s0, "stepwise")[0].detach())
+    assert sampler.step_size.item() == 0.123  # evaluated at the values given, never set
+    at_sampler = kl_objective(model, ShortRun(num_steps=3, step_size=s0), x, num_samples=2,
+                              generator=torch.Generator().manual_seed(4)).objective.sum()
+    torch.testing.assert_close(at_sampler.detach(), j_frozen)
 
 
 class NoFlow(Sampler):
@@ -359,10 +371,16 @@ class NoFlow(Sampler):
 
 @pytest.mark.parametrize("kwargs,sampler", [
     ({}, NoFlow()),
-    ({"logdet": "stochastic-typo"}, ShortRun(num_steps=2)),
     ({"num_samples": 0}, ShortRun(num_steps=2)),
+    ({"hyperparameters": {"momentum": torch.tensor(0.5)}}, ShortRun(num_steps=2)),
 ])
 def test_bad_arguments_raise_user_error(kwargs, sampler):
     model = lg(2, 3, 0.5, seed=0)
     with pytest.raises(UserError):
         kl_objective(model, sampler, data(model, 2, 0), **kwargs)
+
+
+@pytest.mark.parametrize("kwargs", [{"method": "stochastic-typo"}, {"num_probes": 0}, {"lanczos_steps": 0}])
+def test_bad_estimators_raise_user_error(kwargs):
+    with pytest.raises(UserError):
+        LogDetEstimator(**kwargs)

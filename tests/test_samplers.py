@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 import inferkit
 from inferkit import GradientFlow, Inference, UserError
 from inferkit.models.linear_gaussian import LinearGaussian
-from inferkit.objective import flatten_latents, unflatten_latents
+from inferkit.latents import flatten_latents, unflatten_latents
 from inferkit.samplers import Langevin, ShortRun
 
 F64 = torch.float64
@@ -87,13 +87,36 @@ def test_infer_equals_flow_from_the_same_draws(num_steps, ratio, seed, layout):
         z0 = model.sample_prior(3, generator=generator)
         noise = sampler.sample_noise(model, 3, generator=generator)
         assert (noise is None) == (cls is ShortRun)
-        states = sampler.path(model, x, z0, noise)
+        steps = sampler.step_sizes(len(z0))
+        states = sampler.path(model, x, z0, steps, noise)
         assert len(states) == num_steps + 1
-        final = sampler.flow(model, x, z0, noise)
+        final = sampler.flow(model, x, z0, steps, noise)
         for got, via_path, via_flow in zip(result.z, states[-1], final):
             assert got.shape == via_flow.shape
             torch.testing.assert_close(got, via_flow.detach(), rtol=1e-12, atol=1e-12)
             torch.testing.assert_close(via_path, via_flow, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("cls", [ShortRun, Langevin])
+def test_eager_compiled_and_differentiable_runs_of_the_one_step_agree(cls):
+    """shortrun_step is run three ways: eagerly (infer), torch.compile'd (compile=...) and
+    differentiably (path, at step sizes passed in as a tensor that requires grad); all give the same z_K."""
+    model = TwoLayer()
+    x = data(model, 3, 1)
+    options = {"num_steps": 3, "step_size": (0.01, 0.02), "per": "layer"}
+    eager = cls(**options).infer(model, x, generator=torch.Generator().manual_seed(5)).z
+    compiled = cls(**options, compile="default", compile_backend="aot_eager").infer(
+        model, x, generator=torch.Generator().manual_seed(5)).z
+    sampler = cls(**options)
+    generator = torch.Generator().manual_seed(5)
+    z0 = model.sample_prior(3, generator=generator)
+    noise = sampler.sample_noise(model, 3, generator=generator)
+    value = torch.tensor([0.01, 0.02], dtype=F64, requires_grad=True)
+    final = sampler.flow(model, x, z0, sampler.step_sizes(2, value), noise)
+    assert all(t.grad_fn is not None for t in final)  # a graph to the step sizes
+    for a, b, c in zip(eager, compiled, final):
+        torch.testing.assert_close(b, a, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(c.detach(), a, rtol=1e-12, atol=1e-12)
 
 
 def test_noise_free_flow_converges_to_the_posterior_mean():
@@ -238,24 +261,41 @@ def test_infer_honours_the_mask():
 
 
 # -- step-size layouts and option errors ---------------------------------------------------------
-def test_step_size_matrix_layouts():
+def test_step_sizes_layouts():
     shared = ShortRun(num_steps=4, step_size=0.1)
-    assert shared.step_size_matrix(3).shape == (4, 3)
-    assert torch.all(shared.step_size_matrix(3) == 0.1)
+    assert shared.step_sizes(3).shape == (4, 3)
+    assert torch.all(shared.step_sizes(3) == 0.1)
     layer = ShortRun(num_steps=4, step_size=(0.1, 0.2, 0.3), per="layer")
-    matrix = layer.step_size_matrix(3)
+    matrix = layer.step_sizes(3)
     assert matrix.shape == (4, 3) and matrix.dtype == F64
     assert torch.equal(matrix, torch.tensor([[0.1, 0.2, 0.3]] * 4, dtype=F64))
     one_for_all_layers = ShortRun(num_steps=2, step_size=0.05, per="layer")
-    assert torch.all(one_for_all_layers.step_size_matrix(3) == 0.05)
+    assert torch.all(one_for_all_layers.step_sizes(3) == 0.05)
     step = ShortRun(num_steps=3, step_size=(0.1, 0.2, 0.3), per="step")
-    assert torch.equal(step.step_size_matrix(2), torch.tensor([[0.1, 0.1], [0.2, 0.2], [0.3, 0.3]], dtype=F64))
+    assert torch.equal(step.step_sizes(2), torch.tensor([[0.1, 0.1], [0.2, 0.2], [0.3, 0.3]], dtype=F64))
     repeated = ShortRun(num_steps=3, step_size=0.07, per="step")
-    assert repeated.step_size.shape == (3,) and torch.all(repeated.step_size_matrix(1) == 0.07)
-    # The matrix follows the live hyperparameter (what tuners write into).
-    shared.hyperparameters()["step_size"].fill_(0.3)
-    assert torch.all(shared.step_size_matrix(1) == 0.3)
+    assert repeated.step_size.shape == (3,) and torch.all(repeated.step_sizes(1) == 0.07)
+    # The matrix follows the hyperparameter once it is set, and any value can be laid out without setting it.
+    shared.set_hyperparameters({"step_size": torch.tensor(0.3, dtype=F64)})
+    assert torch.all(shared.step_sizes(1) == 0.3)
+    value = torch.tensor([0.4, 0.5, 0.6], dtype=F64, requires_grad=True)
+    laid_out = step.step_sizes(2, value)
+    assert torch.equal(laid_out.detach(), torch.tensor([[0.4, 0.4], [0.5, 0.5], [0.6, 0.6]], dtype=F64))
+    (grad,) = torch.autograd.grad(laid_out.sum(), value)  # differentiable in the value
+    assert torch.equal(grad, torch.full((3,), 2.0, dtype=F64))
+    assert torch.equal(step.step_size, torch.tensor([0.1, 0.2, 0.3], dtype=F64))  # not set by step_sizes
     assert "step_size=" in repr(shared)
+
+
+def test_set_hyperparameters_refuses_unknown_names_and_shapes():
+    sampler = ShortRun(num_steps=3, step_size=(0.1, 0.2, 0.3), per="step")
+    with pytest.raises(UserError, match="no hyperparameter momentum"):
+        sampler.set_hyperparameters({"momentum": torch.tensor(0.5)})
+    with pytest.raises(UserError, match="shape"):
+        sampler.set_hyperparameters({"step_size": torch.tensor(0.5)})
+    assert sampler.step_size.tolist() == [0.1, 0.2, 0.3]  # nothing was set
+    sampler.set_hyperparameters({"step_size": torch.tensor([0.4, 0.5, 0.6])})
+    assert sampler.step_size.dtype == F64 and sampler.step_size.tolist() == pytest.approx([0.4, 0.5, 0.6])
 
 
 def test_per_layer_step_sizes_act_per_layer():
@@ -308,7 +348,7 @@ def test_built_by_name_with_string_options():
 
 def test_step_size_is_saved_in_the_state_dict():
     sampler = ShortRun(num_steps=3, step_size=0.05)
-    sampler.hyperparameters()["step_size"].fill_(0.08)
+    sampler.set_hyperparameters({"step_size": torch.tensor(0.08, dtype=F64)})
     restored = ShortRun(num_steps=3, step_size=0.01)
     restored.load_state_dict(sampler.state_dict())
     assert float(restored.step_size) == pytest.approx(0.08)

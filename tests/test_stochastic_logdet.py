@@ -10,9 +10,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from inferkit.models.linear_gaussian import LinearGaussian
+from inferkit.latents import hessians
 from inferkit.objective import (
-    hessian_vector_products,
-    hessians,
+    LogDetEstimator,
+    hessian_vector_product_operator,
     kl_objective,
     lanczos_quadrature,
 )
@@ -71,12 +72,12 @@ def test_hutchinson_average_converges_to_the_trace():
 
 @settings(max_examples=10, deadline=None)
 @given(latent_dim=st.integers(1, 6), seed=st.integers(0, 1000))
-def test_hessian_vector_products_match_the_hessian(latent_dim, seed):
+def test_hessian_vector_product_operator_matches_the_hessian(latent_dim, seed):
     model = LinearGaussian(latent_dim=latent_dim, data_dim=5, sigma=0.7, seed=seed, dtype="float64")
     x = model.sample(3, generator=torch.Generator().manual_seed(seed)).detach()
     z = model.sample_prior(3, generator=torch.Generator().manual_seed(seed + 1))
     vectors = torch.randn(2, 3, latent_dim, dtype=FLOAT64, generator=torch.Generator().manual_seed(seed + 2))
-    products = hessian_vector_products(model, x, z, vectors)
+    products = hessian_vector_product_operator(model, x, z, num_vectors=2)(vectors)
     expected = torch.einsum("bij,pbj->pbi", hessians(model, x, z), vectors)
     torch.testing.assert_close(products, expected, rtol=1e-10, atol=1e-10)
     # the linear-Gaussian Hessian is -P everywhere
@@ -90,8 +91,10 @@ def test_stochastic_log_det_error_shrinks_with_probes_and_j_stays_close():
     sampler = ShortRun(num_steps=4, step_size=0.02)
 
     def objective(logdet, **kwargs):
-        return kl_objective(model, sampler, x, logdet=logdet, generator=torch.Generator().manual_seed(0),
-                            differentiable=False, return_info=True, **kwargs)
+        with torch.no_grad():
+            result = kl_objective(model, sampler, x, estimator=LogDetEstimator(logdet, **kwargs),
+                                  generator=torch.Generator().manual_seed(0))
+        return result.objective, result.info
 
     exact, exact_info = objective("stepwise")
     few, few_info = objective("stochastic", num_probes=4, lanczos_steps=6)
@@ -110,11 +113,12 @@ def test_stochastic_objective_is_differentiable_in_the_step_size():
     x = model.sample(2, generator=torch.Generator().manual_seed(1)).detach()
     sampler = ShortRun(num_steps=3, step_size=0.02)
     step = torch.tensor(0.02, dtype=FLOAT64, requires_grad=True)
-    sampler.step_size = step
-    j_sto = kl_objective(model, sampler, x, logdet="stochastic", num_probes=64,
-                         generator=torch.Generator().manual_seed(0)).mean()
+    j_sto = kl_objective(model, sampler, x, hyperparameters={"step_size": step},
+                         estimator=LogDetEstimator("stochastic", num_probes=64),
+                         generator=torch.Generator().manual_seed(0)).objective.mean()
     (g_sto,) = torch.autograd.grad(j_sto, step)
-    j_step = kl_objective(model, sampler, x, logdet="stepwise", generator=torch.Generator().manual_seed(0)).mean()
+    j_step = kl_objective(model, sampler, x, hyperparameters={"step_size": step},
+                          generator=torch.Generator().manual_seed(0)).objective.mean()
     (g_step,) = torch.autograd.grad(j_step, step)
     assert torch.isfinite(g_sto) and g_sto.item() == pytest.approx(g_step.item(), rel=0.05)
 
@@ -127,7 +131,7 @@ def test_kl_grid_with_the_stochastic_estimator_picks_the_same_step_size():
     for logdet in ("stepwise", "stochastic"):
         sampler = ShortRun(num_steps=4, step_size=0.01)
         result = KLGrid(grid=grid, logdet=logdet, num_samples=4).tune(model, sampler, x)
-        chosen[logdet] = (sampler.step_size.item(), result)
+        chosen[logdet] = (result.hyperparameters["step_size"].item(), result)
     assert chosen["stepwise"][0] == pytest.approx(chosen["stochastic"][0])
     for a, b in zip(chosen["stepwise"][1].history, chosen["stochastic"][1].history):
         assert b["J"] == pytest.approx(a["J"], rel=0.05)
@@ -149,8 +153,10 @@ def test_on_the_ladder_stepwise_equals_exact_and_stochastic_is_within_two_percen
     sampler = ShortRun(num_steps=3, step_size=0.02)
     values = {}
     for logdet in ("exact", "stepwise", "stochastic"):
-        values[logdet] = kl_objective(model, sampler, x, logdet=logdet, generator=torch.Generator().manual_seed(0),
-                                      differentiable=False, return_info=True)
+        with torch.no_grad():
+            result = kl_objective(model, sampler, x, estimator=LogDetEstimator(logdet),
+                                  generator=torch.Generator().manual_seed(0))
+        values[logdet] = (result.objective, result.info)
     (j_exact, info_exact), (j_step, info_step), (j_sto, _) = values.values()
     torch.testing.assert_close(info_step.log_det, info_exact.log_det, rtol=1e-11, atol=1e-11)
     torch.testing.assert_close(j_step, j_exact, rtol=1e-11, atol=1e-11)
@@ -164,6 +170,5 @@ def test_on_the_ladder_kl_grid_picks_the_same_step_size_with_every_estimator(lad
     chosen = {}
     for logdet in ("stepwise", "stochastic"):
         sampler = ShortRun(num_steps=3, step_size=0.01)
-        KLGrid(grid=grid, logdet=logdet).tune(model, sampler, x)
-        chosen[logdet] = sampler.step_size.item()
+        chosen[logdet] = KLGrid(grid=grid, logdet=logdet).tune(model, sampler, x).hyperparameters["step_size"].item()
     assert chosen["stochastic"] == chosen["stepwise"]

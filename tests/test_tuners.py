@@ -1,4 +1,5 @@
-"""Tuners: kl-grid against the linear-Gaussian closed forms, non-invertible grid points, fixed."""
+"""Tuners: kl-grid against the linear-Gaussian closed forms, non-invertible grid points, fixed.
+Tuners return values and never change the sampler; the caller applies them."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from inferkit import Inference, Model, Sampler, TuneResult, UserError
 from inferkit.models.linear_gaussian import LinearGaussian
 from inferkit.samplers import Langevin, ShortRun
 from inferkit.tuners import Fixed, KLGrid
+from inferkit.tuners.kl_grad import KLGrad
 from inferkit.tuners.kl_grid import PAPER_GRID
 
 F64 = torch.float64
@@ -71,10 +73,13 @@ def test_kl_grid_records_every_point_exactly_and_picks_the_closed_form_argmin():
     # The closed-form gap is far beyond the Monte-Carlo error, so the argmin must agree.
     assert closed_form[runner_up] - closed_form[best] > 5 * (stderr[best] + stderr[runner_up])
     assert result.hyperparameters["step_size"].item() == pytest.approx(grid[best])
-    assert sampler.step_size.item() == pytest.approx(grid[best])  # written into the sampler
+    assert result.per == "shared"
+    assert sampler.step_size.item() == pytest.approx(0.5 / lam)  # the tuner changed nothing
     assert result.objective == pytest.approx(result.history[best]["J"])
+    sampler.set_hyperparameters(result.hyperparameters)  # the caller applies the choice
+    assert sampler.step_size.item() == pytest.approx(grid[best])
     # The result holds a copy, not the live tensor.
-    sampler.step_size.fill_(1.0)
+    sampler.set_hyperparameters({"step_size": torch.tensor(1.0, dtype=F64)})
     assert result.hyperparameters["step_size"].item() == pytest.approx(grid[best])
 
 
@@ -92,7 +97,7 @@ def test_non_invertible_points_are_recorded_and_never_chosen_even_with_a_lower_j
         assert [h["invertible"] for h in result.history] == [True, False, False]
         assert result.history[1]["J"] < result.history[0]["J"]  # would have won on J alone
         assert result.history[1]["min_eigenvalue"] == pytest.approx(1 - 1.2, abs=1e-9)
-        assert sampler.step_size.item() == pytest.approx(grid[0])
+        assert result.hyperparameters["step_size"].item() == pytest.approx(grid[0])
         assert result.objective == pytest.approx(result.history[0]["J"])
 
 
@@ -122,7 +127,7 @@ def test_a_grid_beyond_the_posterior_is_shrunk_until_some_point_is_invertible():
     assert [h["invertible"] for h in result.history] == [False, False, True, True]
     assert [h["step_size"] for h in result.history[2:]] == pytest.approx([0.25 * g for g in grid])
     best = min(result.history[2:], key=lambda h: h["J"])
-    assert sampler.step_size.item() == pytest.approx(best["step_size"])
+    assert result.hyperparameters["step_size"].item() == pytest.approx(best["step_size"])
 
 
 class Cubic(Model):
@@ -154,10 +159,10 @@ def test_diverging_grid_point_on_a_nonlinear_model_is_skipped():
     result = KLGrid(grid=(1e-4, 10.0)).tune(model, sampler, torch.ones(3, 2, dtype=F64))
     assert [h["invertible"] for h in result.history] == [True, False]
     assert not math.isfinite(result.history[1]["J"])
-    assert sampler.step_size.item() == pytest.approx(1e-4)
+    assert result.hyperparameters["step_size"].item() == pytest.approx(1e-4)
 
 
-def test_step_size_is_restored_if_an_evaluation_fails(monkeypatch):
+def test_the_sampler_is_untouched_when_an_evaluation_fails(monkeypatch):
     from inferkit.tuners import kl_common
 
     real = kl_common.kl_objective
@@ -175,6 +180,30 @@ def test_step_size_is_restored_if_an_evaluation_fails(monkeypatch):
     with pytest.raises(RuntimeError, match="boom"):
         KLGrid(grid=(0.01, 0.02, 0.03)).tune(model, sampler, data(model, 2))
     assert sampler.step_size.item() == pytest.approx(0.0123)
+
+
+@pytest.mark.parametrize("make_tuner", [lambda: KLGrid(grid=(0.01, 0.02, 0.04)),
+                                        lambda: KLGrad(max_iterations=3), lambda: Fixed(step_size=0.02)])
+def test_tuners_change_nothing_and_take_the_reduction_they_are_given(make_tuner):
+    """No tuner writes into, or swaps, the sampler's buffers. `reduce` sums over processes: two processes
+    holding the same batch (a reduce that doubles, in place) give exactly one process's J and choice."""
+    model = lg()
+    x = data(model, 4)
+    sampler = ShortRun(num_steps=3, step_size=0.015)
+    buffer = sampler.step_size
+    reduced = []
+
+    def two_identical_processes(tensor):
+        reduced.append(tuple(tensor.shape))
+        return tensor.mul_(2)
+
+    alone = make_tuner().tune(model, sampler, x)
+    together = make_tuner().tune(model, sampler, x, reduce=two_identical_processes)
+    assert sampler.step_size is buffer and buffer.item() == 0.015 and not buffer.requires_grad
+    assert dict(sampler.named_buffers()).keys() == {"step_size"}
+    assert together.history == alone.history
+    assert torch.equal(together.hyperparameters["step_size"], alone.hyperparameters["step_size"])
+    assert bool(reduced) == (not isinstance(make_tuner(), Fixed))  # J (and kl-grad's gradients) were reduced
 
 
 @pytest.mark.parametrize("mask_shape", ["vector", "row", "batch"])
@@ -201,12 +230,14 @@ def test_kl_grid_on_per_step_and_langevin_samplers():
     per_step = ShortRun(num_steps=3, step_size=(0.01, 0.02, 0.03), per="step")
     result = KLGrid(grid=(0.01, 0.02)).tune(model, per_step, x)
     chosen = result.hyperparameters["step_size"]
-    assert chosen.shape == (3,) and torch.all(chosen == chosen[0])
+    assert chosen.shape == (3,) and torch.all(chosen == chosen[0]) and result.per == "step"
+    per_step.set_hyperparameters(result.hyperparameters)
     assert torch.equal(per_step.step_size, chosen)
     langevin = Langevin(num_steps=3, step_size=0.05)
     result = KLGrid(grid=(0.01, 0.02, 0.04)).tune(model, langevin, x)
     assert len(result.history) == 3 and all(math.isfinite(h["J"]) for h in result.history)
-    assert langevin.step_size.item() in (0.01, 0.02, 0.04)
+    assert result.hyperparameters["step_size"].item() in (0.01, 0.02, 0.04)
+    assert langevin.step_size.item() == 0.05
 
 
 def test_kl_grid_does_not_build_a_graph_or_warn():
@@ -250,13 +281,15 @@ def test_fixed_tuner():
     x = data(model, 2)
     sampler = ShortRun(num_steps=2, step_size=0.05)
     result = Fixed().tune(model, sampler, x)
-    assert sampler.step_size.item() == pytest.approx(0.05)
+    assert result.hyperparameters["step_size"].item() == pytest.approx(0.05)
     assert math.isnan(result.objective) and result.history == []
     result = Fixed(step_size=0.02).tune(model, sampler, x)
-    assert sampler.step_size.item() == pytest.approx(0.02)
+    assert sampler.step_size.item() == pytest.approx(0.05)  # changed by the caller only
     assert result.hyperparameters["step_size"].item() == pytest.approx(0.02)
+    sampler.set_hyperparameters(result.hyperparameters)
+    assert sampler.step_size.item() == pytest.approx(0.02)
     per_step = ShortRun(num_steps=3, step_size=(0.1, 0.2, 0.3), per="step")
-    Fixed(step_size=0.04).tune(model, per_step, x)
+    per_step.set_hyperparameters(Fixed(step_size=0.04).tune(model, per_step, x).hyperparameters)
     assert torch.allclose(per_step.step_size, torch.full((3,), 0.04, dtype=F64))
     assert Fixed(step_size=0.5).tune(model, NoStepSize(), x).hyperparameters == {}
     by_name = inferkit.load_tuner("fixed", step_size="0.07")

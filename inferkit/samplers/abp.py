@@ -49,9 +49,6 @@ class ABP(Sampler):
         store: where the chain store lives: ``auto``, ``device`` (the model's) or ``cpu``.
     """
 
-    kl_objective_unsupported = ("its chains are persistent, so they start where each example's chain last "
-                                "stopped, not from the prior p_0 = p(z), and J(s) is not their KL (set its step "
-                                "size by hand: --sampler-opt step_size=...)")
 
     def __init__(self, num_steps: NumSteps = 30, step_size: float = 0.005, test_steps: int = 300, store: str = "auto"):
         super().__init__()

@@ -2,6 +2,8 @@
 
     z_0 ~ p(z),    z_{k+1} = z_k + S_k grad_z log p(x, z_k) + sqrt(2 S_k) eps_k,   eps_k ~ N(0, I)
 
+(:func:`~inferkit.samplers.shortrun.shortrun_step` with ``noise_scale = 1``).
+
 With the noise path held fixed each step's Jacobian is still ``I + S_k H_k``, so the tuners'
 log-determinant gives the entropy of ``q`` *conditional on the noise*; since
 ``H(z_K) >= H(z_K | eps)``, the J they minimise is an upper bound on ``KL(q_s || p(z|x)) - log p(x)``.

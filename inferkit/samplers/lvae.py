@@ -59,8 +59,6 @@ class LadderVAE(Sampler):
             to 1 (0: off; needs the trainer's ``begin_iteration``, outside it ``beta = 1``).
     """
 
-    kl_objective_unsupported = ("it is amortized: q(z|x) is its Ladder-VAE inference network, trained with the "
-                                "generator by the ELBO, and it has no step size to tune")
 
     def __init__(self, hidden: int = 256, depth: int = 1, nf: int = 32, encoder: str = "auto",
                  log_std_init: float = 0.0, free_bits: float = 0.0, kl_warmup: float = 0.0):

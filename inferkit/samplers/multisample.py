@@ -67,8 +67,6 @@ class MultiSampleBernoulli(Sampler, HasBernoulliEncoder):
     """
 
     name = "multisample"
-    kl_objective_unsupported = ("its latents are binary and q(z|x) is an amortized Bernoulli encoder trained "
-                                "with the model; there is no step size to tune")
     latent_supports = (constraints.boolean,)
     uses_every_parameter = False  # pre-training phases train the encoder/decoder, then the RBM alone
 

@@ -4,6 +4,9 @@
     heavy-ball:  v_{k+1} = mu v_k + S_k grad log p(x, z_k),              z_{k+1} = z_k + v_{k+1}
     Nesterov:    v_{k+1} = mu v_k + S_k grad log p(x, z_k + mu v_k),     z_{k+1} = z_k + v_{k+1}
 
+One update, :func:`momentum_step`, drives both the eager :meth:`ShortRunMomentum.infer` and the
+differentiable :meth:`ShortRunMomentum.path`.
+
 The log-determinant (derivation). On the augmented state ``u = (z, v)`` one step is a map with
 Jacobian (``H_k`` the Hessian of ``log p(x, .)`` where the gradient is taken)::
 
@@ -22,7 +25,7 @@ law of ``z_K = F(z_0)`` with ``F: R^D -> R^D`` and the change of variables needs
 ``dz_K/dz_0 = [I 0] J_{K-1} ... J_0 [I; 0]``: the product of the augmented per-step Jacobians applied
 to the tangent ``(P_0, Q_0) = (I, 0)``, i.e. ``Q_{k+1} = mu Q_k + S H_k P_k`` and
 ``P_{k+1} = P_k + Q_{k+1}`` (Nesterov: ``H_k (P_k + mu Q_k)`` in place of ``H_k P_k``). That
-recursion is this sampler's ``stepwise`` log-determinant (:meth:`ShortRunMomentum.stepwise_log_det`);
+recursion is this sampler's ``stepwise`` log-determinant (:meth:`ShortRunMomentum.step_log_det`);
 it does not factor into per-step traces, so the ``stochastic`` estimator does not apply, and
 ``exact`` (the Jacobian of F by ``torch.func``) gives the same number.
 """
@@ -36,9 +39,23 @@ from torch import Tensor
 
 from inferkit.errors import UserError
 from inferkit.interfaces import Inference, Latents, Model
+from inferkit.latents import hessians, unit_step_sizes
 from inferkit.linalg import slogdet
-from inferkit.objective import hessians
-from inferkit.samplers.shortrun import NumSteps, ShortRun
+from inferkit.samplers.shortrun import NumSteps, Score, ShortRun, eager_score, functional_score
+
+
+def momentum_step(model: Model, x: Tensor, z: Latents, v: Latents, step_row: Tensor | list[Tensor],
+                  momentum: Tensor, mask: Tensor | None, *, nesterov: bool,
+                  score: Score = functional_score) -> tuple[Latents, Latents]:
+    """One momentum step, per latent layer ``l`` (``s_k = step_row``, ``mu = momentum``):
+
+        v_{k+1,l} = mu v_{k,l} + s_{k,l} grad_{z_l} log p(x, z_k [+ mu v_k]),    z_{k+1,l} = z_{k,l} + v_{k+1,l}
+
+    (the look-ahead ``+ mu v_k`` with ``nesterov``). Returns ``(z_{k+1}, v_{k+1})``."""
+    point = tuple(t + momentum * u for t, u in zip(z, v)) if nesterov else z
+    grads = score(model, x, point, mask)
+    v = tuple(torch.addcmul(momentum * u, g, step_row[layer]) for layer, (u, g) in enumerate(zip(v, grads)))
+    return tuple(t + u for t, u in zip(z, v)), v
 
 
 class ShortRunMomentum(ShortRun):
@@ -50,8 +67,7 @@ class ShortRunMomentum(ShortRun):
         nesterov: evaluate the gradient at the look-ahead point ``z_k + mu v_k``.
     """
 
-    stochastic_log_det_unsupported = ("the momentum flow's Jacobian does not factor into per-step "
-                                      "determinants of the latent map; use logdet=stepwise or exact")
+    supports_stochastic_log_det = False  # the Jacobian of z_0 -> z_K is not a product of I + S_k H_k
 
     def __init__(self, num_steps: NumSteps = 20, step_size: float | tuple[float, ...] = 0.05, per: str = "shared",
                  momentum: float = 0.5, nesterov: bool = False):
@@ -67,71 +83,58 @@ class ShortRunMomentum(ShortRun):
     def hyperparameters(self) -> dict[str, Tensor]:
         return {"step_size": self.step_size, "momentum": self.momentum}
 
-    def _gradient_point(self, z: Latents, v: Latents, mu: Tensor) -> Latents:
-        if not self.nesterov:
-            return z
-        return tuple(t + mu * u for t, u in zip(z, v))
-
     # -- the hot path ---------------------------------------------------------------------------
     def infer(self, model: Model, x: Tensor, *, index: Tensor | None = None, mask: Tensor | None = None,
               generator: torch.Generator | None = None) -> Inference:
         """K momentum steps from ``z_0 ~ p(z)``, ``v_0 = 0``; a fresh graph per step, ``z_K`` detached."""
         z = tuple(t.detach() for t in model.sample_prior(x.shape[0], generator=generator))
         dtype, device = z[0].dtype, z[0].device
-        steps = self.step_size_matrix(len(z)).detach().to(device=device, dtype=dtype)
+        steps = self.step_sizes(len(z)).detach().to(device=device, dtype=dtype)
         step_rows = [list(row) for row in steps.unbind(0)]
         mu = self.momentum.detach().to(device=device, dtype=dtype)
         v = tuple(torch.zeros_like(t) for t in z)
-        with torch.enable_grad():
+        with torch.no_grad():
             for k in range(self.num_steps):
-                point = tuple(t.detach().requires_grad_() for t in self._gradient_point(z, v, mu))
-                grads = torch.autograd.grad(model.log_joint(x, point, mask).sum(), point)
-                row = step_rows[k]
-                v = tuple(torch.addcmul(mu * u, g, row[layer]) for layer, (u, g) in enumerate(zip(v, grads)))
-                z = tuple(t + u for t, u in zip(z, v))
+                z, v = momentum_step(model, x, z, v, step_rows[k], mu, mask, nesterov=self.nesterov,
+                                     score=eager_score)
         return Inference(z=z, info={"num_steps": self.num_steps})
 
     # -- the differentiable map F -----------------------------------------------------------------
-    def path(self, model: Model, x: Tensor, z0: Latents, noise: list[Latents] | None = None,
-             mask: Tensor | None = None) -> list[Latents]:
-        """Positions ``z_0..z_K`` (differentiable w.r.t. ``z_0``, step sizes, momentum and the model)."""
-        return [z for z, _ in self._states(model, x, z0, mask)]
+    def path(self, model: Model, x: Tensor, z0: Latents, step_sizes: Tensor, noise: list[Latents] | None = None,
+             mask: Tensor | None = None, *, momentum: Tensor | None = None) -> list[Latents]:
+        """Positions ``z_0..z_K`` (differentiable w.r.t. ``z_0``, step sizes, ``momentum`` (default: the
+        sampler's) and the model)."""
+        return [z for z, _ in self._states(model, x, z0, step_sizes, mask, momentum)]
 
-    def _states(self, model: Model, x: Tensor, z0: Latents, mask: Tensor | None) -> list[tuple[Latents, Latents]]:
-        def log_joint_sum(z: Latents) -> Tensor:
-            return model.log_joint(x, z, mask).sum()
-
-        score = torch.func.grad(log_joint_sum)
-        steps = self.step_size_matrix(len(z0)).to(dtype=z0[0].dtype, device=z0[0].device)
-        mu = self.momentum.to(dtype=z0[0].dtype, device=z0[0].device)
+    def _states(self, model: Model, x: Tensor, z0: Latents, step_sizes: Tensor, mask: Tensor | None,
+                momentum: Tensor | None) -> list[tuple[Latents, Latents]]:
+        steps = step_sizes.to(dtype=z0[0].dtype, device=z0[0].device)
+        mu = (self.momentum if momentum is None else momentum).to(dtype=z0[0].dtype, device=z0[0].device)
         z, v = tuple(z0), tuple(torch.zeros_like(t) for t in z0)
         states = [(z, v)]
         for k in range(self.num_steps):
-            grads = score(self._gradient_point(z, v, mu))
-            v = tuple(mu * u + steps[k, layer] * g for layer, (u, g) in enumerate(zip(v, grads)))
-            z = tuple(t + u for t, u in zip(z, v))
+            z, v = momentum_step(model, x, z, v, steps[k], mu, mask, nesterov=self.nesterov)
             states.append((z, v))
         return states
 
-    def stepwise_log_det(self, model: Model, x: Tensor, z0: Latents, mask: Tensor | None = None
-                         ) -> tuple[Latents, Tensor, Tensor]:
+    def step_log_det(self, model: Model, x: Tensor, path: list[Latents], step_sizes: Tensor,
+                     mask: Tensor | None = None, *, momentum: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """``log|det dz_K/dz_0|`` by the tangent recursion of the module docstring (Hessians by
-        ``torch.func``, float64). Returns (``z_K``, log-det ``[batch]``, invertibility margin
-        ``[batch]``: the smallest singular value of ``dz_K/dz_0``, positive where F is locally
-        invertible. Momentum oscillates along stiff directions, so ``det dz_K/dz_0`` may be negative
-        without F being singular; unlike plain gradient flow there is no per-step certificate of global
-        invertibility, so this is checked at the sampled points only)."""
-        states = self._states(model, x, z0, mask)
-        steps = self.step_size_matrix(len(z0)).to(dtype=torch.float64, device=x.device)
-        sizes = torch.tensor([math.prod(s) for s in model.latent_shapes], device=x.device)
-        unit_steps = steps.repeat_interleave(sizes, dim=1)  # [K, D]
-        mu = self.momentum.to(dtype=torch.float64, device=x.device)
-        batch, dim = x.shape[0], int(sizes.sum())
+        ``torch.func``, float64), for the path from ``path[0] = z_0`` (whose velocities are rerun from
+        ``z_0``: the positions alone do not give them exactly). Returns (log-det ``[batch]``,
+        invertibility margin ``[batch]``: the smallest singular value of ``dz_K/dz_0``, positive where F is
+        locally invertible. Momentum oscillates along stiff directions, so ``det dz_K/dz_0`` may be
+        negative without F being singular; unlike plain gradient flow there is no per-step certificate of
+        global invertibility, so this is checked at the sampled points only)."""
+        states = self._states(model, x, path[0], step_sizes, mask, momentum)
+        unit_steps = unit_step_sizes(step_sizes.to(dtype=torch.float64, device=x.device), model.latent_shapes)
+        mu = (self.momentum if momentum is None else momentum).to(dtype=torch.float64, device=x.device)
+        batch, dim = x.shape[0], unit_steps.shape[1]
         tangent_z = torch.eye(dim, dtype=torch.float64, device=x.device).expand(batch, dim, dim)
         tangent_v = torch.zeros_like(tangent_z)
         for k in range(self.num_steps):
             z, v = states[k]
-            point = self._gradient_point(z, v, mu.to(z[0].dtype))
+            point = tuple(t + mu.to(t.dtype) * u for t, u in zip(z, v)) if self.nesterov else z
             hess = hessians(model, x, point, mask).to(torch.float64)
             direction = tangent_z + mu * tangent_v if self.nesterov else tangent_z
             tangent_v = mu * tangent_v + unit_steps[k][None, :, None] * (hess @ direction)
@@ -141,4 +144,4 @@ class ShortRunMomentum(ShortRun):
         safe = torch.where(finite[:, None, None], tangent_z, torch.eye(dim, dtype=torch.float64, device=x.device))
         smallest = torch.linalg.svdvals(safe.detach())[:, -1]
         margin = torch.where(finite, smallest, torch.full_like(smallest, math.nan))
-        return states[-1][0], log_abs, margin
+        return log_abs, margin

@@ -42,8 +42,6 @@ class VAE(Sampler):
     Inpainting: the encoder sees ``x`` with the hidden entries set to 0; the ELBO counts the observed ones.
     """
 
-    kl_objective_unsupported = ("it is amortized: q(z|x) is its encoder network, trained with the generator by "
-                                "the ELBO, and it has no step size to tune")
 
     def __init__(self, hidden: int = 256, depth: int = 1, nf: int = 32, encoder: str = "auto",
                  log_std_init: float = 0.0):

@@ -1,4 +1,4 @@
-"""The ``fixed`` tuner: keeps (or sets once) the sampler's step size; no objective is evaluated."""
+"""The ``fixed`` tuner: keeps (or sets) the sampler's step size; no objective is evaluated."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from inferkit.errors import UserError
-from inferkit.interfaces import Model, Sampler, Tuner, TuneResult
+from inferkit.interfaces import Model, Reduce, Sampler, Tuner, TuneResult
 
 
 class Fixed(Tuner):
@@ -19,10 +19,10 @@ class Fixed(Tuner):
             raise UserError(f"fixed: step_size must be positive and finite, got {step_size}")
         self.step_size = step_size
 
-    def tune(self, model: Model, sampler: Sampler, x: Tensor, mask: Tensor | None = None) -> TuneResult:
-        current = sampler.hyperparameters()
-        if self.step_size is not None and "step_size" in current:
-            with torch.no_grad():
-                current["step_size"].fill_(self.step_size)
-        chosen = {k: v.detach().clone() for k, v in current.items()}
-        return TuneResult(hyperparameters=chosen, objective=math.nan, history=[])
+    def tune(self, model: Model, sampler: Sampler, x: Tensor, mask: Tensor | None = None, *,
+             reduce: Reduce | None = None) -> TuneResult:
+        """The sampler's current hyperparameters, with every entry of ``step_size`` set to the given one."""
+        chosen = {k: v.detach().clone() for k, v in sampler.hyperparameters().items()}
+        if self.step_size is not None and "step_size" in chosen:
+            chosen["step_size"] = torch.full_like(chosen["step_size"], self.step_size)
+        return TuneResult(hyperparameters=chosen, objective=math.nan, history=[], per=sampler.per)

@@ -3,22 +3,23 @@
     J(s) = E_{z_0 ~ p_0}[ log p_0(z_0) - log|det dF_s/dz_0| - log p(x, F_s(z_0)) ]
 
 Each evaluation reseeds its own generator with ``seed`` (common random numbers: the same ``z_0``,
-noise path and Lanczos probes at every ``s``), so differences in J are differences in s. In a data-parallel run each process evaluates J on its own
-examples and the tuners average it over processes (:func:`mean_over_processes`).
+noise path and Lanczos probes at every ``s``), so differences in J are differences in s. J is
+evaluated at hyperparameter values the tuner passes in; the sampler is never changed. In a
+data-parallel run each process evaluates J on its own examples and the tuners average it over
+processes with the ``reduce`` they are given (:func:`mean_over_processes`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
-from torch.distributions import constraints
 
-from inferkit import distributed
 from inferkit.errors import UserError
-from inferkit.interfaces import Model, Sampler, support_name
-from inferkit.objective import LOGDET_METHODS, ObjectiveInfo, kl_objective, kl_objective_unavailable
+from inferkit.interfaces import Model, Reduce, Sampler, require_gradient_flow
+from inferkit.objective import LOGDET_METHODS, KLObjective, LogDetEstimator, kl_objective
 
 
 @dataclass
@@ -48,6 +49,10 @@ class KLObjectiveOptions:
         if self.num_probes < 1 or self.lanczos_steps < 1:
             raise UserError(f"{tuner}: num_probes and lanczos_steps must be positive integers")
 
+    @property
+    def estimator(self) -> LogDetEstimator:
+        return LogDetEstimator(method=self.logdet, num_probes=self.num_probes, lanczos_steps=self.lanczos_steps)
+
     def select(self, x: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor | None]:
         """The first ``batch_size`` rows of ``x`` (and of a per-row mask; a broadcast mask is kept)."""
         if not self.batch_size:
@@ -56,45 +61,42 @@ class KLObjectiveOptions:
             mask = mask[: self.batch_size]
         return x[: self.batch_size], mask
 
-    def evaluate(self, model: Model, sampler: Sampler, x: Tensor, mask: Tensor | None, *,
-                 differentiable: bool, entropy: bool = True) -> tuple[Tensor, ObjectiveInfo]:
-        """``J`` per example at the sampler's current hyperparameters, with this tuner's seed."""
+    def evaluate(self, model: Model, sampler: Sampler, x: Tensor, mask: Tensor | None,
+                 hyperparameters: Mapping[str, Tensor], *, differentiable: bool, entropy: bool = True
+                 ) -> KLObjective:
+        """``J`` per example at the hyperparameter values ``hyperparameters``, with this tuner's seed;
+        with ``differentiable`` a graph to those values is kept (the values are the same either way)."""
         generator = torch.Generator(device=x.device).manual_seed(self.seed)
-        return kl_objective(model, sampler, x, num_samples=self.num_samples, logdet=self.logdet, mask=mask,
-                            generator=generator, return_info=True, differentiable=differentiable,
-                            num_probes=self.num_probes, lanczos_steps=self.lanczos_steps, entropy=entropy)
+        with torch.enable_grad() if differentiable else torch.no_grad():
+            return kl_objective(model, sampler, x, mask=mask, hyperparameters=hyperparameters,
+                                num_samples=self.num_samples, estimator=self.estimator, generator=generator,
+                                entropy=entropy)
 
 
-def mean_over_processes(objective: Tensor, info: ObjectiveInfo) -> tuple[float, bool]:
+def mean_over_processes(objective: Tensor, invertible: bool, reduce: Reduce | None) -> tuple[float, bool]:
     """``(J, invertible)`` over all processes of a data-parallel run, from this process's mean ``J``
     over its examples: ``J = (1/W) sum_r J_r``, invertible only where every process's flow is (one
-    all-reduce; in one process: ``J`` and ``info.invertible`` themselves). The same on every rank, so
-    every rank picks the same hyperparameters."""
-    if not distributed.context().distributed:
-        return float(objective.detach()), bool(info.invertible)
-    world = distributed.context().world_size
-    packed = torch.stack([objective.detach().to(torch.float64).reshape(()),
-                          torch.tensor(0.0 if info.invertible else 1.0, dtype=torch.float64,
-                                       device=objective.device)])
-    total, singular = distributed.all_reduce_sum(packed).tolist()
-    return total / world, singular == 0
+    call of ``reduce``, which sums over processes; ``None``: one process, ``J`` and ``invertible``
+    themselves). The same on every process, so every process picks the same hyperparameters."""
+    if reduce is None:
+        return float(objective.detach()), bool(invertible)
+    flags = torch.tensor([0.0 if invertible else 1.0, 1.0], dtype=torch.float64, device=objective.device)
+    packed = torch.cat([objective.detach().to(torch.float64).reshape(1), flags])
+    total, singular, processes = reduce(packed).tolist()
+    return total / processes, singular == 0
 
 
-def require_real_latents(tuner: str, model: Model) -> None:
-    """J(s) needs a differentiable log density in ``z``: refuse a model with discrete latents."""
-    if model.latent_support is not constraints.real:
-        raise UserError(f"{tuner}: the KL objective needs real-valued latents, but model {type(model).__name__} has "
-                        f"{support_name(model.latent_support)} latents; use the 'fixed' tuner (--tuner fixed)")
+def count_processes(reduce: Reduce | None, device: torch.device) -> int:
+    """``W``, the number of processes ``reduce`` sums over (1 without one)."""
+    if reduce is None:
+        return 1
+    return int(reduce(torch.ones((), dtype=torch.float64, device=device)).item())
 
 
 def require_step_size(tuner: str, sampler: Sampler) -> Tensor:
-    """The sampler's live ``step_size`` tensor, or a :class:`UserError` saying why J does not apply
-    (the sampler's own reason first: amortized or persistent samplers)."""
-    reason = kl_objective_unavailable(sampler)
-    if reason is not None:
-        raise UserError(f"{tuner}: the KL objective does not apply to sampler {type(sampler).__name__}: "
-                        f"{reason}; use the 'fixed' tuner (--tuner fixed)")
-    step_size = sampler.hyperparameters().get("step_size")
+    """The sampler's current ``step_size``, or a :class:`UserError` saying why J does not apply
+    (not a gradient flow from the prior: amortized or persistent samplers)."""
+    step_size = require_gradient_flow(sampler, tuner=tuner).hyperparameters().get("step_size")
     if step_size is None:
         raise UserError(f"{tuner}: sampler {type(sampler).__name__} has no step_size to tune; "
                         "use the 'fixed' tuner (--tuner fixed)")

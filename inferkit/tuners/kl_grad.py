@@ -15,25 +15,23 @@ An iterate where some ``I + S_k H_k`` has a non-positive eigenvalue (F not inver
 rejected: the descent returns to the last invertible iterate and halves its learning rate. The
 tuner keeps the invertible iterate with the lowest J. ``objective="energy"`` minimises
 ``E[-log p(x, F_s(z_0))]`` alone (no entropy term): the mode-seeking objective that drives s too
-large; it is here to show why the entropy term matters.
+large; it is here to show why the entropy term matters. The sampler is never changed: the tuner
+returns the best iterate as a :class:`~inferkit.interfaces.TuneResult`.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import torch
 from torch import Tensor
 
-from inferkit import distributed
 from inferkit.errors import UserError
-from inferkit.interfaces import Model, Sampler, Tuner, TuneResult
+from inferkit.interfaces import Model, Reduce, Sampler, Tuner, TuneResult, require_real_latents
 from inferkit.tuners.kl_common import (
     KLObjectiveOptions,
+    count_processes,
     mean_over_processes,
-    require_real_latents,
     require_step_size,
 )
 
@@ -45,20 +43,6 @@ TRANSFORMS = {
     "step_size": (torch.log, torch.exp),
     "momentum": (torch.logit, torch.sigmoid),
 }
-
-
-@contextmanager
-def differentiable_hyperparameters(sampler: Sampler, values: dict[str, Tensor]) -> Iterator[None]:
-    """Let the sampler read ``values`` (tensors in an autograd graph) in place of its hyperparameter
-    buffers for the duration of the block; the buffer objects are put back afterwards, whatever happens."""
-    buffers = {name: getattr(sampler, name) for name in values}
-    try:
-        for name, value in values.items():
-            setattr(sampler, name, value)
-        yield
-    finally:
-        for name, buffer in buffers.items():
-            setattr(sampler, name, buffer)
 
 
 class KLGrad(Tuner):
@@ -106,89 +90,83 @@ class KLGrad(Tuner):
     def check(self, model: Model, sampler: Sampler) -> None:
         """Refuse, before training starts, a model or sampler the KL objective does not apply to."""
         require_real_latents("kl-grad", model)
-        self._live(sampler)
+        self._tunable(sampler)
 
-    def _live(self, sampler: Sampler) -> dict[str, Tensor]:
+    def _tunable(self, sampler: Sampler) -> dict[str, Tensor]:
+        """The current values of the hyperparameters to tune (a UserError if the sampler lacks one)."""
         require_step_size("kl-grad", sampler)
-        live = sampler.hyperparameters()
-        missing = [name for name in self.parameters if name not in live]
+        current = sampler.hyperparameters()
+        missing = [name for name in self.parameters if name not in current]
         if missing:
             raise UserError(f"kl-grad: sampler {type(sampler).__name__} has no {', '.join(missing)} to tune; "
-                            f"it has {', '.join(live)}")
-        return {name: live[name] for name in self.parameters}
+                            f"it has {', '.join(current)}")
+        return {name: current[name] for name in self.parameters}
 
-    def tune(self, model: Model, sampler: Sampler, x: Tensor, mask: Tensor | None = None) -> TuneResult:
-        live = self._live(sampler)
+    def tune(self, model: Model, sampler: Sampler, x: Tensor, mask: Tensor | None = None, *,
+             reduce: Reduce | None = None) -> TuneResult:
+        start = self._tunable(sampler)
         x, mask = self.objective.select(x, mask)
-        previous = {name: value.detach().clone() for name, value in live.items()}
-        free = {name: TRANSFORMS[name][0](value).clone().requires_grad_(True) for name, value in previous.items()}
+        history, best = self._descend(model, sampler, x, mask, start, reduce)
+        if best is None:
+            raise UserError(f"kl-grad: the flow is not invertible at the sampler's step size, even halved "
+                            f"{self.max_shrinks} times; start from a smaller step size (--sampler-opt "
+                            "step_size=...) or raise max_shrinks")
+        return TuneResult(hyperparameters=best["values"], objective=best["J"], history=history, per=sampler.per)
+
+    def _descend(self, model: Model, sampler: Sampler, x: Tensor, mask: Tensor | None,
+                 start: dict[str, Tensor], reduce: Reduce | None) -> tuple[list[dict], dict | None]:
+        """Adam on the unconstrained ``u`` from ``start``: the history of every iterate and the best
+        invertible one (``{"J", "values"}``, or None when not even a halved start was invertible)."""
+        free = {name: TRANSFORMS[name][0](value.detach().clone()).clone().requires_grad_(True)
+                for name, value in start.items()}
         leaves = list(free.values())
         optimizer = torch.optim.Adam(leaves, lr=self.learning_rate)
+        processes = count_processes(reduce, x.device)
         history: list[dict] = []
         best: dict | None = None
         last_good: dict[str, Tensor] | None = None
         shrinks, calm, stop = 0, 0, "budget"
-
-        def constrained() -> dict[str, Tensor]:
-            return {name: TRANSFORMS[name][1](u) for name, u in free.items()}
-
-        try:
-            for iteration in range(self.max_iterations):
-                values = constrained()
-                with differentiable_hyperparameters(sampler, values):
-                    per_example, info = self.objective.evaluate(model, sampler, x, mask, differentiable=True,
-                                                                entropy=self.target == "kl")
-                objective = per_example.mean()
-                value, invertible = mean_over_processes(objective, info)  # the same on every process
-                point = {"iteration": iteration, **{name: _as_number(v.detach()) for name, v in values.items()},
-                         "J": value, "invertible": invertible, "min_eigenvalue": info.min_eigenvalue,
-                         "learning_rate": optimizer.param_groups[0]["lr"]}
-                history.append(point)
-                if not (invertible and math.isfinite(value)):
-                    with torch.no_grad():
-                        if last_good is None:  # not even the start is usable: halve s and retry
-                            shrinks += 1
-                            if shrinks > self.max_shrinks:
-                                stop = "not invertible"
-                                break
-                            free["step_size"].sub_(math.log(2.0))
-                        else:  # overshot: back to the last invertible iterate, smaller steps
-                            for name, u in free.items():
-                                u.copy_(last_good[name])
-                            optimizer = torch.optim.Adam(leaves, lr=optimizer.param_groups[0]["lr"] * 0.5)
-                    continue
-                if best is None or value < best["J"]:
-                    best = {"J": value, "values": {name: v.detach().clone() for name, v in values.items()}}
-                gradients = [distributed.all_reduce_mean(g) for g in torch.autograd.grad(objective, leaves)]
-                last_good = {name: u.detach().clone() for name, u in free.items()}
-                for leaf, gradient in zip(leaves, gradients):
-                    leaf.grad = gradient
-                optimizer.step()
-                point["gradient_norm"] = float(torch.cat([g.reshape(-1) for g in gradients]).norm())
-                moved = max(float((free[name].detach() - last_good[name]).abs().max()) for name in free)
-                calm = calm + 1 if moved < self.tolerance else 0
-                if calm >= self.patience:
-                    stop = "converged"
-                    break
-        except BaseException:  # leave the sampler as it was found
-            _write(live, previous)
-            raise
-        if best is None:
-            _write(live, previous)
-            raise UserError(f"kl-grad: the flow is not invertible at the sampler's step size, even halved "
-                            f"{self.max_shrinks} times; start from a smaller step size (--sampler-opt "
-                            "step_size=...) or raise max_shrinks")
-        _write(live, best["values"])
+        for iteration in range(self.max_iterations):
+            values = {name: TRANSFORMS[name][1](u) for name, u in free.items()}
+            result = self.objective.evaluate(model, sampler, x, mask, values, differentiable=True,
+                                             entropy=self.target == "kl")
+            objective = result.objective.mean()
+            value, invertible = mean_over_processes(objective, result.info.invertible, reduce)  # same everywhere
+            point = {"iteration": iteration, **{name: _as_number(v.detach()) for name, v in values.items()},
+                     "J": value, "invertible": invertible, "min_eigenvalue": result.info.min_eigenvalue,
+                     "learning_rate": optimizer.param_groups[0]["lr"]}
+            history.append(point)
+            if not (invertible and math.isfinite(value)):
+                with torch.no_grad():
+                    if last_good is None:  # not even the start is usable: halve s and retry
+                        shrinks += 1
+                        if shrinks > self.max_shrinks:
+                            stop = "not invertible"
+                            break
+                        free["step_size"].sub_(math.log(2.0))
+                    else:  # overshot: back to the last invertible iterate, smaller steps
+                        for name, u in free.items():
+                            u.copy_(last_good[name])
+                        optimizer = torch.optim.Adam(leaves, lr=optimizer.param_groups[0]["lr"] * 0.5)
+                continue
+            if best is None or value < best["J"]:
+                best = {"J": value, "values": {name: v.detach().clone() for name, v in values.items()}}
+            gradients = list(torch.autograd.grad(objective, leaves))
+            if reduce is not None:  # the mean over processes
+                gradients = [reduce(g) / processes for g in gradients]
+            last_good = {name: u.detach().clone() for name, u in free.items()}
+            for leaf, gradient in zip(leaves, gradients):
+                leaf.grad = gradient
+            optimizer.step()
+            point["gradient_norm"] = float(torch.cat([g.reshape(-1) for g in gradients]).norm())
+            moved = max(float((free[name].detach() - last_good[name]).abs().max()) for name in free)
+            calm = calm + 1 if moved < self.tolerance else 0
+            if calm >= self.patience:
+                stop = "converged"
+                break
         if history:
             history[-1]["stop"] = stop
-        return TuneResult(hyperparameters={name: v.detach().clone() for name, v in live.items()},
-                          objective=best["J"], history=history)
-
-
-def _write(live: dict[str, Tensor], values: dict[str, Tensor]) -> None:
-    with torch.no_grad():
-        for name, tensor in live.items():
-            tensor.copy_(values[name])
+        return history, best
 
 
 def _as_number(value: Tensor) -> float | list[float]:

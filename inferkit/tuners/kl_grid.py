@@ -18,13 +18,8 @@ import torch
 from torch import Tensor
 
 from inferkit.errors import UserError
-from inferkit.interfaces import Model, Sampler, Tuner, TuneResult
-from inferkit.tuners.kl_common import (
-    KLObjectiveOptions,
-    mean_over_processes,
-    require_real_latents,
-    require_step_size,
-)
+from inferkit.interfaces import Model, Reduce, Sampler, Tuner, TuneResult, require_real_latents
+from inferkit.tuners.kl_common import KLObjectiveOptions, mean_over_processes, require_step_size
 
 PAPER_GRID = tuple(round(0.01 * i, 2) for i in range(1, 16))  # 0.01, 0.02, ..., 0.15
 
@@ -63,42 +58,40 @@ class KLGrid(Tuner):
         require_real_latents("kl-grid", model)
         require_step_size("kl-grid", sampler)
 
-    def tune(self, model: Model, sampler: Sampler, x: Tensor, mask: Tensor | None = None) -> TuneResult:
+    def tune(self, model: Model, sampler: Sampler, x: Tensor, mask: Tensor | None = None, *,
+             reduce: Reduce | None = None) -> TuneResult:
         step_size = require_step_size("kl-grid", sampler)
         x, mask = self.objective.select(x, mask)
-        previous = step_size.detach().clone()
         history: list[dict] = []
         usable: list[dict] = []
-        try:
-            for round_ in range(self.max_shrinks + 1):
-                singular = False
-                for s in (value * self.shrink**round_ for value in self.grid):
-                    if singular:
-                        history.append({"step_size": s, "J": math.nan, "round": round_, "invertible": False,
-                                        "min_eigenvalue": math.nan, "evaluated": False})
-                        continue
-                    with torch.no_grad():
-                        step_size.fill_(s)
-                    objective, info = self.objective.evaluate(model, sampler, x, mask, differentiable=False)
-                    value, invertible = mean_over_processes(objective.mean(), info)
-                    history.append({"step_size": s, "J": value, "round": round_, "invertible": invertible,
-                                    "min_eigenvalue": info.min_eigenvalue, "evaluated": True})
-                    singular = self.stop_at_singular and not invertible
-                usable = [h for h in history if h["invertible"] and math.isfinite(h["J"])]
-                if usable:
-                    break
-        except BaseException:  # leave the sampler as it was found
-            with torch.no_grad():
-                step_size.copy_(previous)
-            raise
+        for round_ in range(self.max_shrinks + 1):
+            history += self._search(model, sampler, step_size, x, mask, round_, reduce)
+            usable = [h for h in history if h["invertible"] and math.isfinite(h["J"])]
+            if usable:
+                break
         if not usable:
-            with torch.no_grad():
-                step_size.copy_(previous)
             raise UserError(f"kl-grid: the flow is not invertible at any grid step size, even scaled by "
                             f"{self.shrink}^{self.max_shrinks} (some I + s H has a non-positive eigenvalue); give "
                             "smaller step sizes with --tuner-opt grid=... or a larger max_shrinks")
         best = min(usable, key=lambda h: h["J"])
-        with torch.no_grad():
-            step_size.fill_(best["step_size"])
-        return TuneResult(hyperparameters={"step_size": step_size.detach().clone()}, objective=best["J"],
-                          history=history)
+        return TuneResult(hyperparameters={"step_size": torch.full_like(step_size, best["step_size"])},
+                          objective=best["J"], history=history, per=sampler.per)
+
+    def _search(self, model: Model, sampler: Sampler, step_size: Tensor, x: Tensor, mask: Tensor | None,
+                round_: int, reduce: Reduce | None) -> list[dict]:
+        """One pass over the grid scaled by ``shrink**round_``: every point's J at ``s`` (the sampler's
+        ``step_size`` filled with ``s``), its invertibility, or ``evaluated: False`` past a singular one."""
+        points: list[dict] = []
+        singular = False
+        for s in (value * self.shrink**round_ for value in self.grid):
+            if singular:
+                points.append({"step_size": s, "J": math.nan, "round": round_, "invertible": False,
+                               "min_eigenvalue": math.nan, "evaluated": False})
+                continue
+            result = self.objective.evaluate(model, sampler, x, mask, {"step_size": torch.full_like(step_size, s)},
+                                             differentiable=False)
+            value, invertible = mean_over_processes(result.objective.mean(), result.info.invertible, reduce)
+            points.append({"step_size": s, "J": value, "round": round_, "invertible": invertible,
+                           "min_eigenvalue": result.info.min_eigenvalue, "evaluated": True})
+            singular = self.stop_at_singular and not invertible
+        return points
