@@ -4,6 +4,7 @@ from inferkit.errors import UserError
 from inferkit.interfaces import (
     GradientFlow,
     HasLayerConditionals,
+    HasLogLikelihoodEstimate,
     HasLogNormalizerGradient,
     HasObservationNoise,
     Inference,
@@ -19,6 +20,7 @@ from inferkit.registry import list_plugins, load_dataset, load_model, load_sampl
 __all__ = [
     "GradientFlow",
     "HasLayerConditionals",
+    "HasLogLikelihoodEstimate",
     "HasLogNormalizerGradient",
     "HasObservationNoise",
     "Inference",
