@@ -72,8 +72,8 @@ def test_kl_tuner_is_refused_with_the_reason_before_training(name, reason, tmp_p
     assert not out.exists()  # refused before anything was written
 
 
-def test_lvae_needs_a_model_with_layer_conditionals():
-    model = LinearGaussian(latent_dim=2, data_dim=4)
+def test_lvae_needs_a_model_with_layer_conditionals(tiny_linear_gaussian):
+    model = tiny_linear_gaussian(latent_dim=2, data_dim=4, dtype="float32")
     assert not isinstance(model, HasLayerConditionals)
     with pytest.raises(UserError, match="per-layer conditionals"):
         LadderVAE().setup(model)
@@ -83,8 +83,8 @@ def test_lvae_needs_a_model_with_layer_conditionals():
         VAE().infer(model, torch.zeros(1, 4))
 
 
-def test_kl_objective_states_why_it_does_not_apply():
-    model = LinearGaussian(latent_dim=2, data_dim=4)
+def test_kl_objective_states_why_it_does_not_apply(tiny_linear_gaussian):
+    model = tiny_linear_gaussian(latent_dim=2, data_dim=4, dtype="float32")
     x = torch.zeros(2, 4)
     for sampler, reason in ((ABP(), "persistent"), (VAE(), "amortized"), (LadderVAE(), "amortized")):
         with pytest.raises(UserError, match=reason):
@@ -205,11 +205,11 @@ def test_abp_shuffled_loader_gives_each_example_its_own_chain():
     assert torch.equal(sampler.chains[0], stored)
 
 
-def test_abp_persistent_chains_reach_the_langevin_stationary_law():
+def test_abp_persistent_chains_reach_the_langevin_stationary_law(tiny_linear_gaussian):
     """Two steps per visit, 100 visits: persistent chains converge where 2 steps from the prior cannot.
     Unadjusted Langevin on ``N(m, P^-1)`` is stationary at ``N(m, (P - s P^2 / 2)^-1)``."""
     torch.manual_seed(0)
-    model = LinearGaussian(latent_dim=2, data_dim=4, sigma=1.0, seed=3, dtype="float64")
+    model = tiny_linear_gaussian(latent_dim=2, data_dim=4, sigma=1.0, seed=3)
     precision = model.posterior_precision().detach()
     s = 0.2 / float(torch.linalg.eigvalsh(precision).max())
     x_one = model.bias.detach() + 2.0 * model.weight.detach().sum(1)
@@ -234,12 +234,12 @@ def test_abp_persistent_chains_reach_the_langevin_stationary_law():
     torch.testing.assert_close(torch.cov(chains.T), stationary, atol=0.06, rtol=0.08)
 
 
-def test_abp_options_and_store_errors():
+def test_abp_options_and_store_errors(tiny_linear_gaussian):
     for kwargs in ({"num_steps": 0}, {"test_steps": -1}, {"step_size": 0.0}, {"step_size": math.inf},
                    {"store": "gpu"}):
         with pytest.raises(UserError):
             ABP(**kwargs)
-    model = LinearGaussian(latent_dim=2, data_dim=4)
+    model = tiny_linear_gaussian(latent_dim=2, data_dim=4, dtype="float32")
     with pytest.raises(UserError, match="setup"):
         ABP().infer(model, torch.zeros(2, 4), index=torch.tensor([0, 1]))
     sampler = ABP(num_steps=1)
@@ -261,10 +261,10 @@ def _elbo_samples(model, sampler, x, repeats, seed):
 
 @given(latent_dim=st.integers(1, 3), data_dim=st.integers(2, 6), seed=st.integers(0, 1000))
 @FAST
-def test_vae_elbo_is_log_marginal_minus_the_kl_to_the_posterior(latent_dim, data_dim, seed):
+def test_vae_elbo_is_log_marginal_minus_the_kl_to_the_posterior(tiny_linear_gaussian, latent_dim, data_dim, seed):
     """``E_q[log p(x,z) - log q] = log p(x) - KL(q || p(z|x))`` (closed form), ``< log p(x)``."""
     torch.manual_seed(seed)
-    model = LinearGaussian(latent_dim=latent_dim, data_dim=data_dim, sigma=0.7, seed=seed, dtype="float64")
+    model = tiny_linear_gaussian(latent_dim=latent_dim, data_dim=data_dim, sigma=0.7, seed=seed)
     sampler = VAE(hidden=8, depth=1, encoder="mlp", log_std_init=-0.5)
     sampler.setup(model)
     x = model.sample(3, generator=torch.Generator().manual_seed(seed)).detach() + 0.3
@@ -286,12 +286,12 @@ def test_vae_elbo_is_log_marginal_minus_the_kl_to_the_posterior(latent_dim, data
     assert (samples.mean(1) + 5 * standard_error < log_marginal)[clear].all()
 
 
-def test_vae_elbo_is_tight_at_the_true_posterior():
+def test_vae_elbo_is_tight_at_the_true_posterior(tiny_linear_gaussian):
     """With orthogonal columns of W the posterior is diagonal and its mean linear in x, so a linear
     encoder (``depth=0``) can be set to it exactly: then every sample's ELBO is ``log p(x)``."""
     torch.manual_seed(0)
     d, D = 3, 7
-    model = LinearGaussian(latent_dim=d, data_dim=D, sigma=0.6, dtype="float64")
+    model = tiny_linear_gaussian(latent_dim=d, data_dim=D, sigma=0.6)
     q, _ = torch.linalg.qr(torch.randn(D, d, dtype=torch.float64))
     with torch.no_grad():
         model.weight.copy_(q * torch.tensor([2.0, 1.0, 0.5], dtype=torch.float64))
@@ -316,9 +316,9 @@ def test_vae_elbo_is_tight_at_the_true_posterior():
                                atol=1e-9, rtol=0)
 
 
-def test_vae_loss_trains_encoder_and_generator_in_one_step():
+def test_vae_loss_trains_encoder_and_generator_in_one_step(tiny_linear_gaussian):
     torch.manual_seed(0)
-    model = LinearGaussian(latent_dim=2, data_dim=4)
+    model = tiny_linear_gaussian(latent_dim=2, data_dim=4, dtype="float32")
     sampler = VAE(hidden=8)
     sampler.setup(model)
     x = model.sample(6).detach()
@@ -331,8 +331,8 @@ def test_vae_loss_trains_encoder_and_generator_in_one_step():
             VAE(**kwargs)
 
 
-def test_vae_conv_encoder_on_images_and_masked_input():
-    model = inferkit.load_model("ladder", num_layers=2, latent_dims=(3, 2), nf=4, image_size=16, channels=1)
+def test_vae_conv_encoder_on_images_and_masked_input(tiny_ladder):
+    model = tiny_ladder()
     sampler = VAE(hidden=16, nf=4)
     sampler.setup(model)
     assert sampler.trunk.kind == "conv"

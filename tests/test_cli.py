@@ -20,6 +20,7 @@ TINY = ["--model", "ladder", "--sampler", "shortrun", "--tuner", "kl-grid",
         "--train-opt", "eval_examples=16"]
 
 
+@pytest.mark.slow
 def test_run_writes_a_complete_run_folder(tmp_path, capsys):
     out = tmp_path / "run"
     code, _, err = run_cli(["run", *TINY, "--iterations", "6", "--tune-every", "3", "--out", out], capsys)
@@ -37,6 +38,7 @@ def test_run_writes_a_complete_run_folder(tmp_path, capsys):
     assert summary["iterations"] == 6 and summary["test_mse_start"] > 0
 
 
+@pytest.mark.slow
 def test_same_seed_gives_the_same_numbers(tmp_path, capsys):
     first, second, other = tmp_path / "first", tmp_path / "second", tmp_path / "other"
     for folder, seed in ((first, 0), (second, 0), (other, 1)):
@@ -48,6 +50,7 @@ def test_same_seed_gives_the_same_numbers(tmp_path, capsys):
     assert (first / "metrics.jsonl").read_text().count("loss") == 4
 
 
+@pytest.mark.slow
 def test_resume_continues_exactly(tmp_path, capsys):
     from inferkit.runs import RunSpec
     full = tmp_path / "full"
@@ -156,6 +159,7 @@ def test_bad_mnist_files_are_one_line_errors(tmp_path, capsys, damage):
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.slow
 def test_console_script_exit_code_and_no_traceback(tmp_path):
     result = subprocess.run([sys.executable, "-m", "inferkit", "run", "--model", "nosuchmodel"],
                             capture_output=True, text=True, cwd=tmp_path)

@@ -48,6 +48,7 @@ def assert_same_tensors(a: dict, b: dict, what: str) -> None:
         assert torch.allclose(value, b[key], rtol=1e-5, atol=1e-6), f"{what}: {key}"
 
 
+@pytest.mark.distributed
 def test_two_processes_train_as_one_process_with_two_shards(tmp_path, capsys):
     ddp, single, one_shard = tmp_path / "ddp", tmp_path / "single", tmp_path / "one"
     common = ["run", *TINY, *SHORTRUN, "--tuner", "fixed", "--iterations", "4", "--tune-every", "0"]
@@ -70,6 +71,7 @@ def test_two_processes_train_as_one_process_with_two_shards(tmp_path, capsys):
     assert summary["processes"] == 2 and summary["shards"] == 2
 
 
+@pytest.mark.distributed
 def test_abp_chains_live_with_their_shard_and_resume_on_any_process_count(tmp_path, capsys):
     ddp, single = tmp_path / "ddp", tmp_path / "single"
     common = ["run", *TINY, *ABP, "--tuner", "fixed", "--tune-every", "0", "--iterations", "4"]
@@ -95,6 +97,7 @@ def test_abp_chains_live_with_their_shard_and_resume_on_any_process_count(tmp_pa
         assert torch.allclose(x, y, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.distributed
 def test_kl_grid_averages_J_over_processes(tmp_path):
     from inferkit.runs import RunSpec, build_objects
     from inferkit.trainer import observation_sigma
@@ -137,6 +140,7 @@ def test_shard_batches_partition_the_examples():
     assert torch.equal(owned, torch.arange(n) % 2 == 1)
 
 
+@pytest.mark.distributed
 def test_a_sampler_with_training_phases_trains_data_parallel(tmp_path):
     # vimco's pre-training phases leave the RBM (then the encoder) without gradients: DDP must look
     # for unused parameters (Sampler.uses_every_parameter = False), or the second iteration fails.

@@ -199,8 +199,8 @@ def test_disagreement_is_the_chance_two_columns_differ():
     assert float(hierarchy.disagreement(levels, 2, 4)[0]) == pytest.approx((0 + 0.75) / 2)
 
 
-def test_vary_layer_changes_only_that_layer_within_a_row():
-    model = inferkit.load_model("ladder", num_layers=3, latent_dims=(4, 3, 2), nf=4, image_size=8, channels=1)
+def test_vary_layer_changes_only_that_layer_within_a_row(tiny_ladder):
+    model = tiny_ladder(num_layers=3, latent_dims=(4, 3, 2), image_size=8)
     z = hierarchy.vary_layer(model, 1, 2, 3, generator=torch.Generator().manual_seed(0))
     for layer, t in enumerate(z):
         rows = t.view(2, 3, -1)
@@ -217,6 +217,7 @@ TINY_RUN = ["run", "--model", "ladder", "--sampler", "shortrun", "--tuner", "fix
             "--train-opt", "eval_examples=16"]
 
 
+@pytest.mark.slow
 def test_eval_command_writes_every_measure_and_figure(tmp_path, capsys):
     run = tmp_path / "run"
     assert main([*TINY_RUN, "--out", str(run)]) == 0

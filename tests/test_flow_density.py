@@ -26,8 +26,8 @@ def closed_form_log_q(model: LinearGaussian, x: torch.Tensor, z_k: torch.Tensor,
 @settings(max_examples=15, deadline=None)
 @given(latent_dim=st.integers(1, 5), num_steps=st.integers(1, 6), fraction=st.floats(0.05, 0.8),
        logdet=st.sampled_from(["stepwise", "exact"]), seed=st.integers(0, 2**16))
-def test_flow_log_density_is_the_gaussian_density_of_the_output(latent_dim, num_steps, fraction, logdet, seed):
-    model = LinearGaussian(latent_dim=latent_dim, data_dim=latent_dim + 3, sigma=0.6, seed=seed, dtype="float64")
+def test_flow_log_density_is_the_gaussian_density_of_the_output(tiny_linear_gaussian, latent_dim, num_steps, fraction, logdet, seed):
+    model = tiny_linear_gaussian(latent_dim=latent_dim, data_dim=latent_dim + 3, sigma=0.6, seed=seed)
     step_size = fraction / float(torch.linalg.eigvalsh(model.posterior_precision().detach()).max())
     sampler = ShortRun(num_steps=num_steps, step_size=step_size)
     generator = torch.Generator().manual_seed(seed)
@@ -40,8 +40,8 @@ def test_flow_log_density_is_the_gaussian_density_of_the_output(latent_dim, num_
     torch.testing.assert_close(z_k, sampler.flow(model, x, z0, sampler.step_sizes(1))[0])
 
 
-def test_flow_log_density_is_nan_where_the_flow_is_not_invertible():
-    model = LinearGaussian(latent_dim=3, data_dim=5, sigma=0.5, seed=1, dtype="float64")
+def test_flow_log_density_is_nan_where_the_flow_is_not_invertible(tiny_linear_gaussian):
+    model = tiny_linear_gaussian(seed=1)
     top = float(torch.linalg.eigvalsh(model.posterior_precision().detach()).max())
     sampler = ShortRun(num_steps=2, step_size=1.5 / top)  # 1 - s lambda_max < 0
     x = model.sample(2, generator=torch.Generator().manual_seed(0)).detach()
@@ -49,8 +49,8 @@ def test_flow_log_density_is_nan_where_the_flow_is_not_invertible():
     assert torch.isnan(log_q).all()
 
 
-def test_noisy_samplers_need_their_noise_path():
-    model = LinearGaussian(latent_dim=2, data_dim=4, sigma=0.5, seed=0, dtype="float64")
+def test_noisy_samplers_need_their_noise_path(tiny_linear_gaussian):
+    model = tiny_linear_gaussian(latent_dim=2, data_dim=4)
     sampler = Langevin(num_steps=3, step_size=0.01)
     x = model.sample(2, generator=torch.Generator().manual_seed(0)).detach()
     z0 = model.sample_prior(2)

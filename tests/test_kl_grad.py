@@ -10,15 +10,14 @@ from scipy.optimize import minimize_scalar
 
 import inferkit
 from inferkit.errors import UserError
-from inferkit.models.linear_gaussian import LinearGaussian
 from inferkit.samplers.shortrun import ShortRun
 from inferkit.tuners.kl_grad import KLGrad
 
 FLOAT64 = torch.float64
 
 
-def setting(latent_dim=3, data_dim=6, sigma=0.5, seed=1, batch=4):
-    model = LinearGaussian(latent_dim=latent_dim, data_dim=data_dim, sigma=sigma, seed=seed, dtype="float64")
+def setting(tiny_linear_gaussian, latent_dim=3, data_dim=6, sigma=0.5, seed=1, batch=4):
+    model = tiny_linear_gaussian(latent_dim=latent_dim, data_dim=data_dim, sigma=sigma, seed=seed)
     for parameter in model.parameters():
         parameter.requires_grad_(False)
     x = model.sample(batch, generator=torch.Generator().manual_seed(2))
@@ -39,8 +38,9 @@ def best_shared_step_size(model, x, num_steps):
     return result.x, result.fun
 
 
-def test_kl_grad_reaches_the_analytic_optimum_and_energy_alone_overshoots():
-    model, x = setting()
+@pytest.mark.slow
+def test_kl_grad_reaches_the_analytic_optimum_and_energy_alone_overshoots(tiny_linear_gaussian):
+    model, x = setting(tiny_linear_gaussian)
     num_steps = 5
     optimum, optimum_kl = best_shared_step_size(model, x, num_steps)
     sampler = ShortRun(num_steps=num_steps, step_size=0.005)
@@ -63,10 +63,11 @@ def test_kl_grad_reaches_the_analytic_optimum_and_energy_alone_overshoots():
     assert closed_form_kl(model, x, [mode_seeking] * num_steps) > 2 * optimum_kl
 
 
-def test_per_step_step_sizes_reach_a_lower_kl_than_the_best_shared_one():
+@pytest.mark.slow
+def test_per_step_step_sizes_reach_a_lower_kl_than_the_best_shared_one(tiny_linear_gaussian):
     """With spread eigenvalues a schedule s_1..s_K beats every single s (closed-form KL); the shared
     optimum is a stationary point of the symmetric per-step problem, so start from an uneven one."""
-    model, x = setting(latent_dim=2, data_dim=2, sigma=1.0, seed=0)
+    model, x = setting(tiny_linear_gaussian, latent_dim=2, data_dim=2, sigma=1.0, seed=0)
     num_steps = 4
     optimum, optimum_kl = best_shared_step_size(model, x, num_steps)
     start = [optimum * f for f in (0.5, 0.8, 1.2, 1.5)]
@@ -78,11 +79,9 @@ def test_per_step_step_sizes_reach_a_lower_kl_than_the_best_shared_one():
     assert closed_form_kl(model, x, schedule) < optimum_kl * 0.97
 
 
-def test_per_layer_step_sizes_are_tuned_separately():
-    from inferkit_ladder.model import LadderModel
-
+def test_per_layer_step_sizes_are_tuned_separately(tiny_ladder):
     torch.manual_seed(0)
-    model = LadderModel(num_layers=2, latent_dims=(4, 2), nf=4, image_size=8, channels=1)
+    model = tiny_ladder(latent_dims=(4, 2), image_size=8)
     x = model.sample(2, generator=torch.Generator().manual_seed(0)).detach()
     sampler = ShortRun(num_steps=2, step_size=(0.01, 0.01), per="layer")
     result = KLGrad(max_iterations=4, batch_size=2).tune(model, sampler, x)
@@ -93,8 +92,8 @@ def test_per_layer_step_sizes_are_tuned_separately():
     assert all(p.grad is None for p in model.parameters())  # only log s was differentiated
 
 
-def test_a_non_invertible_start_is_halved_and_an_overshoot_is_undone():
-    model, x = setting()
+def test_a_non_invertible_start_is_halved_and_an_overshoot_is_undone(tiny_linear_gaussian):
+    model, x = setting(tiny_linear_gaussian)
     with torch.no_grad():
         largest = float(torch.linalg.eigvalsh(model.posterior_precision()).max())
     sampler = ShortRun(num_steps=3, step_size=3.0 / largest)  # 1 - s lambda_max < 0: F singular-ish
@@ -107,8 +106,8 @@ def test_a_non_invertible_start_is_halved_and_an_overshoot_is_undone():
     assert sampler.step_size.item() == 3.0 / largest
 
 
-def test_nothing_invertible_raises_and_leaves_the_sampler():
-    model, x = setting()
+def test_nothing_invertible_raises_and_leaves_the_sampler(tiny_linear_gaussian):
+    model, x = setting(tiny_linear_gaussian)
     sampler = ShortRun(num_steps=3, step_size=50.0)
     with pytest.raises(UserError, match="not invertible"):
         KLGrad(max_shrinks=1).tune(model, sampler, x)

@@ -21,10 +21,6 @@ sigmas = st.floats(0.2, 2.0)
 seeds = st.integers(0, 2**16)
 
 
-def make(latent_dim: int, data_dim: int, sigma: float, seed: int) -> LinearGaussian:
-    return LinearGaussian(latent_dim=latent_dim, data_dim=data_dim, sigma=sigma, seed=seed, dtype="float64")
-
-
 def mvn_log_prob(z: torch.Tensor, mean: torch.Tensor, cov: torch.Tensor) -> torch.Tensor:
     """log N(z; mean, cov) written out (no torch.distributions), for brute-force checks."""
     d = z.shape[-1]
@@ -35,9 +31,9 @@ def mvn_log_prob(z: torch.Tensor, mean: torch.Tensor, cov: torch.Tensor) -> torc
 
 @SETTINGS
 @given(dims, data_dims, sigmas, seeds, st.integers(1, 5))
-def test_bayes_rule_holds_for_every_z(latent_dim, data_dim, sigma, seed, batch):
+def test_bayes_rule_holds_for_every_z(tiny_linear_gaussian, latent_dim, data_dim, sigma, seed, batch):
     """log p(x, z) - log p(z | x) = log p(x), whatever z is: posterior and marginal agree with Bayes."""
-    model = make(latent_dim, data_dim, sigma, seed)
+    model = tiny_linear_gaussian(latent_dim=latent_dim, data_dim=data_dim, sigma=sigma, seed=seed)
     generator = torch.Generator().manual_seed(seed + 1)
     x = model.sample(batch, generator=generator) + sigma * torch.randn(
         batch, data_dim, generator=generator, dtype=torch.float64)
@@ -52,9 +48,10 @@ def test_bayes_rule_holds_for_every_z(latent_dim, data_dim, sigma, seed, batch):
 
 @SETTINGS
 @given(dims, data_dims, sigmas, seeds)
-def test_posterior_is_the_stationary_point_and_curvature_of_log_joint(latent_dim, data_dim, sigma, seed):
+def test_posterior_is_the_stationary_point_and_curvature_of_log_joint(tiny_linear_gaussian,
+                                                                      latent_dim, data_dim, sigma, seed):
     """Brute force by autograd: grad log p(x, m) = 0 at the posterior mean, Hessian = -cov^{-1}."""
-    model = make(latent_dim, data_dim, sigma, seed)
+    model = tiny_linear_gaussian(latent_dim=latent_dim, data_dim=data_dim, sigma=sigma, seed=seed)
     x = model.sample(2, generator=torch.Generator().manual_seed(seed))
     mean, cov = model.posterior(x)
     z = mean.clone().requires_grad_()
@@ -67,9 +64,9 @@ def test_posterior_is_the_stationary_point_and_curvature_of_log_joint(latent_dim
 
 
 @pytest.mark.parametrize("latent_dim", [1, 2])
-def test_log_marginal_by_quadrature(latent_dim):
+def test_log_marginal_by_quadrature(tiny_linear_gaussian, latent_dim):
     """log p(x) = log int p(x, z) dz, by the trapezoid rule on a fine grid (d = 1, 2)."""
-    model = make(latent_dim, 3, 0.7, seed=3)
+    model = tiny_linear_gaussian(latent_dim=latent_dim, data_dim=3, sigma=0.7, seed=3)
     x = model.sample(2, generator=torch.Generator().manual_seed(0))
     n = 4001 if latent_dim == 1 else 601
     axis = torch.linspace(-8, 8, n, dtype=torch.float64)
@@ -107,10 +104,10 @@ def test_gaussian_kl_matches_torch_distributions(d, batch, seed):
 
 @SETTINGS
 @given(dims, data_dims, sigmas, seeds, st.lists(st.floats(0.001, 0.3), min_size=1, max_size=6))
-def test_flow_matrix_and_flow_kl(latent_dim, data_dim, sigma, seed, steps):
+def test_flow_matrix_and_flow_kl(tiny_linear_gaussian, latent_dim, data_dim, sigma, seed, steps):
     """A = prod_k (I - s_k P) is what K gradient steps do to z_0 - m, and flow_kl is the Gaussian KL
     of N((I - A) m, A A^T) to the posterior (computed here with torch.distributions)."""
-    model = make(latent_dim, data_dim, sigma, seed)
+    model = tiny_linear_gaussian(latent_dim=latent_dim, data_dim=data_dim, sigma=sigma, seed=seed)
     x = model.sample(3, generator=torch.Generator().manual_seed(seed))
     step_sizes = torch.tensor(steps, dtype=torch.float64)
     a = model.flow_matrix(step_sizes)
@@ -132,10 +129,10 @@ def test_flow_matrix_and_flow_kl(latent_dim, data_dim, sigma, seed, steps):
     torch.testing.assert_close(model.flow_kl(x, step_sizes), expected, rtol=1e-7, atol=1e-7)
 
 
-def test_flow_kl_limits_in_1d():
+def test_flow_kl_limits_in_1d(tiny_linear_gaussian):
     """d = 1: s = 1/P maps every z_0 to m in one step (A = 0, q_s a point mass), and s -> 0 leaves
     q_s = prior, whose KL to the posterior is known in closed form."""
-    model = make(1, 2, 0.5, seed=0)
+    model = tiny_linear_gaussian(latent_dim=1, data_dim=2)
     x = model.sample(2, generator=torch.Generator().manual_seed(1))
     precision = float(model.posterior_precision().detach())
     mean, _cov = model.posterior(x)
@@ -147,10 +144,11 @@ def test_flow_kl_limits_in_1d():
 
 @SETTINGS
 @given(dims, data_dims, sigmas, seeds, st.floats(0.01, 0.2), st.integers(1, 6))
-def test_langevin_kl_is_the_kl_of_the_exact_langevin_law(latent_dim, data_dim, sigma, seed, rel_step, num_steps):
+def test_langevin_kl_is_the_kl_of_the_exact_langevin_law(tiny_linear_gaussian,
+                                                         latent_dim, data_dim, sigma, seed, rel_step, num_steps):
     """Langevin on this model keeps z Gaussian: mean (I - A) m, covariance A A^T + sum_k 2 s B_k B_k^T;
     the recursion is checked against the explicit sum over k."""
-    model = make(latent_dim, data_dim, sigma, seed)
+    model = tiny_linear_gaussian(latent_dim=latent_dim, data_dim=data_dim, sigma=sigma, seed=seed)
     x = model.sample(2, generator=torch.Generator().manual_seed(seed))
     precision = model.posterior_precision()
     s = rel_step / float(torch.linalg.eigvalsh(precision.detach()).max())
@@ -167,8 +165,8 @@ def test_langevin_kl_is_the_kl_of_the_exact_langevin_law(latent_dim, data_dim, s
                                rtol=1e-8, atol=1e-8)
 
 
-def test_log_joint_mask_and_shapes():
-    model = make(3, 5, 0.4, seed=2)
+def test_log_joint_mask_and_shapes(tiny_linear_gaussian):
+    model = tiny_linear_gaussian(sigma=0.4, seed=2)
     generator = torch.Generator().manual_seed(0)
     z = model.sample_prior(4, generator=generator)
     assert len(z) == 1 and z[0].shape == (4, 3) and z[0].dtype == torch.float64
@@ -181,7 +179,7 @@ def test_log_joint_mask_and_shapes():
     torch.testing.assert_close(model.log_joint(x, z, torch.zeros(5, dtype=torch.float64)), model.log_prior(z))
     # A partial mask is the model restricted to the observed coordinates.
     mask = torch.tensor([1.0, 0.0, 1.0, 1.0, 0.0], dtype=torch.float64)
-    sub = make(3, 3, 0.4, seed=2)
+    sub = tiny_linear_gaussian(data_dim=3, sigma=0.4, seed=2)
     with torch.no_grad():
         sub.weight.copy_(model.weight[mask.bool()])
         sub.bias.copy_(model.bias[mask.bool()])
@@ -190,8 +188,8 @@ def test_log_joint_mask_and_shapes():
     torch.testing.assert_close(model.log_prior(z), torch.distributions.Normal(0.0, 1.0).log_prob(z[0]).sum(-1))
 
 
-def test_observation_sigma_is_settable_and_used():
-    model = make(2, 3, 0.5, seed=0)
+def test_observation_sigma_is_settable_and_used(tiny_linear_gaussian):
+    model = tiny_linear_gaussian(latent_dim=2, data_dim=3)
     assert isinstance(model, inferkit.HasObservationNoise)
     assert model.sigma == pytest.approx(0.5)
     model.set_observation_sigma(0.2)

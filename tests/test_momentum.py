@@ -9,7 +9,6 @@ from hypothesis import strategies as st
 
 import inferkit
 from inferkit.errors import UserError
-from inferkit.models.linear_gaussian import LinearGaussian
 from inferkit.objective import LogDetEstimator, kl_objective
 from inferkit.samplers.shortrun import ShortRun
 from inferkit.samplers.shortrun_momentum import ShortRunMomentum
@@ -31,20 +30,15 @@ def momentum_flow_matrix(precision, step_sizes, momentum, nesterov):
     return a
 
 
-def lg(latent_dim=3, seed=0):
-    model = LinearGaussian(latent_dim=latent_dim, data_dim=5, sigma=0.6, seed=seed, dtype="float64")
-    for parameter in model.parameters():
-        parameter.requires_grad_(False)
-    return model
-
-
+@pytest.mark.slow
 @settings(max_examples=12, deadline=None)
 @given(latent_dim=st.integers(1, 4), momentum=st.floats(0.0, 0.9), ratio=st.floats(0.05, 0.5),
        num_steps=st.integers(1, 5), nesterov=st.booleans(), seed=st.integers(0, 100))
-def test_pointwise_identity_against_the_gaussian_law_of_z_k(latent_dim, momentum, ratio, num_steps, nesterov, seed):
+def test_pointwise_identity_against_the_gaussian_law_of_z_k(tiny_linear_gaussian,
+                                                            latent_dim, momentum, ratio, num_steps, nesterov, seed):
     """Per draw: ``J + log p(x) = log q(z_K) - log p(z_K | x)`` with ``q = N((I - A) m, A A^T)``;
     the tangent recursion (stepwise) and torch.func's Jacobian (exact) agree to float64 precision."""
-    model = lg(latent_dim, seed)
+    model = tiny_linear_gaussian(latent_dim=latent_dim, seed=seed, sigma=0.6).requires_grad_(False)
     x = model.sample(3, generator=torch.Generator().manual_seed(seed))
     precision = model.posterior_precision()
     step = ratio / float(torch.linalg.eigvalsh(precision).max())
@@ -67,8 +61,8 @@ def test_pointwise_identity_against_the_gaussian_law_of_z_k(latent_dim, momentum
     torch.testing.assert_close(values["exact"], expected, rtol=1e-7, atol=1e-7)
 
 
-def test_zero_momentum_is_plain_gradient_flow_and_infer_matches_the_path():
-    model = lg()
+def test_zero_momentum_is_plain_gradient_flow_and_infer_matches_the_path(tiny_linear_gaussian):
+    model = tiny_linear_gaussian(sigma=0.6).requires_grad_(False)
     x = model.sample(4, generator=torch.Generator().manual_seed(0))
     plain = ShortRun(num_steps=4, step_size=0.02)
     still = ShortRunMomentum(num_steps=4, step_size=0.02, momentum=0.0)
@@ -85,9 +79,9 @@ def test_zero_momentum_is_plain_gradient_flow_and_infer_matches_the_path():
     torch.testing.assert_close(j_plain, j_still, rtol=1e-10, atol=1e-10)
 
 
-def test_momentum_speeds_up_the_flow_on_an_ill_conditioned_posterior():
+def test_momentum_speeds_up_the_flow_on_an_ill_conditioned_posterior(tiny_linear_gaussian):
     """Heavy-ball's point: with the same s and K, z_K lands closer to the posterior mean."""
-    model = lg(latent_dim=4, seed=3)
+    model = tiny_linear_gaussian(latent_dim=4, seed=3, sigma=0.6).requires_grad_(False)
     x = model.sample(8, generator=torch.Generator().manual_seed(0))
     mean, _ = model.posterior(x)
     step = 0.5 / float(torch.linalg.eigvalsh(model.posterior_precision()).max())
@@ -99,8 +93,9 @@ def test_momentum_speeds_up_the_flow_on_an_ill_conditioned_posterior():
     assert errors[0.6] < errors[0.0]
 
 
-def test_tuners_on_momentum_and_the_stochastic_estimator_refuses():
-    model = lg()
+@pytest.mark.slow
+def test_tuners_on_momentum_and_the_stochastic_estimator_refuses(tiny_linear_gaussian):
+    model = tiny_linear_gaussian(sigma=0.6).requires_grad_(False)
     x = model.sample(4, generator=torch.Generator().manual_seed(0))
     sampler = inferkit.load_sampler("shortrun-momentum", num_steps=4, step_size="0.01", momentum="0.3")
     result = KLGrid(grid=(0.005, 0.01, 0.02, 0.04)).tune(model, sampler, x)

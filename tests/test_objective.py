@@ -50,10 +50,6 @@ class SplitLinearGaussian(LinearGaussian):
         return flatten_latents(z) @ self.weight.T + self.bias
 
 
-def lg(latent_dim, data_dim, sigma, seed):
-    return LinearGaussian(latent_dim=latent_dim, data_dim=data_dim, sigma=sigma, seed=seed, dtype="float64")
-
-
 def lambda_max(model) -> float:
     return float(torch.linalg.eigvalsh(model.posterior_precision().detach()).max())
 
@@ -99,12 +95,6 @@ def closed_form_gap(model, x_rep, z0_flat, a):
     return z_k, gap
 
 
-def data(model, batch, seed):
-    generator = torch.Generator().manual_seed(seed)
-    x = model.sample(batch, generator=generator)
-    return (x + model.sigma * torch.randn(x.shape, generator=generator, dtype=F64)).detach()
-
-
 def assert_identity(model, sampler, x, num_samples, seed, logdet, mask=None, closed_model=None):
     """J + log p(x) == mean over the same draws of log q_s(z_K) - log p(z_K|x), to 1e-8."""
     closed_model = closed_model or model
@@ -135,14 +125,15 @@ step_ratios = st.floats(0.05, 0.7)  # s * lambda_max(P): every I - s P stays pos
 @given(latent_dim=st.integers(1, 4), data_dim=st.integers(1, 6), sigma=st.floats(0.3, 1.5),
        ratios=st.lists(step_ratios, min_size=1, max_size=5), per_step=st.booleans(),
        num_samples=st.integers(1, 3), batch=st.integers(1, 3), seed=st.integers(0, 2**16))
-def test_pointwise_identity_and_logdets(latent_dim, data_dim, sigma, ratios, per_step, num_samples, batch, seed):
-    model = lg(latent_dim, data_dim, sigma, seed)
+def test_pointwise_identity_and_logdets(tiny_linear_gaussian, noisy_data,
+                                        latent_dim, data_dim, sigma, ratios, per_step, num_samples, batch, seed):
+    model = tiny_linear_gaussian(latent_dim=latent_dim, data_dim=data_dim, sigma=sigma, seed=seed)
     lam = lambda_max(model)
     if per_step:
         sampler = ShortRun(num_steps=len(ratios), step_size=tuple(r / lam for r in ratios), per="step")
     else:
         sampler = ShortRun(num_steps=len(ratios), step_size=ratios[0] / lam)
-    x = data(model, batch, seed + 1)
+    x = noisy_data(model, batch, seed + 1)
     j_step = assert_identity(model, sampler, x, num_samples, seed, "stepwise")
     j_exact = assert_identity(model, sampler, x, num_samples, seed, "exact")
     torch.testing.assert_close(j_step, j_exact, rtol=0, atol=1e-9)
@@ -154,27 +145,27 @@ def test_pointwise_identity_and_logdets(latent_dim, data_dim, sigma, ratios, per
 @SETTINGS
 @given(d1=st.integers(1, 3), second=st.sampled_from([(1,), (2, 2), (3,)]), data_dim=st.integers(2, 6),
        r1=step_ratios, r2=step_ratios, num_steps=st.integers(1, 4), seed=st.integers(0, 2**16))
-def test_per_layer_step_sizes(d1, second, data_dim, r1, r2, num_steps, seed):
+def test_per_layer_step_sizes(noisy_data, d1, second, data_dim, r1, r2, num_steps, seed):
     """Per-layer S_k is not a multiple of I: the stepwise log-det's symmetrisation
     I + S^1/2 H S^1/2 must still give log|det(I + S H)|."""
     model = SplitLinearGaussian([(d1,), second], data_dim, 0.6, seed)
     lam = lambda_max(model)
     sampler = ShortRun(num_steps=num_steps, step_size=(r1 / lam, r2 / lam), per="layer")
-    x = data(model, 2, seed + 1)
+    x = noisy_data(model, 2, seed + 1)
     j_step = assert_identity(model, sampler, x, 2, seed, "stepwise")
     j_exact = assert_identity(model, sampler, x, 2, seed, "exact")
     torch.testing.assert_close(j_step, j_exact, rtol=0, atol=1e-9)
 
 
 @pytest.mark.parametrize("mask_shape", ["vector", "row", "batch"])
-def test_mask_is_the_model_on_observed_coordinates(mask_shape):
-    model = lg(3, 6, 0.5, seed=4)
+def test_mask_is_the_model_on_observed_coordinates(tiny_linear_gaussian, noisy_data, mask_shape):
+    model = tiny_linear_gaussian(data_dim=6, seed=4)
     observed = torch.tensor([1, 0, 1, 1, 0, 1], dtype=F64)
-    sub = lg(3, 4, 0.5, seed=4)
+    sub = tiny_linear_gaussian(data_dim=4, seed=4)
     with torch.no_grad():
         sub.weight.copy_(model.weight[observed.bool()])
         sub.bias.copy_(model.bias[observed.bool()])
-    x = data(model, 3, 0)
+    x = noisy_data(model, 3, 0)
     mask = {"vector": observed, "row": observed[None], "batch": observed.expand(3, -1).clone()}[mask_shape]
     sampler = ShortRun(num_steps=3, step_size=0.3 / lambda_max(sub))
     for logdet in ("stepwise", "exact"):
@@ -188,10 +179,11 @@ def test_mask_is_the_model_on_observed_coordinates(mask_shape):
 
 
 @pytest.mark.parametrize("latent_dim,num_steps,ratio", [(2, 3, 0.3), (4, 6, 0.15)])
-def test_monte_carlo_average_is_the_closed_form_kl(latent_dim, num_steps, ratio):
+def test_monte_carlo_average_is_the_closed_form_kl(
+        tiny_linear_gaussian, noisy_data, latent_dim, num_steps, ratio):
     """mean_n [J_n + log p(x)] over n = 2000 draws is within 5 standard errors of flow_kl (CLT)."""
-    model = lg(latent_dim, 5, 0.5, seed=1)
-    x = data(model, 1, 2)
+    model = tiny_linear_gaussian(latent_dim=latent_dim, seed=1)
+    x = noisy_data(model, 1, 2)
     s = ratio / lambda_max(model)
     sampler = ShortRun(num_steps=num_steps, step_size=s)
     n = 2000
@@ -210,12 +202,12 @@ def test_monte_carlo_average_is_the_closed_form_kl(latent_dim, num_steps, ratio)
 
 
 # -- Langevin: the noise path is conditioned on --------------------------------------------------
-def test_langevin_pointwise_identity_given_the_noise():
+def test_langevin_pointwise_identity_given_the_noise(tiny_linear_gaussian, noisy_data):
     """With the noise path eps fixed, z_K = A z_0 + (I - A) m + sum_k B_k sqrt(2s) eps_k: the Jacobian is
     still A, and J_draw + log p(x) = log p_0(z_0) - log|det A| - log p(z_K | x), for both log-dets."""
-    model = lg(3, 5, 0.5, seed=6)
+    model = tiny_linear_gaussian(seed=6)
     sampler = Langevin(num_steps=4, step_size=0.2 / lambda_max(model))
-    x = data(model, 2, 3)
+    x = noisy_data(model, 2, 3)
     num_samples, seed = 3, 9
     generator = torch.Generator().manual_seed(seed)
     z0 = model.sample_prior(6, generator=generator)[0]
@@ -236,13 +228,13 @@ def test_langevin_pointwise_identity_given_the_noise():
         torch.testing.assert_close(info.log_det, log_abs_det.expand(2), rtol=0, atol=1e-9)
 
 
-def test_langevin_objective_is_an_upper_bound_on_the_closed_form_kl():
+def test_langevin_objective_is_an_upper_bound_on_the_closed_form_kl(tiny_linear_gaussian, noisy_data):
     """E[J] + log p(x) = KL(q_s || p) + H(z_K) - H(z_K | eps) >= langevin_kl. The Monte-Carlo mean is
     within 5 standard errors of that exact expectation, which sits well above langevin_kl."""
-    model = lg(3, 5, 0.5, seed=6)
+    model = tiny_linear_gaussian(seed=6)
     num_steps, s = 6, 0.3 / lambda_max(model)
     sampler = Langevin(num_steps=num_steps, step_size=s)
-    x = data(model, 1, 3)
+    x = noisy_data(model, 1, 3)
     n = 2000
     with torch.no_grad():
         per_draw = kl_objective(model, sampler, x.expand(n, -1), generator=torch.Generator().manual_seed(1)).objective
@@ -261,11 +253,11 @@ def test_langevin_objective_is_an_upper_bound_on_the_closed_form_kl():
 
 
 # -- the log-determinants directly ---------------------------------------------------------------
-def test_stepwise_and_exact_log_det_functions():
+def test_stepwise_and_exact_log_det_functions(noisy_data):
     model = SplitLinearGaussian([(2,), (1, 2)], 5, 0.4, seed=3)
     lam = lambda_max(model)
     sampler = ShortRun(num_steps=5, step_size=tuple(r / lam for r in (0.1, 0.5, 0.3, 0.6, 0.2)), per="step")
-    x = data(model, 3, 1)
+    x = noisy_data(model, 3, 1)
     z0 = model.sample_prior(3, generator=torch.Generator().manual_seed(0))
     steps = sampler.step_sizes(len(model.latent_shapes))
     states = sampler.path(model, x, z0, steps)
@@ -280,12 +272,12 @@ def test_stepwise_and_exact_log_det_functions():
     torch.testing.assert_close(min_eig, torch.full((3,), 1 - 0.6, dtype=F64), rtol=0, atol=1e-9)
 
 
-def test_non_invertible_steps_are_flagged_by_both_log_det_methods():
+def test_non_invertible_steps_are_flagged_by_both_log_det_methods(tiny_linear_gaussian, noisy_data):
     """K = 2 steps with 1 - s lambda_max < 0: det A > 0 (two negative factors), yet each step map has
     a negative eigenvalue, so F is not a composition of invertible gradient steps."""
-    model = lg(3, 5, 0.5, seed=2)
+    model = tiny_linear_gaussian(seed=2)
     sampler = ShortRun(num_steps=2, step_size=1.5 / lambda_max(model))
-    x = data(model, 2, 0)
+    x = noisy_data(model, 2, 0)
     for logdet in ("stepwise", "exact"):
         with torch.no_grad():
             info = kl_objective(model, sampler, x, estimator=LogDetEstimator(logdet)).info
@@ -334,11 +326,11 @@ def test_diverging_flow_is_reported_not_raised():
 
 
 # -- differentiability and argument checks -------------------------------------------------------
-def test_gradient_in_the_step_size_matches_finite_differences():
+def test_gradient_in_the_step_size_matches_finite_differences(tiny_linear_gaussian, noisy_data):
     """J is differentiable in step-size values passed in (the sampler is not changed); under no_grad the
     same values come without a graph."""
-    model = lg(3, 5, 0.5, seed=8)
-    x = data(model, 2, 1)
+    model = tiny_linear_gaussian(seed=8)
+    x = noisy_data(model, 2, 1)
     s0 = 0.3 / lambda_max(model)
     sampler = ShortRun(num_steps=3, step_size=0.123)
 
@@ -374,10 +366,10 @@ class NoFlow(Sampler):
     ({"num_samples": 0}, ShortRun(num_steps=2)),
     ({"hyperparameters": {"momentum": torch.tensor(0.5)}}, ShortRun(num_steps=2)),
 ])
-def test_bad_arguments_raise_user_error(kwargs, sampler):
-    model = lg(2, 3, 0.5, seed=0)
+def test_bad_arguments_raise_user_error(tiny_linear_gaussian, noisy_data, kwargs, sampler):
+    model = tiny_linear_gaussian(latent_dim=2, data_dim=3)
     with pytest.raises(UserError):
-        kl_objective(model, sampler, data(model, 2, 0), **kwargs)
+        kl_objective(model, sampler, noisy_data(model, 2, 0), **kwargs)
 
 
 @pytest.mark.parametrize("kwargs", [{"method": "stochastic-typo"}, {"num_probes": 0}, {"lanczos_steps": 0}])

@@ -12,7 +12,6 @@ import torch
 from cli_helpers import run_cli
 from PIL import Image
 
-from inferkit.models.linear_gaussian import LinearGaussian
 from inferkit.plots import (
     OBJECTIVE_PNG,
     STEP_SIZE_PNG,
@@ -102,8 +101,8 @@ def test_vector_step_sizes_give_one_series_per_entry_labelled_by_the_layout(tmp_
     assert entry_labels(2, "layer") == ["layer 1", "layer 2"] and entry_labels(2, None) == ["entry 1", "entry 2"]
 
 
-def test_plots_of_real_kl_grid_and_per_step_kl_grad_histories(tmp_path):
-    model = LinearGaussian(latent_dim=3, data_dim=6, sigma=0.5, seed=1, dtype="float64")
+def test_plots_of_real_kl_grid_and_per_step_kl_grad_histories(tiny_linear_gaussian, tmp_path):
+    model = tiny_linear_gaussian(data_dim=6, seed=1)
     x = model.sample(4, generator=torch.Generator().manual_seed(2))
     records = []
     for t, tuner, sampler in (

@@ -83,6 +83,7 @@ def test_log_joint_is_minus_pyros_potential_energy_with_a_constrained_latent():
     assert torch.all(transforms["scale"].inv(z[1]) > 0)
 
 
+@pytest.mark.slow
 def test_positive_constrained_model_trains_with_shortrun_and_kl_grid():
     """A learnable decoder with a LogNormal noise scale per example: kl-grid picks an invertible s
     with a finite J at every tuning, the loss stays finite, and the decoder's bias moves to the data

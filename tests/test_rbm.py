@@ -298,7 +298,7 @@ def test_log_likelihood_estimates_match_exact_enumeration():
 
 
 # -- samplers on the model, and the command line -----------------------------------------------------
-def test_samplers_run_their_phases_and_refuse_other_models():
+def test_samplers_run_their_phases_and_refuse_other_models(tiny_linear_gaussian):
     model = tiny_model(n=6, m=4, data=5)
     x = 2 * torch.bernoulli(torch.full((4, 5), 0.5, dtype=torch.float64)) - 1
     for sampler in (VIMCO(num_samples=3, hidden=(8,), num_chains=5), RWS(num_samples=3, hidden=(8,), num_chains=5)):
@@ -317,9 +317,8 @@ def test_samplers_run_their_phases_and_refuse_other_models():
             assert (rbm_grad is not None and rbm_grad.abs().sum() > 0) == (phase != "autoencoder"), phase
             assert (encoder_grad is not None and encoder_grad.abs().sum() > 0) == (phase != "rbm"), phase
         assert "chains.state" in sampler.state_dict()
-    from inferkit.models.linear_gaussian import LinearGaussian
     with pytest.raises(UserError, match="rbm-prior"):
-        VIMCO().setup(LinearGaussian())
+        VIMCO().setup(tiny_linear_gaussian(latent_dim=8, data_dim=16, dtype="float32"))
 
 
 MNIST_TINY = ["--model", "rbm-prior", "--data", "mnist", "--model-opt", "num_latents=16",

@@ -20,10 +20,6 @@ from inferkit.samplers import Langevin, ShortRun
 F64 = torch.float64
 
 
-def lg(latent_dim=3, data_dim=5, sigma=0.5, seed=0, dtype="float64"):
-    return LinearGaussian(latent_dim=latent_dim, data_dim=data_dim, sigma=sigma, seed=seed, dtype=dtype)
-
-
 def lambda_range(model):
     eig = torch.linalg.eigvalsh(model.posterior_precision().detach())
     return float(eig.min()), float(eig.max())
@@ -52,8 +48,8 @@ class TwoLayer(LinearGaussian):
 
 # -- reproducibility and agreement with flow ------------------------------------------------------
 @pytest.mark.parametrize("cls", [ShortRun, Langevin])
-def test_seeded_infer_is_reproducible(cls):
-    model = lg()
+def test_seeded_infer_is_reproducible(tiny_linear_gaussian, cls):
+    model = tiny_linear_gaussian()
     x = data(model, 4)
     sampler = cls(num_steps=5, step_size=0.02)
     first = sampler.infer(model, x, generator=torch.Generator().manual_seed(3))
@@ -119,9 +115,9 @@ def test_eager_compiled_and_differentiable_runs_of_the_one_step_agree(cls):
         torch.testing.assert_close(c.detach(), a, rtol=1e-12, atol=1e-12)
 
 
-def test_noise_free_flow_converges_to_the_posterior_mean():
+def test_noise_free_flow_converges_to_the_posterior_mean(tiny_linear_gaussian):
     """K large, s < 1/lambda_max: z_K - m = A (z_0 - m) with ||A|| <= (1 - s lambda_min)^K -> 0."""
-    model = lg(latent_dim=3, data_dim=6, sigma=0.7, seed=5)
+    model = tiny_linear_gaussian(data_dim=6, sigma=0.7, seed=5)
     lam_min, lam_max = lambda_range(model)
     s = 0.9 / lam_max
     num_steps = math.ceil(40 / (s * lam_min))
@@ -134,10 +130,10 @@ def test_noise_free_flow_converges_to_the_posterior_mean():
     assert (short.z[0] - mean.detach()).abs().max() > 1e-2
 
 
-def test_langevin_samples_approximate_the_posterior():
+def test_langevin_samples_approximate_the_posterior(tiny_linear_gaussian):
     """Many chains, many small steps: sample mean and covariance close to the posterior's (loose: the
     discretisation inflates the covariance by about 1 / (1 - s lambda / 2), here < 6 %)."""
-    model = lg(latent_dim=3, data_dim=4, sigma=1.5, seed=1)
+    model = tiny_linear_gaussian(data_dim=4, sigma=1.5, seed=1)
     lam_min, lam_max = lambda_range(model)
     s = 0.1 / lam_max
     num_steps = math.ceil(8 / (s * lam_min))
@@ -233,8 +229,8 @@ def test_the_graph_check_catches_a_leaky_sampler():
     assert result.z[0].grad_fn is not None
 
 
-def test_infer_works_under_no_grad_and_in_float32():
-    model = lg(dtype="float32")
+def test_infer_works_under_no_grad_and_in_float32(tiny_linear_gaussian):
+    model = tiny_linear_gaussian(dtype='float32')
     x = data(model, 3)
     with torch.no_grad():
         result = ShortRun(num_steps=4, step_size=0.05).infer(model, x)
@@ -243,11 +239,11 @@ def test_infer_works_under_no_grad_and_in_float32():
     assert expected.z[0].shape == result.z[0].shape
 
 
-def test_infer_honours_the_mask():
+def test_infer_honours_the_mask(tiny_linear_gaussian):
     """With a mask the flow targets the posterior given the observed coordinates only."""
-    model = lg(latent_dim=2, data_dim=5, sigma=0.7, seed=3)
+    model = tiny_linear_gaussian(latent_dim=2, sigma=0.7, seed=3)
     mask = torch.tensor([1.0, 1.0, 0.0, 1.0, 0.0], dtype=F64)
-    sub = lg(latent_dim=2, data_dim=3, sigma=0.7, seed=3)
+    sub = tiny_linear_gaussian(latent_dim=2, data_dim=3, sigma=0.7, seed=3)
     with torch.no_grad():
         sub.weight.copy_(model.weight[mask.bool()])
         sub.bias.copy_(model.bias[mask.bool()])

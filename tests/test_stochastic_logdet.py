@@ -9,7 +9,6 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from inferkit.models.linear_gaussian import LinearGaussian
 from inferkit.latents import hessians
 from inferkit.objective import (
     LogDetEstimator,
@@ -72,8 +71,8 @@ def test_hutchinson_average_converges_to_the_trace():
 
 @settings(max_examples=10, deadline=None)
 @given(latent_dim=st.integers(1, 6), seed=st.integers(0, 1000))
-def test_hessian_vector_product_operator_matches_the_hessian(latent_dim, seed):
-    model = LinearGaussian(latent_dim=latent_dim, data_dim=5, sigma=0.7, seed=seed, dtype="float64")
+def test_hessian_vector_product_operator_matches_the_hessian(tiny_linear_gaussian, latent_dim, seed):
+    model = tiny_linear_gaussian(latent_dim=latent_dim, sigma=0.7, seed=seed)
     x = model.sample(3, generator=torch.Generator().manual_seed(seed)).detach()
     z = model.sample_prior(3, generator=torch.Generator().manual_seed(seed + 1))
     vectors = torch.randn(2, 3, latent_dim, dtype=FLOAT64, generator=torch.Generator().manual_seed(seed + 2))
@@ -85,8 +84,8 @@ def test_hessian_vector_product_operator_matches_the_hessian(latent_dim, seed):
     torch.testing.assert_close(products, -vectors @ precision, rtol=1e-10, atol=1e-10)
 
 
-def test_stochastic_log_det_error_shrinks_with_probes_and_j_stays_close():
-    model = LinearGaussian(latent_dim=6, data_dim=10, sigma=0.5, seed=4, dtype="float64")
+def test_stochastic_log_det_error_shrinks_with_probes_and_j_stays_close(tiny_linear_gaussian):
+    model = tiny_linear_gaussian(latent_dim=6, data_dim=10, seed=4)
     x = model.sample(4, generator=torch.Generator().manual_seed(1)).detach()
     sampler = ShortRun(num_steps=4, step_size=0.02)
 
@@ -108,8 +107,8 @@ def test_stochastic_log_det_error_shrinks_with_probes_and_j_stays_close():
     assert torch.all((many - exact).abs() <= 0.01 * exact.abs())
 
 
-def test_stochastic_objective_is_differentiable_in_the_step_size():
-    model = LinearGaussian(latent_dim=4, data_dim=6, sigma=0.5, seed=2, dtype="float64")
+def test_stochastic_objective_is_differentiable_in_the_step_size(tiny_linear_gaussian):
+    model = tiny_linear_gaussian(latent_dim=4, data_dim=6, seed=2)
     x = model.sample(2, generator=torch.Generator().manual_seed(1)).detach()
     sampler = ShortRun(num_steps=3, step_size=0.02)
     step = torch.tensor(0.02, dtype=FLOAT64, requires_grad=True)
@@ -123,8 +122,8 @@ def test_stochastic_objective_is_differentiable_in_the_step_size():
     assert torch.isfinite(g_sto) and g_sto.item() == pytest.approx(g_step.item(), rel=0.05)
 
 
-def test_kl_grid_with_the_stochastic_estimator_picks_the_same_step_size():
-    model = LinearGaussian(latent_dim=5, data_dim=8, sigma=0.5, seed=7, dtype="float64")
+def test_kl_grid_with_the_stochastic_estimator_picks_the_same_step_size(tiny_linear_gaussian):
+    model = tiny_linear_gaussian(latent_dim=5, data_dim=8, seed=7)
     x = model.sample(4, generator=torch.Generator().manual_seed(3)).detach()
     grid = tuple(0.004 * i for i in range(1, 9))
     chosen = {}
@@ -164,6 +163,7 @@ def test_on_the_ladder_stepwise_equals_exact_and_stochastic_is_within_two_percen
     assert torch.all((j_sto - j_exact).abs() <= 0.02 * j_exact.abs())
 
 
+@pytest.mark.slow
 def test_on_the_ladder_kl_grid_picks_the_same_step_size_with_every_estimator(ladder_224):
     model, x = ladder_224
     grid = (0.005, 0.01, 0.02, 0.04, 0.08)

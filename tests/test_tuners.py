@@ -10,7 +10,6 @@ import torch
 
 import inferkit
 from inferkit import Inference, Model, Sampler, TuneResult, UserError
-from inferkit.models.linear_gaussian import LinearGaussian
 from inferkit.samplers import Langevin, ShortRun
 from inferkit.tuners import Fixed, KLGrid
 from inferkit.tuners.kl_grad import KLGrad
@@ -19,18 +18,8 @@ from inferkit.tuners.kl_grid import PAPER_GRID
 F64 = torch.float64
 
 
-def lg(latent_dim=3, data_dim=6, sigma=0.5, seed=0):
-    return LinearGaussian(latent_dim=latent_dim, data_dim=data_dim, sigma=sigma, seed=seed, dtype="float64")
-
-
 def lambda_max(model) -> float:
     return float(torch.linalg.eigvalsh(model.posterior_precision().detach()).max())
-
-
-def data(model, batch, seed=0):
-    generator = torch.Generator().manual_seed(seed)
-    x = model.sample(batch, generator=generator)
-    return (x + model.sigma * torch.randn(x.shape, generator=generator, dtype=F64)).detach()
 
 
 def per_draw_kl(model, x, num_samples, seed, s, num_steps):
@@ -45,12 +34,13 @@ def per_draw_kl(model, x, num_samples, seed, s, num_steps):
     return (q.log_prob(z_k) - p.log_prob(z_k)).view(x.shape[0], num_samples)
 
 
-def test_kl_grid_records_every_point_exactly_and_picks_the_closed_form_argmin():
-    model = lg()
+def test_kl_grid_records_every_point_exactly_and_picks_the_closed_form_argmin(
+        tiny_linear_gaussian, noisy_data):
+    model = tiny_linear_gaussian(data_dim=6)
     lam = lambda_max(model)
     num_steps, num_samples, batch, seed = 4, 150, 4, 7
     grid = tuple(r / lam for r in (0.02, 0.08, 0.3, 0.7))
-    x = data(model, 10)
+    x = noisy_data(model, 10)
     sampler = ShortRun(num_steps=num_steps, step_size=0.5 / lam)
     tuner = KLGrid(grid=grid, num_samples=num_samples, batch_size=batch, seed=seed)
     result = tuner.tune(model, sampler, x)
@@ -83,14 +73,15 @@ def test_kl_grid_records_every_point_exactly_and_picks_the_closed_form_argmin():
     assert result.hyperparameters["step_size"].item() == pytest.approx(grid[best])
 
 
-def test_non_invertible_points_are_recorded_and_never_chosen_even_with_a_lower_j():
+def test_non_invertible_points_are_recorded_and_never_chosen_even_with_a_lower_j(
+        tiny_linear_gaussian, noisy_data):
     """K = 2: s = 1.2 / lambda_max makes I - s P have a negative eigenvalue (its J can be lower than a
     timid step's); s = 2.5 / lambda_max makes the flow diverge. Both are flagged and skipped, with
     either log-det method (with the exact one det A > 0 here: the sign alone would not tell)."""
-    model = lg()
+    model = tiny_linear_gaussian(data_dim=6)
     lam = lambda_max(model)
     grid = (0.001 / lam, 1.2 / lam, 2.5 / lam)
-    x = data(model, 4)
+    x = noisy_data(model, 4)
     for logdet in ("stepwise", "exact"):
         sampler = ShortRun(num_steps=2, step_size=0.5 / lam)
         result = KLGrid(grid=grid, num_samples=4, logdet=logdet).tune(model, sampler, x)
@@ -101,27 +92,28 @@ def test_non_invertible_points_are_recorded_and_never_chosen_even_with_a_lower_j
         assert result.objective == pytest.approx(result.history[0]["J"])
 
 
-def test_all_non_invertible_grid_raises_and_leaves_the_step_size():
-    model = lg()
+def test_all_non_invertible_grid_raises_and_leaves_the_step_size(tiny_linear_gaussian, noisy_data):
+    model = tiny_linear_gaussian(data_dim=6)
     lam = lambda_max(model)
     sampler = ShortRun(num_steps=3, step_size=0.123)
     with pytest.raises(UserError, match="not invertible"):
-        KLGrid(grid=(2.5 / lam, 4.0 / lam), max_shrinks=0).tune(model, sampler, data(model, 4))
+        KLGrid(grid=(2.5 / lam, 4.0 / lam), max_shrinks=0).tune(model, sampler, noisy_data(model, 4))
     assert sampler.step_size.item() == pytest.approx(0.123)
     # Shrinking cannot rescue a grid that stays above 1 / lambda_max: still an error, step size kept.
     with pytest.raises(UserError, match="not invertible"):
-        KLGrid(grid=(400 / lam,), shrink=0.5, max_shrinks=2).tune(model, sampler, data(model, 4))
+        KLGrid(grid=(400 / lam,), shrink=0.5, max_shrinks=2).tune(model, sampler, noisy_data(model, 4))
     assert sampler.step_size.item() == pytest.approx(0.123)
 
 
-def test_a_grid_beyond_the_posterior_is_shrunk_until_some_point_is_invertible():
+def test_a_grid_beyond_the_posterior_is_shrunk_until_some_point_is_invertible(
+        tiny_linear_gaussian, noisy_data):
     """Every point of the grid is non-invertible: the grid is scaled by `shrink` and searched again;
     every round is in the history and the choice comes from the first round with a usable point."""
-    model = lg()
+    model = tiny_linear_gaussian(data_dim=6)
     lam = lambda_max(model)
     grid = (1.5 / lam, 3.0 / lam)
     sampler = ShortRun(num_steps=3, step_size=0.5 / lam)
-    result = KLGrid(grid=grid, shrink=0.25, max_shrinks=3).tune(model, sampler, data(model, 4))
+    result = KLGrid(grid=grid, shrink=0.25, max_shrinks=3).tune(model, sampler, noisy_data(model, 4))
     rounds = [h["round"] for h in result.history]
     assert rounds == [0, 0, 1, 1]  # 1.5/4 and 3/4 of 1/lambda_max are invertible: stop after round 1
     assert [h["invertible"] for h in result.history] == [False, False, True, True]
@@ -162,7 +154,7 @@ def test_diverging_grid_point_on_a_nonlinear_model_is_skipped():
     assert result.hyperparameters["step_size"].item() == pytest.approx(1e-4)
 
 
-def test_the_sampler_is_untouched_when_an_evaluation_fails(monkeypatch):
+def test_the_sampler_is_untouched_when_an_evaluation_fails(tiny_linear_gaussian, noisy_data, monkeypatch):
     from inferkit.tuners import kl_common
 
     real = kl_common.kl_objective
@@ -175,20 +167,20 @@ def test_the_sampler_is_untouched_when_an_evaluation_fails(monkeypatch):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(kl_common, "kl_objective", failing)
-    model = lg()
+    model = tiny_linear_gaussian(data_dim=6)
     sampler = ShortRun(num_steps=2, step_size=0.0123)
     with pytest.raises(RuntimeError, match="boom"):
-        KLGrid(grid=(0.01, 0.02, 0.03)).tune(model, sampler, data(model, 2))
+        KLGrid(grid=(0.01, 0.02, 0.03)).tune(model, sampler, noisy_data(model, 2))
     assert sampler.step_size.item() == pytest.approx(0.0123)
 
 
 @pytest.mark.parametrize("make_tuner", [lambda: KLGrid(grid=(0.01, 0.02, 0.04)),
                                         lambda: KLGrad(max_iterations=3), lambda: Fixed(step_size=0.02)])
-def test_tuners_change_nothing_and_take_the_reduction_they_are_given(make_tuner):
+def test_tuners_change_nothing_and_take_the_reduction_they_are_given(make_tuner, tiny_linear_gaussian, noisy_data):
     """No tuner writes into, or swaps, the sampler's buffers. `reduce` sums over processes: two processes
     holding the same batch (a reduce that doubles, in place) give exactly one process's J and choice."""
-    model = lg()
-    x = data(model, 4)
+    model = tiny_linear_gaussian(data_dim=6)
+    x = noisy_data(model, 4)
     sampler = ShortRun(num_steps=3, step_size=0.015)
     buffer = sampler.step_size
     reduced = []
@@ -207,15 +199,15 @@ def test_tuners_change_nothing_and_take_the_reduction_they_are_given(make_tuner)
 
 
 @pytest.mark.parametrize("mask_shape", ["vector", "row", "batch"])
-def test_kl_grid_with_a_mask_uses_the_observed_coordinates(mask_shape):
+def test_kl_grid_with_a_mask_uses_the_observed_coordinates(tiny_linear_gaussian, noisy_data, mask_shape):
     """batch_size < D: a broadcast mask ([D] or [1, D]) must not be cut like a batch."""
-    model = lg(latent_dim=2, data_dim=24, sigma=0.8, seed=1)
+    model = tiny_linear_gaussian(latent_dim=2, data_dim=24, sigma=0.8, seed=1)
     observed = (torch.arange(24) % 3 != 0).to(F64)
-    sub = lg(latent_dim=2, data_dim=16, sigma=0.8, seed=1)
+    sub = tiny_linear_gaussian(latent_dim=2, data_dim=16, sigma=0.8, seed=1)
     with torch.no_grad():
         sub.weight.copy_(model.weight[observed.bool()])
         sub.bias.copy_(model.bias[observed.bool()])
-    x = data(model, 20)
+    x = noisy_data(model, 20)
     mask = {"vector": observed, "row": observed[None], "batch": observed.expand(20, -1).clone()}[mask_shape]
     grid = (0.01, 0.03, 0.05)
     masked = KLGrid(grid=grid, batch_size=16).tune(model, ShortRun(num_steps=3), x, mask=mask)
@@ -224,9 +216,9 @@ def test_kl_grid_with_a_mask_uses_the_observed_coordinates(mask_shape):
         assert h_masked["J"] == pytest.approx(h_direct["J"], abs=1e-9)
 
 
-def test_kl_grid_on_per_step_and_langevin_samplers():
-    model = lg()
-    x = data(model, 4)
+def test_kl_grid_on_per_step_and_langevin_samplers(tiny_linear_gaussian, noisy_data):
+    model = tiny_linear_gaussian(data_dim=6)
+    x = noisy_data(model, 4)
     per_step = ShortRun(num_steps=3, step_size=(0.01, 0.02, 0.03), per="step")
     result = KLGrid(grid=(0.01, 0.02)).tune(model, per_step, x)
     chosen = result.hyperparameters["step_size"]
@@ -240,9 +232,9 @@ def test_kl_grid_on_per_step_and_langevin_samplers():
     assert langevin.step_size.item() == 0.05
 
 
-def test_kl_grid_does_not_build_a_graph_or_warn():
-    model = lg()  # parameters require grad
-    x = data(model, 4)
+def test_kl_grid_does_not_build_a_graph_or_warn(tiny_linear_gaussian, noisy_data):
+    model = tiny_linear_gaussian(data_dim=6)  # parameters require grad
+    x = noisy_data(model, 4)
     import warnings
 
     with warnings.catch_warnings():
@@ -257,10 +249,10 @@ class NoStepSize(Sampler):
         return Inference(z=model.sample_prior(x.shape[0], generator=generator))
 
 
-def test_kl_grid_errors():
-    model = lg()
+def test_kl_grid_errors(tiny_linear_gaussian, noisy_data):
+    model = tiny_linear_gaussian(data_dim=6)
     with pytest.raises(UserError, match="does not apply to sampler NoStepSize.*--tuner fixed"):
-        KLGrid().tune(model, NoStepSize(), data(model, 2))
+        KLGrid().tune(model, NoStepSize(), noisy_data(model, 2))
     for kwargs in ({"grid": ()}, {"grid": (0.1, -0.1)}, {"grid": (math.nan,)}, {"num_samples": 0},
                    {"batch_size": -1}, {"logdet": "approx"}, {"shrink": 1.0}, {"shrink": 0.0},
                    {"max_shrinks": -1}, {"num_probes": 0}, {"lanczos_steps": 0}):
@@ -276,9 +268,9 @@ def test_kl_grid_defaults_and_options_by_name():
     assert tuner.objective.num_samples == 3 and tuner.objective.logdet == "exact"
 
 
-def test_fixed_tuner():
-    model = lg()
-    x = data(model, 2)
+def test_fixed_tuner(tiny_linear_gaussian, noisy_data):
+    model = tiny_linear_gaussian(data_dim=6)
+    x = noisy_data(model, 2)
     sampler = ShortRun(num_steps=2, step_size=0.05)
     result = Fixed().tune(model, sampler, x)
     assert result.hyperparameters["step_size"].item() == pytest.approx(0.05)

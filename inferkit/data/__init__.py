@@ -5,6 +5,8 @@ original IDX files from ``--data-dir``. Data sets are registered under the
 ``inferkit.datasets`` entry-point group.
 """
 
+from importlib import import_module
+
 from inferkit.data.base import (
     ImageData,
     TensorSplit,
@@ -17,11 +19,9 @@ from inferkit.data.base import (
 from inferkit.data.mnist import MNISTDataset, read_idx
 from inferkit.data.shapes import ShapesDataset, render_shapes
 
-DEFAULT_DATASET = "shapes"
-
 __all__ = [
-    "DEFAULT_DATASET",
     "ImageData",
+    "ImageFolderDataset",
     "MNISTDataset",
     "ShapesDataset",
     "TensorSplit",
@@ -33,3 +33,13 @@ __all__ = [
     "render_shapes",
     "step_indices",
 ]
+
+_LAZY = {  # imported on first use: these pull in more than the common case needs
+    "ImageFolderDataset": "inferkit.data.image_folder",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return vars(import_module(_LAZY[name]))[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,10 +1,14 @@
-"""A third-party model in a few lines: z ~ N(0, I), x ~ N(tanh(MLP(z)), sigma^2 I) on images."""
+"""A third-party plugin: the model ``toy-mlp`` (z ~ N(0, I), x ~ N(tanh(MLP(z)), sigma^2 I) on images)
+and the sampler ``toy-metropolis`` (:mod:`inferkit_toy.metropolis`)."""
 
 import math
 
 import torch
 
 import inferkit
+from inferkit_toy.metropolis import ToyMetropolis
+
+__all__ = ["ToyMLP", "ToyMetropolis"]
 
 
 class ToyMLP(inferkit.Model):

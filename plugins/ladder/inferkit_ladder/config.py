@@ -31,7 +31,8 @@ def default_latent_dims(num_layers: int) -> tuple[int, ...]:
     return tuple(min(MAX_LATENT_DIM, 4 * 2 ** (num_layers - l)) for l in range(1, num_layers + 1))
 
 
-def _int(name: str, value: Any, minimum: int) -> int:
+def check_int(name: str, value: Any, minimum: int) -> int:
+    """``value`` as an ``int`` of at least ``minimum``, or a :class:`UserError` naming option ``name``."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise UserError(f"ladder: {name} must be an integer, got {value!r}; give e.g. {name}={max(minimum, 1)}")
     value = int(value)
@@ -40,7 +41,8 @@ def _int(name: str, value: Any, minimum: int) -> int:
     return value
 
 
-def _positive_float(name: str, value: Any) -> float:
+def check_positive_float(name: str, value: Any) -> float:
+    """``value`` as a finite ``float`` > 0, or a :class:`UserError` naming option ``name``."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise UserError(f"ladder: {name} must be a number, got {value!r}; give a positive float")
     value = float(value)
@@ -60,7 +62,7 @@ def _dims(value: Any) -> tuple[int, ...]:
             ) from None
     if not isinstance(value, (tuple, list)):
         raise UserError(f"ladder: latent_dims must be a tuple of integers, got {value!r}; give e.g. (32, 16, 8)")
-    return tuple(_int("latent_dims entry", v, 1) for v in value)
+    return tuple(check_int("latent_dims entry", v, 1) for v in value)
 
 
 @dataclass(frozen=True)
@@ -82,7 +84,7 @@ class LadderConfig:
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
-        set_(self, "num_layers", _int("num_layers", self.num_layers, 1))
+        set_(self, "num_layers", check_int("num_layers", self.num_layers, 1))
         dims = _dims(self.latent_dims)
         if not dims:
             dims = default_latent_dims(self.num_layers)
@@ -92,22 +94,22 @@ class LadderConfig:
                 "give one dimension per layer, bottom first"
             )
         set_(self, "latent_dims", dims)
-        set_(self, "nf", _int("nf", self.nf, 1))
-        size = _int("image_size", self.image_size, 1)
+        set_(self, "nf", check_int("nf", self.nf, 1))
+        size = check_int("image_size", self.image_size, 1)
         if size % 4 != 0 or not MIN_IMAGE_SIZE <= size <= MAX_IMAGE_SIZE:
             raise UserError(
                 f"ladder: image_size {size} is not supported; give a multiple of 4 between "
                 f"{MIN_IMAGE_SIZE} and {MAX_IMAGE_SIZE} (e.g. 16, 28, 32, 64)"
             )
         set_(self, "image_size", size)
-        set_(self, "channels", _int("channels", self.channels, 1))
-        set_(self, "observation_sigma", _positive_float("observation_sigma", self.observation_sigma))
+        set_(self, "channels", check_int("channels", self.channels, 1))
+        set_(self, "observation_sigma", check_positive_float("observation_sigma", self.observation_sigma))
         if self.parameterization not in PARAMETERIZATIONS:
             raise UserError(
                 f"ladder: unknown parameterization {self.parameterization!r}; "
                 "give parameterization=centered or parameterization=whitened"
             )
-        set_(self, "min_sigma", _positive_float("min_sigma", self.min_sigma))
+        set_(self, "min_sigma", check_positive_float("min_sigma", self.min_sigma))
 
     # -- round trip ---------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

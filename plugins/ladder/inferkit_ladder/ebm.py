@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from inferkit.errors import UserError
 from inferkit.interfaces import Latents, UnnormalizedModel
-from inferkit_ladder.config import Features, _int, _positive_float
+from inferkit_ladder.config import Features, check_int, check_positive_float
 from inferkit_ladder.model import LadderModel
 
 
@@ -71,9 +71,9 @@ class LadderEBM(LadderModel, UnnormalizedModel):
         super().__init__(num_layers=num_layers, latent_dims=latent_dims, nf=nf, image_size=image_size,
                          channels=channels, observation_sigma=observation_sigma,
                          parameterization=parameterization, min_sigma=min_sigma)
-        self.prior_steps = _int("prior_steps", prior_steps, 0)
-        self.prior_step_size = _positive_float("prior_step_size", prior_step_size)
-        self.energy = LatentEnergy(self.latent_shapes[-1][0], _int("energy_hidden", energy_hidden, 1))
+        self.prior_steps = check_int("prior_steps", prior_steps, 0)
+        self.prior_step_size = check_positive_float("prior_step_size", prior_step_size)
+        self.energy = LatentEnergy(self.latent_shapes[-1][0], check_int("energy_hidden", energy_hidden, 1))
 
     def log_joint(self, x: Tensor, z: Latents, mask: Tensor | None = None) -> Tensor:
         """``log p_0(z) - E_alpha(z_L) + log p(x | z)`` per example (``log Z_alpha`` omitted)."""

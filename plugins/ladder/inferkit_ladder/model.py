@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from inferkit.errors import UserError
 from inferkit.interfaces import Latents, Model
-from inferkit_ladder.config import Features, LadderConfig, _positive_float
+from inferkit_ladder.config import Features, LadderConfig, check_positive_float
 
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 
@@ -165,7 +165,7 @@ class LadderModel(Model):
 
     def set_observation_sigma(self, sigma: float) -> None:
         """Set sigma (the trainer anneals it); kept in ``state_dict``."""
-        value = _positive_float("observation_sigma", sigma)
+        value = check_positive_float("observation_sigma", sigma)
         with torch.no_grad():
             self._observation_sigma.fill_(value)
 
