@@ -205,7 +205,8 @@ class _Interrupted(Exception):
 
 def _run(model, sampler, tuner, data, data_dir, model_opt, sampler_opt, tuner_opt, data_opt, train_opt, config,
          iterations, batch_size, tune_every, seed, device, precision, out, resume, quiet, trust_code) -> None:
-    from inferkit.trainer import check_new_run_folder, train
+    from inferkit.run_folder import check_new_run_folder
+    from inferkit.trainer import train
 
     if resume is not None:
         spec = RunSpec.load(resume, trust_code=True)  # reading it imports nothing; the model is checked below

@@ -1,30 +1,29 @@
 """Learning with short-run inference (the papers' Algorithm 1), for any model, sampler and tuner.
 
-Every iteration t: draw a batch ``x``; every ``T_s`` iterations let the tuner set the sampler's
-hyperparameters; infer ``z ~ q(z | x)``; take one Adam step on ``sampler.loss`` (for short-run
-samplers ``-mean log p_theta(x, z_K)`` with ``z_K`` held fixed). The learning rate decays
-step-wise and the observation sigma anneals linearly.
+Every iteration t: draw a batch ``x``; every ``T_s`` iterations let the tuner choose the sampler's
+hyperparameters and apply them; infer ``z ~ q(z | x)``; take one Adam step on ``sampler.loss`` (for
+short-run samplers ``-mean log p_theta(x, z_K)`` with ``z_K`` held fixed). The learning rate decays
+step-wise and the observation sigma anneals linearly (:func:`learning_rate`, :func:`observation_sigma`).
+:func:`run_iterations` is that loop; the rest of this module prepares it and resumes it.
 
 Reproducibility: the batch of iteration t and every random draw in it depend on ``(seed, t)``
 alone, so a run resumed from a checkpoint gives the same numbers as an uninterrupted one.
 
 Data parallel (:mod:`inferkit.distributed`): under ``torchrun`` every process trains its shards of the
-batch through ``DistributedDataParallel``; rank 0 alone writes the run folder.
+batch through ``DistributedDataParallel``; rank 0 alone holds callbacks (:mod:`inferkit.callbacks`),
+so it alone writes the run folder.
 
-Safety: before every optimiser step the loss and all gradients are checked to be finite (one fused
-check, one host sync per iteration, agreed across processes); a non-finite one stops the run without
-taking the step, so no checkpoint ever holds non-finite parameters. SIGINT and SIGTERM stop at the next
-iteration boundary with a checkpoint there (:class:`~inferkit.errors.TrainingInterrupted`). A run holds
-an exclusive lock on its folder (``RUN/.lock``) for its whole life, so two runs never share a folder.
+Safety (:mod:`inferkit.stopping`): before every optimiser step the loss and all gradients are checked
+to be finite (one fused check, one host sync per iteration, agreed across processes); a non-finite one
+stops the run without taking the step, so no checkpoint ever holds non-finite parameters. SIGINT and
+SIGTERM stop at the next iteration boundary with a checkpoint there
+(:class:`~inferkit.errors.TrainingInterrupted`). A run holds an exclusive lock on its folder
+(:class:`~inferkit.run_folder.RunLock`) for its whole life, so two runs never share a folder.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import signal
-import threading
 import time
 import warnings
 from bisect import bisect_right
@@ -36,43 +35,26 @@ from typing import Any, Iterator
 
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from inferkit import distributed
 from inferkit.acceleration import autocast
-from inferkit.errors import TrainingInterrupted, UserError
+from inferkit.callbacks import CallbackHandler, ProgressDisplay, RunWriter
+from inferkit.errors import UserError
 from inferkit.eval.reconstruction import reconstruction_mse
-from inferkit.images import is_image_shape, save_grid
-from inferkit.interfaces import (
-    HasObservationNoise,
-    Model,
-    Sampler,
-    Tuner,
-    UnnormalizedModel,
-    require_compatible,
+from inferkit.interfaces import HasObservationNoise, Model, Sampler, Tuner, UnnormalizedModel, require_compatible
+from inferkit.run_folder import (
+    METRICS_FILE,
+    TUNER_FILE,
+    lock_run_folder,
+    recorded_tuning_seconds,
+    truncate_jsonl,
 )
-from inferkit.runs import (
-    CHECKPOINT_FILE,
-    CONFIG_FILE,
-    RunSpec,
-    TrainConfig,
-    restore_checkpoint,
-    save_atomic,
-    strict_json,
-    write_json_atomic,
-    write_text_atomic,
-)
+from inferkit.runs import CHECKPOINT_FILE, RunSpec, TrainConfig, restore_checkpoint, save_atomic
 from inferkit.seeding import seeded_generator
+from inferkit.stopping import StopRequest, checkpoint_name, gradients, interrupted, nonfinite
 
-try:  # POSIX; elsewhere run folders are not locked
-    import fcntl
-except ImportError:  # pragma: no cover
-    fcntl = None
-
-METRICS_FILE = "metrics.jsonl"
-TUNER_FILE = "tuner.jsonl"
-SUMMARY_FILE = "summary.json"
-LOCK_FILE = ".lock"
+__all__ = ["BatchSource", "TrainResult", "TrainingStep", "learning_rate",
+           "observation_sigma", "run_iterations", "train"]
 
 
 @dataclass
@@ -99,219 +81,10 @@ def observation_sigma(config: TrainConfig, iteration: int) -> float:
     return config.sigma_start + fraction * (config.sigma_end - config.sigma_start)
 
 
-def _step_size_summary(sampler: Sampler) -> float:
+def step_size_summary(sampler: Sampler) -> float:
+    """The mean of the sampler's ``step_size`` hyperparameter (NaN for a sampler without one)."""
     step = sampler.hyperparameters().get("step_size")
     return math.nan if step is None else float(step.detach().double().mean())
-
-
-def _append_jsonl(path: Path, record: dict[str, Any]) -> None:
-    """Append ``record`` as one line of strict JSON (non-finite numbers as ``null``)."""
-    with open(path, "a") as handle:
-        handle.write(strict_json(record) + "\n")
-
-
-def _read_jsonl(path: Path, console: Console | None = None) -> list[dict[str, Any]]:
-    """The records of a JSON-lines file (``[]`` when it does not exist). A torn last line (a crash in
-    the middle of an append) is dropped with a warning; a damaged line before it is a user error."""
-    if not path.exists():
-        return []
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
-    records = []
-    for number, line in enumerate(lines, 1):
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            if number < len(lines):
-                raise UserError(f"{path} line {number} is not valid JSON; the run folder is damaged") from None
-            if console is not None:
-                console.print(f"warning: dropped the torn last line of {path} (a crash while it was written)",
-                              markup=False, highlight=False)
-    return records
-
-
-def _truncate_jsonl(path: Path, before_iteration: int, console: Console | None = None) -> None:
-    """Drop records at or after ``before_iteration`` (written after the checkpoint we resume from), and
-    a torn last line; the file is replaced atomically."""
-    if not path.exists():
-        return
-    kept = [r for r in _read_jsonl(path, console) if r.get("iteration", -1) < before_iteration]
-    write_text_atomic(path, "".join(strict_json(r) + "\n" for r in kept))
-
-
-def _recorded_tuning_seconds(path: Path) -> float:
-    """Seconds of the tunings already in ``tuner.jsonl`` (a resumed run's share before the checkpoint)."""
-    return sum(float(r.get("seconds") or 0.0) for r in _read_jsonl(path))
-
-
-# -- the run folder: one run at a time ----------------------------------------------------------------
-_LEFTOVERS = (CONFIG_FILE, METRICS_FILE, TUNER_FILE, LOCK_FILE)
-"""What a run that stopped before its first checkpoint leaves (with ``*.tmp`` files and image grids)."""
-
-
-def _is_leftover(path: Path) -> bool:
-    name = path.name
-    return (name in _LEFTOVERS or name.endswith(".tmp") or
-            (name.endswith(".png") and name.startswith(("samples_", "reconstructions_"))))
-
-
-def check_new_run_folder(run_dir: Path) -> None:
-    """Refuse a folder that holds anything but an empty folder, or a run that stopped before its first
-    checkpoint (its ``config.json`` and what it wrote before), which a new run may start over."""
-    if not run_dir.exists():
-        return
-    if not run_dir.is_dir():
-        raise UserError(f"{run_dir} exists and is not a folder; give a new --out")
-    entries = list(run_dir.iterdir())
-    if not entries or all(e.name == LOCK_FILE for e in entries):
-        return
-    dead = (run_dir / CONFIG_FILE).is_file() and all(_is_leftover(e) for e in entries)
-    if not dead:
-        raise UserError(f"{run_dir} already exists and is not empty; give a new --out, or --resume {run_dir}")
-
-
-def _clear_leftovers(run_dir: Path) -> None:
-    """Remove what a run that stopped before its first checkpoint wrote (its lock stays)."""
-    for entry in run_dir.iterdir():
-        if _is_leftover(entry) and entry.name != LOCK_FILE and entry.is_file():
-            entry.unlink()
-
-
-class RunLock:
-    """An exclusive ``flock`` on ``RUN/.lock`` for the life of a run. The kernel drops it when the
-    process ends, however it ends, so a crashed run leaves no stale lock (the file itself stays)."""
-
-    def __init__(self, run_dir: Path) -> None:
-        self.path = run_dir / LOCK_FILE
-        self._handle = None
-
-    def acquire(self) -> None:
-        """Take the lock, or raise :class:`UserError` naming the process that holds it."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(self.path, "a+")
-        if fcntl is not None:
-            try:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                handle.seek(0)
-                holder = handle.read().strip() or "unknown"
-                handle.close()
-                raise UserError(f"{self.path.parent} is in use by another inferkit run (process {holder}); "
-                                "wait for it to end, or give another --out") from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"{os.getpid()}\n")
-        handle.flush()
-        self._handle = handle
-
-    def release(self) -> None:
-        if self._handle is not None:
-            self._handle.close()  # closing the file drops the flock
-            self._handle = None
-
-
-def _lock_run_folder(run_dir: Path, *, fresh: bool) -> RunLock | None:
-    """Rank 0 locks the folder (and, for a new run, checks it is free to start in); every process
-    learns the outcome, so all raise the same error together. Returns rank 0's held lock."""
-    lock, error = None, None
-    if distributed.context().is_main:
-        try:
-            lock = RunLock(run_dir)
-            lock.acquire()
-            if fresh:
-                check_new_run_folder(run_dir)
-                _clear_leftovers(run_dir)
-        except UserError as exc:
-            if lock is not None:
-                lock.release()
-            error = str(exc)
-    error = distributed.broadcast_from_main(error)
-    if error is not None:
-        raise UserError(error)
-    return lock
-
-
-# -- stopping safely: non-finite values and signals ----------------------------------------------------
-def _nonfinite(tensors: list[torch.Tensor]) -> torch.Tensor:
-    """A 0-d tensor, 1.0 when any of ``tensors`` holds a NaN or an infinity (one fused reduction: the
-    max-norm of each tensor, which is NaN or inf exactly when the tensor has one; no host sync)."""
-    if not tensors:
-        return torch.zeros((), dtype=torch.float64)
-    with torch.no_grad():
-        norms = torch._foreach_norm([t.detach() for t in tensors], math.inf)
-        return (~torch.isfinite(torch.stack([n.double() for n in norms]))).any().double()
-
-
-def _gradients(parameters: list[torch.Tensor]) -> list[torch.Tensor]:
-    return [p.grad for p in parameters if p.grad is not None]
-
-
-class StopRequest:
-    """SIGINT / SIGTERM handlers for the life of a run (main thread only; the old ones come back after).
-    While the iterations run (``deferring``) the first signal asks the run to stop at the next iteration
-    boundary; otherwise, or at a second signal, the handler interrupts at once (``KeyboardInterrupt``)."""
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self) -> None:
-        self.requested = False
-        self.deferring = False
-        self._previous: dict[int, Any] = {}
-
-    def _handle(self, signum, frame) -> None:
-        if self.requested or not self.deferring:
-            raise KeyboardInterrupt
-        self.requested = True
-
-    @contextmanager
-    def installed(self) -> Iterator[StopRequest]:
-        if threading.current_thread() is not threading.main_thread():
-            yield self
-            return
-        self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
-        try:
-            yield self
-        finally:
-            for s, handler in self._previous.items():
-                signal.signal(s, handler)
-
-
-def _interrupted(iteration: int, run_dir: Path) -> TrainingInterrupted:
-    return TrainingInterrupted(f"interrupted at iteration {iteration}; continue with inferkit run "
-                               f"--resume {run_dir}")
-
-
-def _checkpoint_name(run_dir: Path, iteration: int | None, checkpoint_every: int) -> str:
-    """The last good checkpoint for a message, or that there is none yet."""
-    if iteration is None:
-        return (f"no checkpoint was written yet (the first was due at iteration {checkpoint_every}), so "
-                "nothing can be resumed")
-    return f"the last good checkpoint is {run_dir / CHECKPOINT_FILE} (iteration {iteration})"
-
-
-def _plot_tuning(run_dir: Path, console: Console) -> None:
-    """Redraw the tuner figures (inferkit.plots); a failure is a warning, never the end of a run."""
-    try:
-        from inferkit.plots import plot_run_tuning
-
-        plot_run_tuning(run_dir)
-    except Exception as exc:  # noqa: BLE001 - figures are a by-product; training goes on
-        console.print(f"warning: could not draw the tuner figures in {run_dir} ({type(exc).__name__}: {exc})",
-                      markup=False, highlight=False)
-
-
-def _save_images(model: Model, sampler: Sampler, x_test: torch.Tensor, run_dir: Path, tag: str,
-                 seed: int) -> None:
-    if not is_image_shape(tuple(model.data_shape)):
-        return
-    with torch.no_grad():
-        samples = model.sample(64, generator=seeded_generator(seed, 7, x_test.device))
-    save_grid(samples, run_dir / f"samples_{tag}.png", nrow=8)
-    originals = x_test[:32]
-    recon = sampler.infer(model, originals, generator=seeded_generator(seed, 11, x_test.device)).z
-    with torch.no_grad():
-        decoded = model.decode(recon)
-    rows = torch.cat([originals[:8], decoded[:8], originals[8:16], decoded[8:16]])
-    save_grid(rows, run_dir / f"reconstructions_{tag}.png", nrow=8)
 
 
 class TrainingStep(torch.nn.Module):
@@ -358,7 +131,7 @@ class BatchSource:
 
     def __init__(self, split, config: TrainConfig, shards: int, mine: list[int]) -> None:
         self.split, self.config, self.shards, self.mine = split, config, shards, mine
-        self.streaming = bool(getattr(split, "streaming", False))
+        self.streaming = split.streaming
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="inferkit-prefetch") if self.streaming else None
         self._pending: tuple[int, Future] | None = None
 
@@ -382,16 +155,44 @@ class BatchSource:
             self._executor.shutdown(wait=True, cancel_futures=True)
 
 
-@contextmanager
-def _run_guard(run_dir: Path, *, fresh: bool) -> Iterator[StopRequest]:
-    """For the life of a run: the folder's lock (rank 0) and the SIGINT / SIGTERM handlers."""
-    lock = _lock_run_folder(run_dir, fresh=fresh)
-    try:
-        with StopRequest().installed() as stop:
-            yield stop
-    finally:
-        if lock is not None:
-            lock.release()
+@dataclass
+class Run:
+    """The state of a training run between iterations: the objects, the optimiser, this process's
+    shards, and where the run stands (first iteration, last good checkpoint, seconds so far)."""
+
+    model: Model
+    sampler: Sampler
+    tuner: Tuner
+    spec: RunSpec
+    run_dir: Path
+    device: torch.device
+    train_split: Any
+    x_test: torch.Tensor
+    my_shards: list[int]
+    owned: torch.Tensor
+    parameters: list[torch.Tensor]
+    optimizer: torch.optim.Optimizer
+    training_step: TrainingStep
+    step: torch.nn.Module
+    start: int = 0
+    mse_start: float = math.nan
+    elapsed_before: float = 0.0
+    tuning_seconds: float = 0.0
+    last_checkpoint: int | None = None
+    last_loss: float = math.nan
+    began: float = 0.0
+
+    @property
+    def config(self) -> TrainConfig:
+        return self.spec.train
+
+    @property
+    def anneal(self) -> bool:
+        return isinstance(self.model, HasObservationNoise)
+
+    def seconds(self) -> float:
+        """Training seconds so far, those before a resume included."""
+        return self.elapsed_before + time.perf_counter() - self.began
 
 
 def train(model: Model, sampler: Sampler, tuner: Tuner, data, spec: RunSpec, run_dir: str | Path, *,
@@ -404,18 +205,155 @@ def train(model: Model, sampler: Sampler, tuner: Tuner, data, spec: RunSpec, run
     The run holds the folder's lock throughout (a second run into it is a :class:`UserError`). A
     non-finite loss or gradient stops it before the step (:class:`UserError` naming the last good
     checkpoint); SIGINT / SIGTERM stop it at the next iteration boundary after a checkpoint there
-    (:class:`TrainingInterrupted`). ``notes`` are lines for the run's log, shown by rank 0 once the
-    folder is locked and the checkpoint read."""
+    (:class:`~inferkit.errors.TrainingInterrupted`). ``notes`` are lines for the run's log, shown by
+    rank 0 once the folder is locked and the checkpoint read."""
+    console = console or Console(stderr=True)
+    run = _prepare(model, sampler, tuner, data, spec, Path(run_dir), resume=resume, console=console)
+    main = distributed.context().is_main
+    with _run_guard(run.run_dir, fresh=not resume) as stop:
+        if resume:
+            _resume(run, console)
+        else:
+            _begin(run)
+        for note in notes if main else ():
+            console.print(note, markup=False, highlight=False, soft_wrap=True)
+        callbacks = CallbackHandler(_callbacks(run, progress=progress, console=console) if main else [])
+        with closing(callbacks):
+            run_iterations(run, stop, callbacks)
+            summary = _summary(run)
+            callbacks.on_train_end(summary)
+    distributed.barrier()  # nobody leaves before rank 0 has written the run folder
+    return TrainResult(model=model, sampler=sampler, run_dir=run.run_dir, summary=summary)
+
+
+def run_iterations(run: Run, stop: StopRequest, callbacks: CallbackHandler) -> None:
+    """Algorithm 1 from ``run.start`` to the planned total: schedules, tuning every ``T_s``
+    iterations, the sharded learning step behind a finite check, logs, images and checkpoints."""
+    config = run.config
+    source = BatchSource(run.train_split, config, config.shards, run.my_shards)
+    run.began = time.perf_counter()
+    callbacks.on_train_begin(run.start, config.iterations, step_size_summary(run.sampler))
+    stop.deferring = True  # from here a signal stops the run at an iteration boundary, with a checkpoint
+    with closing(source):
+        for t in range(run.start, config.iterations):
+            _apply_schedules(run, t)
+            batches = source.get(t)
+            if config.tune_every and t % config.tune_every == 0:
+                _tune(run, batches[0]["x"], t, callbacks)
+            logged = (t + 1) % config.log_every == 0 or t + 1 == config.iterations
+            totals = _learning_step(run, t, batches, with_mse=logged)
+            stopping = _check_finite_or_stop(run, t, totals, stop)
+            run.optimizer.step()
+            done = t + 1
+            if logged:
+                callbacks.on_log(_metrics(run, t, totals))
+            callbacks.on_iteration_end(done)
+            if done % config.checkpoint_every == 0 or done == config.iterations or stopping:
+                _checkpoint(run, done)
+                callbacks.on_checkpoint(done, more_to_come=done < config.iterations and not stopping)
+            if stopping:
+                raise interrupted(done, run.run_dir)
+    stop.deferring = False
+    if stop.requested:  # a signal after the last iteration's check: its checkpoint is written
+        raise interrupted(config.iterations, run.run_dir)
+
+
+def _apply_schedules(run: Run, t: int) -> None:
+    """Iteration ``t``'s learning rate and observation sigma, and the sampler's ``begin_iteration``."""
+    for group in run.optimizer.param_groups:
+        group["lr"] = learning_rate(run.config, t)
+    if run.anneal:
+        run.model.set_observation_sigma(observation_sigma(run.config, t))
+    run.sampler.begin_iteration(t, run.config.iterations)
+
+
+def _tune(run: Run, x: torch.Tensor, t: int, callbacks: CallbackHandler) -> None:
+    """Let the tuner choose the sampler's hyperparameters on ``x`` (J averaged over processes, so every
+    process chooses the same) and apply them."""
+    began = time.perf_counter()
+    result = run.tuner.tune(run.model, run.sampler, x, reduce=distributed.all_reduce_sum)
+    run.sampler.set_hyperparameters(result.hyperparameters)
+    seconds = time.perf_counter() - began
+    run.tuning_seconds += seconds
+    callbacks.on_tune({"iteration": t, "objective": result.objective, "history": result.history,
+                       "hyperparameters": {k: v.tolist() for k, v in result.hyperparameters.items()},
+                       "per": result.per, "seconds": seconds})
+
+
+def _learning_step(run: Run, t: int, batches: list[dict[str, torch.Tensor]], *, with_mse: bool) -> torch.Tensor:
+    """Gradients of ``(1/S) sum_s L_s`` over this process's shards (each weighs ``len(my_shards)^-1``;
+    DDP averages processes). Returns ``[sum of shard losses, sum of shard MSEs (when with_mse)]``."""
+    run.optimizer.zero_grad(set_to_none=True)
+    totals = torch.zeros(2, dtype=torch.float64, device=run.device)
+    mixed_precision = autocast(run.device, run.config.precision)  # bf16: generator in bfloat16, latents float32
+    for position, (shard, batch) in enumerate(zip(run.my_shards, batches)):
+        last = position == len(run.my_shards) - 1
+        seed = distributed.shard_seed(run.config.seed, shard)
+        sync = nullcontext() if last or run.step is run.training_step else run.step.no_sync()
+        with sync:
+            negative = (seeded_generator(seed, 1_000_000 + t, run.device)
+                        if run.training_step.negative_phase else None)
+            with mixed_precision:
+                loss, z = run.step(batch["x"], batch["index"], seeded_generator(seed, t, run.device), negative)
+            (loss / len(run.my_shards)).backward()
+        totals[0] += loss.detach().double()
+        if with_mse:
+            with torch.no_grad():
+                totals[1] += (run.model.decode(z) - batch["x"]).pow(2).mean().double()
+    return totals
+
+
+def _check_finite_or_stop(run: Run, t: int, totals: torch.Tensor, stop: StopRequest) -> bool:
+    """One host sync: raise if the loss or any gradient is non-finite on any process (the step is not
+    taken); return whether a stop was asked for (on any process)."""
+    flags = torch.stack([nonfinite([totals[:1], *gradients(run.parameters)]).to(run.device),
+                         torch.tensor(float(stop.requested), dtype=torch.float64, device=run.device)])
+    found, stopping = (value > 0 for value in distributed.all_reduce_sum(flags).tolist())
+    if found:
+        what = "loss" if not math.isfinite(float(totals[0])) else "gradient"
+        raise UserError(f"training diverged at iteration {t} (non-finite {what}); the step was not taken; "
+                        + checkpoint_name(run.run_dir, run.last_checkpoint, run.config.checkpoint_every)
+                        + "; lower the step size or the learning rate, or tune more often (--tune-every), "
+                        "in a new run")
+    return stopping
+
+
+def _metrics(run: Run, t: int, totals: torch.Tensor) -> dict[str, Any]:
+    """The ``metrics.jsonl`` record of iteration ``t``: means over all S shards (one all-reduce)."""
+    distributed.all_reduce_sum(totals)
+    loss, mse = (totals / run.config.shards).tolist()
+    run.last_loss = loss
+    speed = (t + 1 - run.start) / max(time.perf_counter() - run.began, 1e-9)
+    return {"iteration": t, "loss": loss, "mse": mse, "step_size": step_size_summary(run.sampler),
+            "learning_rate": learning_rate(run.config, t),
+            "sigma": observation_sigma(run.config, t) if run.anneal else None, "iterations_per_second": speed}
+
+
+def _checkpoint(run: Run, iteration: int) -> None:
+    """Unite per-example state across processes (every rank), then rank 0 writes ``checkpoint.pt``
+    atomically, from finite parameters only."""
+    run.sampler.gather_example_state(run.owned.to(run.device), distributed.all_reduce_sum)
+    if bool(nonfinite(run.parameters)):  # never reached after the per-step checks; a checkpoint stays good
+        raise UserError(f"the parameters are not finite at iteration {iteration}; no checkpoint was written; "
+                        + checkpoint_name(run.run_dir, run.last_checkpoint, run.config.checkpoint_every))
+    if distributed.context().is_main:
+        save_atomic({"iteration": iteration, "model": run.model.state_dict(), "sampler": run.sampler.state_dict(),
+                     "optimizer": run.optimizer.state_dict(), "test_mse_start": run.mse_start,
+                     "seconds": run.seconds(), "spec": run.spec.to_dict()}, run.run_dir / CHECKPOINT_FILE)
+    run.last_checkpoint = iteration
+
+
+# -- before the loop ------------------------------------------------------------------------------------
+def _prepare(model: Model, sampler: Sampler, tuner: Tuner, data, spec: RunSpec, run_dir: Path, *, resume: bool,
+             console: Console) -> Run:
+    """Validate, place and set up the objects (the lifecycle hooks, before the optimiser and the
+    checkpoint, so a sampler's own parameters are trained and a tuner that cannot work fails early),
+    resolve the shards, and build the optimiser; nothing is written yet."""
     config = spec.train
     config.validate()
-    run_dir = Path(run_dir)
     ctx = distributed.context()
-    main = ctx.is_main
     device = distributed.local_device(config.device)
-    console = console or Console(stderr=True)
     model.to(device)
-    # Lifecycle hooks (interfaces.Sampler/Tuner): before the optimiser and the checkpoint, before anything
-    # is written, so a sampler's own parameters are trained and a tuner that cannot work fails early.
     require_compatible(model, sampler)
     sampler.setup(model, num_examples=len(data.train))
     sampler.to(device)
@@ -425,178 +363,91 @@ def train(model: Model, sampler: Sampler, tuner: Tuner, data, spec: RunSpec, run
     if len(train_split) < config.batch_size:
         raise UserError(f"batch size {config.batch_size} is larger than the {len(train_split)} training examples; "
                         "lower --batch-size")
-    resharded = resume and config.shards % ctx.world_size != 0
-    if resharded:
-        if main:
+    _resolve_shards(config, resume=resume, console=console)
+    my_shards = distributed.shards_of(ctx.rank, ctx.world_size, config.shards)
+    parameters = [p for p in list(model.parameters()) + list(sampler.parameters()) if p.requires_grad]
+    training_step = TrainingStep(model, sampler)
+    return Run(model=model, sampler=sampler, tuner=tuner, spec=spec, run_dir=run_dir, device=device,
+               train_split=train_split, x_test=test_split.x[: config.eval_examples], my_shards=my_shards,
+               owned=distributed.owned_examples(len(train_split), config.shards, my_shards), parameters=parameters,
+               optimizer=torch.optim.Adam(parameters, lr=config.learning_rate), training_step=training_step,
+               step=_data_parallel(training_step, device))
+
+
+def _resolve_shards(config: TrainConfig, *, resume: bool, console: Console) -> None:
+    """``config.shards`` resolved for this process count (saved in config.json: a resumed run keeps its
+    shards on any process count it divides; otherwise it goes on with one shard per process)."""
+    ctx = distributed.context()
+    if resume and config.shards % ctx.world_size != 0:
+        if ctx.is_main:
             console.print(f"note: this run trained with shards={config.shards}, which {ctx.world_size} processes "
                           f"cannot split; it goes on with shards={ctx.world_size} (batches differ from here on "
                           "from an uninterrupted run)", markup=False, highlight=False)
         config.shards = ctx.world_size
-    shards = distributed.resolve_shards(config.shards, ctx.world_size, config.batch_size)
-    config.shards = shards  # saved in config.json: a resumed run keeps its shards on any process count
-    with _run_guard(run_dir, fresh=not resume) as stop:
-        return _train(model, sampler, tuner, train_split, test_split, spec, run_dir, resume=resume,
-                      progress=progress, console=console, device=device, stop=stop, notes=notes,
-                      resharded=resharded)
+    config.shards = distributed.resolve_shards(config.shards, ctx.world_size, config.batch_size)
 
 
-def _train(model: Model, sampler: Sampler, tuner: Tuner, train_split, test_split, spec: RunSpec, run_dir: Path,
-           *, resume: bool, progress: bool, console: Console, device: torch.device,
-           stop: StopRequest, notes: tuple[str, ...], resharded: bool) -> TrainResult:
-    """The body of :func:`train`, in the locked run folder."""
-    config = spec.train
-    ctx = distributed.context()
-    main = ctx.is_main
-    shards = config.shards  # resolved by train, before the folder is locked
-    my_shards = distributed.shards_of(ctx.rank, ctx.world_size, shards)
-    owned = distributed.owned_examples(len(train_split), shards, my_shards)
-    x_test = test_split.x[: config.eval_examples]
-    parameters = [p for p in list(model.parameters()) + list(sampler.parameters()) if p.requires_grad]
-    optimizer = torch.optim.Adam(parameters, lr=config.learning_rate)
-    anneal = isinstance(model, HasObservationNoise)
-
-    start = 0
-    checkpoint_path = run_dir / CHECKPOINT_FILE
-    if resume:
-        if not checkpoint_path.is_file():
-            raise UserError(f"{run_dir} has no checkpoint to resume from; start a new run instead")
-        state = restore_checkpoint(checkpoint_path, device, model, sampler, optimizer)
-        start = int(state["iteration"])
-        mse_start = float(state.get("test_mse_start", math.nan))
-        elapsed_before = float(state.get("seconds", 0.0))
-        if start > config.iterations:
-            raise UserError(f"{run_dir} is checkpointed at iteration {start}; --iterations {config.iterations} "
-                            f"would end before it (give at least {start})")
-        distributed.barrier()  # every process has read the checkpoint before rank 0 rewrites anything
-        if main:
-            for name in (METRICS_FILE, TUNER_FILE):
-                _truncate_jsonl(run_dir / name, start, console)
-            spec.save(run_dir)  # the total and the schedule it continues to (and any new shards)
-        tuning_seconds = _recorded_tuning_seconds(run_dir / TUNER_FILE) if main else 0.0
-    else:
-        if main:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            spec.save(run_dir)
-        if anneal:
-            model.set_observation_sigma(observation_sigma(config, 0))
-        mse_start = reconstruction_mse(model, sampler, x_test, seed=config.seed) if main else math.nan
-        elapsed_before = 0.0
-        tuning_seconds = 0.0
-    for note in notes if main else ():
-        console.print(note, markup=False, highlight=False, soft_wrap=True)
-    last_checkpoint = start if resume else None  # the last checkpoint's iteration (finite by construction)
-    training_step = TrainingStep(model, sampler)
-    step = _data_parallel(training_step, device)
-    mixed_precision = autocast(device, config.precision)  # bf16: the generator in bfloat16, latents float32
-
-    def checkpoint(iteration: int, seconds: float) -> None:
-        nonlocal last_checkpoint
-        sampler.gather_example_state(owned.to(device), distributed.all_reduce_sum)  # collective: every rank
-        if bool(_nonfinite(parameters)):  # never reached after the per-step checks; a checkpoint stays good
-            raise UserError(f"the parameters are not finite at iteration {iteration}; no checkpoint was written; "
-                            + _checkpoint_name(run_dir, last_checkpoint, config.checkpoint_every))
-        if main:
-            save_atomic({"iteration": iteration, "model": model.state_dict(), "sampler": sampler.state_dict(),
-                         "optimizer": optimizer.state_dict(), "test_mse_start": mse_start, "seconds": seconds,
-                         "spec": spec.to_dict()}, checkpoint_path)
-        last_checkpoint = iteration
-
-    columns = [TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("loss {task.fields[loss]:.4g}  mse {task.fields[mse]:.4f}  "
-                          "s {task.fields[step]:.3g}  {task.fields[speed]:.2f} it/s"), TimeRemainingColumn()]
-    began = time.perf_counter()
-    loss_value, mse_value = math.nan, math.nan
-    stopping = False
-    source = BatchSource(train_split, config, shards, my_shards)
-    with closing(source), Progress(*columns, console=console, disable=not (progress and main), transient=False) as bar:
-        task = bar.add_task("train", total=config.iterations, completed=start, loss=math.nan, mse=math.nan,
-                            step=_step_size_summary(sampler), speed=0.0)
-        stop.deferring = True  # from here a signal stops the run at an iteration boundary, with a checkpoint
-        for t in range(start, config.iterations):
-            for group in optimizer.param_groups:
-                group["lr"] = learning_rate(config, t)
-            if anneal:
-                model.set_observation_sigma(observation_sigma(config, t))
-            sampler.begin_iteration(t, config.iterations)
-            batches = source.get(t)
-            if config.tune_every and t % config.tune_every == 0:
-                tune_began = time.perf_counter()
-                result = tuner.tune(model, sampler, batches[0]["x"], reduce=distributed.all_reduce_sum)
-                sampler.set_hyperparameters(result.hyperparameters)  # J is averaged over processes: same everywhere
-                tune_seconds = time.perf_counter() - tune_began
-                tuning_seconds += tune_seconds
-                if main:
-                    _append_jsonl(run_dir / TUNER_FILE, {
-                        "iteration": t, "objective": result.objective, "history": result.history,
-                        "hyperparameters": {k: v.tolist() for k, v in result.hyperparameters.items()},
-                        "per": result.per, "seconds": tune_seconds})
-            optimizer.zero_grad(set_to_none=True)
-            # (1/S) sum_s grad L_s: each of this process's shards weighs len(my_shards)^-1, DDP averages ranks.
-            totals = torch.zeros(2, dtype=torch.float64, device=device)  # sum of shard losses, squared errors
-            for position, (shard, batch) in enumerate(zip(my_shards, batches)):
-                last = position == len(my_shards) - 1
-                seed = distributed.shard_seed(config.seed, shard)
-                sync = nullcontext() if last or not hasattr(step, "no_sync") else step.no_sync()
-                with sync:
-                    negative = seeded_generator(seed, 1_000_000 + t, device) if training_step.negative_phase else None
-                    with mixed_precision:
-                        loss, z = step(batch["x"], batch["index"], seeded_generator(seed, t, device), negative)
-                    (loss / len(my_shards)).backward()
-                totals[0] += loss.detach().double()
-                if (t + 1) % config.log_every == 0 or t + 1 == config.iterations:
-                    with torch.no_grad():
-                        totals[1] += (model.decode(z) - batch["x"]).pow(2).mean().double()
-            # One host sync: is the loss or any gradient non-finite (on any process), and is a stop asked for.
-            flags = torch.stack([_nonfinite([totals[:1], *_gradients(parameters)]).to(device),
-                                 torch.tensor(float(stop.requested), dtype=torch.float64, device=device)])
-            nonfinite, stopping = (value > 0 for value in distributed.all_reduce_sum(flags).tolist())
-            if nonfinite:
-                what = "loss" if not math.isfinite(float(totals[0])) else "gradient"
-                raise UserError(f"training diverged at iteration {t} (non-finite {what}); the step was not taken; "
-                                + _checkpoint_name(run_dir, last_checkpoint, config.checkpoint_every)
-                                + "; lower the step size or the learning rate, or tune more often (--tune-every), "
-                                "in a new run")
-            optimizer.step()
-            done = t + 1
-            if done % config.log_every == 0 or done == config.iterations:
-                distributed.all_reduce_sum(totals)  # means over all S shards, the same on every rank
-                loss_value, mse_value = (totals / shards).tolist()
-                seconds = time.perf_counter() - began
-                speed = (done - start) / max(seconds, 1e-9)
-                step_size = _step_size_summary(sampler)
-                if main:
-                    _append_jsonl(run_dir / METRICS_FILE, {
-                        "iteration": t, "loss": loss_value, "mse": mse_value, "step_size": step_size,
-                        "learning_rate": learning_rate(config, t),
-                        "sigma": observation_sigma(config, t) if anneal else None,
-                        "iterations_per_second": speed})
-                bar.update(task, loss=loss_value, mse=mse_value, step=step_size, speed=speed)
-            bar.update(task, completed=done)
-            if done % config.image_every == 0 and main:
-                _save_images(model, sampler, x_test, run_dir, f"{done:06d}", config.seed)
-            if done % config.checkpoint_every == 0 or done == config.iterations or stopping:
-                checkpoint(done, elapsed_before + time.perf_counter() - began)
-                if config.tune_every and done < config.iterations and main and not stopping:
-                    _plot_tuning(run_dir, console)
-            if stopping:
-                raise _interrupted(done, run_dir)
-        stop.deferring = False
-    if stop.requested:  # a signal after the last iteration's check: its checkpoint is written
-        raise _interrupted(config.iterations, run_dir)
-
-    seconds = elapsed_before + time.perf_counter() - began
-    summary = {
-        "iterations": config.iterations, "seconds": seconds,
-        "iterations_per_second": (config.iterations - start) / max(time.perf_counter() - began, 1e-9),
-        "test_mse_start": mse_start, "test_mse_end": math.nan, "final_loss": loss_value,
-        "final_step_size": _step_size_summary(sampler), "eval_examples": int(x_test.shape[0]),
-        "tuning_seconds": tuning_seconds, "processes": ctx.world_size, "shards": shards,
-        "schedule_iterations": config.schedule_total,
-    }
+def _begin(run: Run) -> None:
+    """A new run: write ``config.json``, set the first sigma, and measure the test MSE at the start."""
+    main = distributed.context().is_main
     if main:
-        summary["test_mse_end"] = reconstruction_mse(model, sampler, x_test, seed=config.seed)
-        _save_images(model, sampler, x_test, run_dir, "final", config.seed)
-        _plot_tuning(run_dir, console)
-        write_json_atomic(run_dir / SUMMARY_FILE, summary)
-    distributed.barrier()  # nobody leaves before rank 0 has written the run folder
-    return TrainResult(model=model, sampler=sampler, run_dir=run_dir, summary=summary)
+        run.run_dir.mkdir(parents=True, exist_ok=True)
+        run.spec.save(run.run_dir)
+    if run.anneal:
+        run.model.set_observation_sigma(observation_sigma(run.config, 0))
+    run.mse_start = reconstruction_mse(run.model, run.sampler, run.x_test, seed=run.config.seed) if main else math.nan
+
+
+def _resume(run: Run, console: Console) -> None:
+    """Load the checkpoint into the objects and the optimiser, and cut the logs back to it."""
+    path = run.run_dir / CHECKPOINT_FILE
+    if not path.is_file():
+        raise UserError(f"{run.run_dir} has no checkpoint to resume from; start a new run instead")
+    state = restore_checkpoint(path, run.device, run.model, run.sampler, run.optimizer)
+    run.start = run.last_checkpoint = int(state["iteration"])
+    run.mse_start = float(state.get("test_mse_start", math.nan))
+    run.elapsed_before = float(state.get("seconds", 0.0))
+    if run.start > run.config.iterations:
+        raise UserError(f"{run.run_dir} is checkpointed at iteration {run.start}; --iterations "
+                        f"{run.config.iterations} would end before it (give at least {run.start})")
+    distributed.barrier()  # every process has read the checkpoint before rank 0 rewrites anything
+    if distributed.context().is_main:
+        for name in (METRICS_FILE, TUNER_FILE):
+            truncate_jsonl(run.run_dir / name, run.start, console)
+        run.spec.save(run.run_dir)  # the total and the schedule it continues to (and any new shards)
+        run.tuning_seconds = recorded_tuning_seconds(run.run_dir / TUNER_FILE)
+
+
+def _callbacks(run: Run, *, progress: bool, console: Console) -> list:
+    """Rank 0's callbacks: the run folder's writer, and a progress bar unless ``progress`` is off."""
+    writer = RunWriter(run.run_dir, run.model, run.sampler, run.x_test, seed=run.config.seed,
+                       image_every=run.config.image_every, plots=bool(run.config.tune_every), console=console)
+    return [writer, ProgressDisplay(console)] if progress else [writer]
+
+
+def _summary(run: Run) -> dict[str, Any]:
+    """``summary.json``: totals, speed, test MSE at the start and (rank 0) at the end."""
+    config = run.config
+    summary = {
+        "iterations": config.iterations, "seconds": run.seconds(),
+        "iterations_per_second": (config.iterations - run.start) / max(time.perf_counter() - run.began, 1e-9),
+        "test_mse_start": run.mse_start, "test_mse_end": math.nan, "final_loss": run.last_loss,
+        "final_step_size": step_size_summary(run.sampler), "eval_examples": int(run.x_test.shape[0]),
+        "tuning_seconds": run.tuning_seconds, "processes": distributed.context().world_size,
+        "shards": config.shards, "schedule_iterations": config.schedule_total,
+    }
+    if distributed.context().is_main:
+        summary["test_mse_end"] = reconstruction_mse(run.model, run.sampler, run.x_test, seed=config.seed)
+    return summary
+
+
+@contextmanager
+def _run_guard(run_dir: Path, *, fresh: bool) -> Iterator[StopRequest]:
+    """For the life of a run: the folder's lock (rank 0) and the SIGINT / SIGTERM handlers."""
+    lock = lock_run_folder(run_dir, fresh=fresh)
+    try:
+        with StopRequest().installed() as stop:
+            yield stop
+    finally:
+        if lock is not None:
+            lock.release()

@@ -159,7 +159,7 @@ def test_a_signal_stops_at_an_iteration_with_a_checkpoint_and_resume_is_exact(tm
 
 # -- one run per folder ----------------------------------------------------------------------------------
 def test_a_locked_run_folder_is_refused_and_a_released_lock_is_not_stale(tmp_path, capsys):
-    from inferkit.trainer import RunLock
+    from inferkit.run_folder import RunLock
 
     out = tmp_path / "run"
     held = RunLock(out)
