@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import secrets
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -96,13 +97,21 @@ def _check_config(config: dict[str, Any], path: Path) -> None:
                             f"key = value, got {section['options']!r}")
 
 
-def _plugin_from(config: dict[str, Any], key: str, name: str | None, default: str, options: list[str],
+NO_MODEL = ("give a model with --model (or [model] name in --config): e.g. --model ladder, the papers' "
+            "multi-layer generator, from the inferkit-ladder plugin (pip install -e plugins/ladder in a source "
+            "checkout), or --model linear-gaussian (built in); `inferkit list` shows what is installed")
+
+
+def _plugin_from(config: dict[str, Any], key: str, name: str | None, default: str | None, options: list[str],
                  flag: str) -> PluginSpec:
     """The ``key`` plugin: ``name`` given on the command line, else the config file's, else
-    ``default``; options from the config file updated by the ``flag`` (``--model-opt``) ones. A
-    data set's ``data_dir`` is made absolute, so the run folder works from any directory."""
+    ``default`` (``None``: the user must name one); options from the config file updated by the
+    ``flag`` (``--model-opt``) ones. A data set's ``data_dir`` is made absolute, so the run folder
+    works from any directory."""
     section = config.get(key, {})
     chosen = name if name is not None else section.get("name", default)
+    if chosen is None:
+        raise UserError(NO_MODEL)
     if not chosen.strip():
         raise UserError(f"{flag.removesuffix('-opt')} is empty; name a {key} plugin (see `inferkit list`)")
     merged = dict(section.get("options", {}))
@@ -163,7 +172,7 @@ def _load_run(run: Path, model_name: str | None = None, trust_code: bool = False
 
 @app.command()
 def run(
-    model: str | None = typer.Option(None, help="model plugin (see `inferkit list`) [default: ladder]; with "
+    model: str | None = typer.Option(None, help="model plugin (see `inferkit list`), e.g. ladder; with "
                                      "--resume, the run's model again (to import a pyro: model)"),
     sampler: str | None = typer.Option(None, help="sampler plugin [default: shortrun]"),
     tuner: str | None = typer.Option(None, help="tuner plugin [default: kl-grid; fixed for samplers the KL "
@@ -190,9 +199,16 @@ def run(
 ) -> None:
     """Train a model with a sampler and a tuner (Algorithm 1) and write a run folder. Under
     ``torchrun --nproc_per_node N -m inferkit run ...`` the N processes train data-parallel."""
+    request = RunRequest(model=model, sampler=sampler, tuner=tuner, data=data, data_dir=data_dir,
+                         model_opt=model_opt, sampler_opt=sampler_opt, tuner_opt=tuner_opt, data_opt=data_opt,
+                         train_opt=train_opt, config=config, iterations=iterations, batch_size=batch_size,
+                         tune_every=tune_every, seed=seed, device=device, precision=precision, out=out,
+                         resume=resume, quiet=quiet, trust_code=trust_code)
     try:
-        _run(model, sampler, tuner, data, data_dir, model_opt, sampler_opt, tuner_opt, data_opt, train_opt, config,
-             iterations, batch_size, tune_every, seed, device, precision, out, resume, quiet, trust_code)
+        if request.resume is not None:
+            _resume_run(request)
+        else:
+            _new_run(request)
     except KeyboardInterrupt as exc:  # past typer, which would swallow a KeyboardInterrupt and its message
         raise _Interrupted(str(exc) if isinstance(exc, TrainingInterrupted) else "interrupted") from None
     finally:
@@ -203,67 +219,103 @@ class _Interrupted(Exception):
     """A command stopped by a signal; :func:`main` prints its message and exits 130."""
 
 
-def _run(model, sampler, tuner, data, data_dir, model_opt, sampler_opt, tuner_opt, data_opt, train_opt, config,
-         iterations, batch_size, tune_every, seed, device, precision, out, resume, quiet, trust_code) -> None:
+@dataclass(frozen=True)
+class RunRequest:
+    """The options of ``inferkit run`` as given (``None``: not given)."""
+
+    model: str | None = None
+    sampler: str | None = None
+    tuner: str | None = None
+    data: str | None = None
+    data_dir: Path | None = None
+    model_opt: list[str] = field(default_factory=list)
+    sampler_opt: list[str] = field(default_factory=list)
+    tuner_opt: list[str] = field(default_factory=list)
+    data_opt: list[str] = field(default_factory=list)
+    train_opt: list[str] = field(default_factory=list)
+    config: Path | None = None
+    iterations: int | None = None
+    batch_size: int | None = None
+    tune_every: int | None = None
+    seed: int | None = None
+    device: str | None = None
+    precision: str | None = None
+    out: Path | None = None
+    resume: Path | None = None
+    quiet: bool = False
+    trust_code: bool = False
+
+
+def _resume_run(request: RunRequest) -> None:
+    """``inferkit run --resume RUN``: continue the run in its folder, refusing options it cannot honour."""
+    from inferkit.trainer import train
+
+    run_dir = request.resume
+    spec = RunSpec.load(run_dir, trust_code=True)  # reading it imports nothing; the model is checked below
+    _refuse_changes_on_resume(run_dir, spec, request)
+    check_model_trusted(spec.model.name, run_dir / CONFIG_FILE, model=request.model, trust_code=request.trust_code)
+    settings = parse_assignments(request.train_opt, "--train-opt")
+    given = {"iterations": request.iterations, "device": request.device, "precision": request.precision}
+    settings.update({key: value for key, value in given.items() if value is not None})
+    checkpointed = (run_dir / CHECKPOINT_FILE).is_file()
+    note = _continue_settings(spec, settings, checkpointed)
+    if not checkpointed:
+        note = (f"note: {run_dir} has no checkpoint (the run stopped before its first); it starts again "
+                "from iteration 0 with its config.json")
+    resolve_device(spec.train.device)
+    distributed.initialize(spec.train.device)
+    data_obj, model_obj, sampler_obj, tuner_obj = build_objects(spec, resolve=False)
+    result = train(model_obj, sampler_obj, tuner_obj, data_obj, spec, run_dir, resume=checkpointed,
+                   progress=not request.quiet, notes=(note,) if note else ())
+    _report(result.summary, result.run_dir)
+
+
+def _new_run(request: RunRequest) -> None:
+    """``inferkit run``: build the spec from the options (and a TOML ``--config``), check the folder is
+    free, and train."""
     from inferkit.run_folder import check_new_run_folder
     from inferkit.trainer import train
 
-    if resume is not None:
-        spec = RunSpec.load(resume, trust_code=True)  # reading it imports nothing; the model is checked below
-        _refuse_changes_on_resume(resume, spec, model=model, sampler=sampler, tuner=tuner, data=data,
-                                  data_dir=data_dir, model_opt=model_opt, sampler_opt=sampler_opt, tuner_opt=tuner_opt,
-                                  data_opt=data_opt, config=config, batch_size=batch_size, tune_every=tune_every,
-                                  seed=seed, out=out)
-        check_model_trusted(spec.model.name, resume / CONFIG_FILE, model=model, trust_code=trust_code)
-        settings = parse_assignments(train_opt, "--train-opt")
-        for key, value in (("iterations", iterations), ("device", device), ("precision", precision)):
-            if value is not None:
-                settings[key] = value
-        checkpointed = (resume / CHECKPOINT_FILE).is_file()
-        note = _continue_settings(spec, settings, checkpointed)
-        if not checkpointed:
-            note = (f"note: {resume} has no checkpoint (the run stopped before its first); it starts again "
-                    "from iteration 0 with its config.json")
-        resolve_device(spec.train.device)
-        distributed.initialize(spec.train.device)
-        data_obj, model_obj, sampler_obj, tuner_obj = build_objects(spec, resolve=False)
-        result = train(model_obj, sampler_obj, tuner_obj, data_obj, spec, resume, resume=checkpointed,
-                       progress=not quiet, notes=(note,) if note else ())
-        _report(result.summary, result.run_dir)
-        return
-
-    file_config = _read_toml(config) if config is not None else {}
-    data_spec = _plugin_from(file_config, "data", data, "shapes", data_opt, "--data-opt")
-    if data_dir is not None:
-        data_spec.options["data_dir"] = _absolute(data_dir)
-    sampler_spec = _plugin_from(file_config, "sampler", sampler, "shortrun", sampler_opt, "--sampler-opt")
-    spec = RunSpec(
-        model=_plugin_from(file_config, "model", model, "ladder", model_opt, "--model-opt"),
-        sampler=sampler_spec,
-        tuner=_plugin_from(file_config, "tuner", tuner, _default_tuner(sampler_spec.name), tuner_opt,
-                           "--tuner-opt"),
-        data=data_spec,
-    )
-    train_values = dict(file_config.get("train", {}))
-    train_values.update(parse_assignments(train_opt, "--train-opt"))
-    for key, value in (("iterations", iterations), ("batch_size", batch_size), ("tune_every", tune_every),
-                       ("seed", seed), ("device", device), ("precision", precision)):
-        if value is not None:
-            train_values[key] = value
-    spec.train = TrainConfig.from_dict(train_values)
-    spec.train.validate()
+    spec = _spec_from(request)
     resolve_device(spec.train.device)
     distributed.initialize(spec.train.device)
     if spec.data.options.get("data_dir") is not None and "data_dir" not in _option_names("dataset", spec.data.name):
         raise UserError(f"dataset {spec.data.name!r} is generated by inferkit and takes no --data-dir")
-    run_dir = out or _default_run_dir(spec)
+    run_dir = request.out or _default_run_dir(spec)
     run_dir = distributed.broadcast_from_main(run_dir)  # one folder for all processes
     check_output_folder(run_dir, "--out")
     check_new_run_folder(run_dir)  # early, before building; checked again under the folder's lock
     distributed.barrier()  # every process has checked the folder before rank 0 writes into it
     data_obj, model_obj, sampler_obj, tuner_obj = build_objects(spec)
-    result = train(model_obj, sampler_obj, tuner_obj, data_obj, spec, run_dir, progress=not quiet)
+    result = train(model_obj, sampler_obj, tuner_obj, data_obj, spec, run_dir, progress=not request.quiet)
     _report(result.summary, result.run_dir)
+
+
+def _spec_from(request: RunRequest) -> RunSpec:
+    """The :class:`RunSpec` of a new run: command-line options over the ``--config`` file's over defaults."""
+    file_config = _read_toml(request.config) if request.config is not None else {}
+    data_spec = _plugin_from(file_config, "data", request.data, "shapes", request.data_opt, "--data-opt")
+    if request.data_dir is not None:
+        data_spec.options["data_dir"] = _absolute(request.data_dir)
+    sampler_spec = _plugin_from(file_config, "sampler", request.sampler, "shortrun", request.sampler_opt,
+                                "--sampler-opt")
+    spec = RunSpec(
+        model=_plugin_from(file_config, "model", request.model, None, request.model_opt, "--model-opt"),
+        sampler=sampler_spec,
+        tuner=_plugin_from(file_config, "tuner", request.tuner, _default_tuner(sampler_spec.name),
+                           request.tuner_opt, "--tuner-opt"),
+        data=data_spec,
+    )
+    train_values = dict(file_config.get("train", {}))
+    train_values.update(parse_assignments(request.train_opt, "--train-opt"))
+    for key, value in (("iterations", request.iterations), ("batch_size", request.batch_size),
+                       ("tune_every", request.tune_every), ("seed", request.seed), ("device", request.device),
+                       ("precision", request.precision)):
+        if value is not None:
+            train_values[key] = value
+    spec.train = TrainConfig.from_dict(train_values)
+    spec.train.validate()
+    return spec
 
 
 def _default_run_dir(spec: RunSpec) -> Path:
@@ -272,27 +324,28 @@ def _default_run_dir(spec: RunSpec) -> Path:
     return Path("runs") / f"{stamp}-{spec.model.name}-{spec.sampler.name}-{secrets.token_hex(3)}"
 
 
-RESUME_SETTINGS = ("iterations", "device", "precision")
+RESUME_SETTINGS = ("iterations", "device", "precision")  # the keys of `given` in _resume_run
 """The training settings ``--resume`` may change: the total, and where and how it computes."""
 
 
-def _refuse_changes_on_resume(run: Path, spec: RunSpec, *, model, sampler, tuner, data, data_dir, model_opt, sampler_opt,
-                              tuner_opt, data_opt, config, batch_size, tune_every, seed, out) -> None:
+def _refuse_changes_on_resume(run: Path, spec: RunSpec, request: RunRequest) -> None:
     """``--resume`` continues the run as its ``config.json`` has it: an option it cannot honour (a plugin
     option, a config file, or a choice different from the run's) is an error naming the option."""
-    for flag, given in (("--model-opt", model_opt), ("--sampler-opt", sampler_opt), ("--tuner-opt", tuner_opt),
-                        ("--data-opt", data_opt), ("--config", config)):
+    for flag, given in (("--model-opt", request.model_opt), ("--sampler-opt", request.sampler_opt),
+                        ("--tuner-opt", request.tuner_opt), ("--data-opt", request.data_opt),
+                        ("--config", request.config)):
         if given:
             raise UserError(f"{flag} cannot be given with --resume: the run continues with the options in "
                             f"{run / 'config.json'}; drop {flag}, or start a new run with another --out")
     saved_dir = spec.data.options.get("data_dir")
     for flag, given, saved in (
-            ("--model", model, spec.model.name), ("--sampler", sampler, spec.sampler.name),
-            ("--tuner", tuner, spec.tuner.name), ("--data", data, spec.data.name),
-            ("--data-dir", data_dir and Path(data_dir).resolve(), saved_dir and Path(saved_dir).resolve()),
-            ("--batch-size", batch_size, spec.train.batch_size), ("--seed", seed, spec.train.seed),
-            ("--tune-every", tune_every, spec.train.tune_every),
-            ("--out", out and Path(out).resolve(), Path(run).resolve())):
+            ("--model", request.model, spec.model.name), ("--sampler", request.sampler, spec.sampler.name),
+            ("--tuner", request.tuner, spec.tuner.name), ("--data", request.data, spec.data.name),
+            ("--data-dir", request.data_dir and Path(request.data_dir).resolve(),
+             saved_dir and Path(saved_dir).resolve()),
+            ("--batch-size", request.batch_size, spec.train.batch_size), ("--seed", request.seed, spec.train.seed),
+            ("--tune-every", request.tune_every, spec.train.tune_every),
+            ("--out", request.out and Path(request.out).resolve(), Path(run).resolve())):
         if given is not None and given != saved:
             raise UserError(f"{flag} {given} cannot be honoured with --resume: the run has {saved}; drop {flag}, "
                             "or start a new run with another --out")

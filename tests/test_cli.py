@@ -103,18 +103,19 @@ def _write_idx_images(path: Path, n: int, truncate: bool = False) -> None:
 
 @pytest.mark.parametrize("args, fragment", [
     (["run", "--model", "ladderr"], "did you mean ladder"),
-    (["run", "--sampler", "shortrn"], "did you mean shortrun"),
-    (["run", "--model-opt", "nff=3"], "did you mean nf"),
-    (["run", "--model-opt", "nf"], "key=value"),
-    (["run", "--model-opt", "nf=abc"], "not valid"),
-    (["run", "--sampler-opt", "step_size=-0.1"], "step_size must be positive"),
-    (["run", "--sampler-opt", "step_size=nan"], "not valid"),
-    (["run", "--sampler-opt", "num_steps=0"], "num_steps must be a positive integer"),
-    (["run", "--data", "mnist", "--data-dir", "/nonexistent/dir"], "--data-dir"),
-    (["run", "--device", "cuda"], "no CUDA"),
-    (["run", "--data-opt", "image_size=28", "--model-opt", "image_size=32"], "shape"),
-    (["run", "--iterations", "0"], "iterations"),
+    (["run", "--model", "ladder", "--sampler", "shortrn"], "did you mean shortrun"),
+    (["run", "--model", "ladder", "--model-opt", "nff=3"], "did you mean nf"),
+    (["run", "--model", "ladder", "--model-opt", "nf"], "key=value"),
+    (["run", "--model", "ladder", "--model-opt", "nf=abc"], "not valid"),
+    (["run", "--model", "ladder", "--sampler-opt", "step_size=-0.1"], "step_size must be positive"),
+    (["run", "--model", "ladder", "--sampler-opt", "step_size=nan"], "not valid"),
+    (["run", "--model", "ladder", "--sampler-opt", "num_steps=0"], "num_steps must be a positive integer"),
+    (["run", "--model", "ladder", "--data", "mnist", "--data-dir", "/nonexistent/dir"], "--data-dir"),
+    (["run", "--model", "ladder", "--device", "cuda"], "no CUDA"),
+    (["run", "--model", "ladder", "--data-opt", "image_size=28", "--model-opt", "image_size=32"], "shape"),
+    (["run", "--model", "ladder", "--iterations", "0"], "iterations"),
     (["run", "--bogus-flag"], "bogus"),
+    (["run", "--sampler", "shortrun"], "give a model with --model"),
     (["eval", "/nonexistent/run"], "no inferkit run"),
 ])
 def test_user_mistakes_are_one_line_errors(args, fragment, capsys, tmp_path, monkeypatch):
@@ -154,7 +155,7 @@ def test_bad_mnist_files_are_one_line_errors(tmp_path, capsys, damage):
     if damage == "corrupt-gzip":
         (data / "t10k-images-idx3-ubyte.gz").write_bytes(b"\x1f\x8b" + b"garbage" * 10)
         images.unlink()
-    code, _, err = run_cli(["run", "--data", "mnist", "--data-dir", data, "--out", tmp_path / "r"], capsys)
+    code, _, err = run_cli(["run", "--model", "ladder", "--data", "mnist", "--data-dir", data, "--out", tmp_path / "r"], capsys)
     assert code == 2 and err.startswith("error: ") and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "r").exists()
 

@@ -262,7 +262,7 @@ def _mnist(folder: Path, *, dims=(10, 28, 28), labels=bytes(10)) -> Path:
 ])
 def test_bad_mnist_headers_and_labels(damage, fragment, tmp_path, capsys):
     data = _mnist(tmp_path / "mnist", **damage)
-    line = refused(["run", "--data", "mnist", "--data-dir", data, "--out", tmp_path / "run", "--quiet"], capsys)
+    line = refused(["run", "--model", "ladder", "--data", "mnist", "--data-dir", data, "--out", tmp_path / "run", "--quiet"], capsys)
     assert fragment in line, line
     assert not (tmp_path / "run").exists()
 
