@@ -1,6 +1,8 @@
 """Plugins found through entry points: ``inferkit.models``, ``.samplers``, ``.tuners``, ``.datasets``.
 
-inferkit's own built-ins are registered the same way, in its ``pyproject.toml``.
+inferkit's own built-ins are registered the same way, in its ``pyproject.toml``. A model named
+``SCHEME:REST`` (e.g. ``pyro:mypkg.models:model``) is made by the function registered as ``SCHEME`` in
+``inferkit.model_schemes``: ``function(REST) -> Model class`` (inferkit registers ``pyro``).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ GROUPS = {
     "sampler": "inferkit.samplers",
     "tuner": "inferkit.tuners",
     "dataset": "inferkit.datasets",
+    "model scheme": "inferkit.model_schemes",
 }
 
 
@@ -82,8 +85,13 @@ BASES = {"model": Model, "sampler": Sampler, "tuner": Tuner}
 
 
 def _check_class(kind: str, name: str, cls: Any) -> None:
-    """A :class:`UserError` unless ``cls`` is a concrete subclass of the group's interface."""
+    """A :class:`UserError` unless ``cls`` is a concrete subclass of the group's interface (for a
+    model scheme: a function)."""
     where = f"{kind} plugin {name!r}"
+    if kind == "model scheme":
+        if not callable(cls):
+            raise UserError(f"{where} is {type(cls).__name__}, not a function of the model's name")
+        return
     if not inspect.isclass(cls):
         raise UserError(f"{where} is {type(cls).__name__} {cls!r}, not a class; its entry point must name "
                         "a class")
@@ -113,12 +121,12 @@ def _load_entry_point(kind: str, ep: EntryPoint) -> type:
 
 
 def plugin_class(kind: str, name: str) -> type:
-    """The class registered as ``name`` in the ``kind`` group; a model named ``pyro:MODULE:FUNCTION``
-    is that Pyro model function behind :class:`~inferkit.models.pyro_model.PyroModel`."""
-    if kind == "model" and name.startswith("pyro:"):
-        from inferkit.models.pyro_model import load_pyro_function
-
-        return load_pyro_function(name[len("pyro:"):])
+    """The class registered as ``name`` in the ``kind`` group; a model named ``SCHEME:REST`` is the
+    class the ``SCHEME`` model scheme makes of ``REST`` (``pyro:MODULE:FUNCTION``: that Pyro model
+    function behind :class:`~inferkit.models.pyro_model.PyroModel`)."""
+    if kind == "model" and ":" in name:
+        scheme, _, rest = name.partition(":")
+        return plugin_class("model scheme", scheme)(rest)
     available = _entry_points(kind)
     if name not in available:
         names = ", ".join(sorted(available)) or "none installed"
