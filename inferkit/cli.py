@@ -24,7 +24,6 @@ from rich.table import Table
 
 from inferkit import distributed
 from inferkit.errors import TrainingInterrupted, UserError
-from inferkit.interfaces import require_compatible
 from inferkit.options import INT64_MAX, INT64_MIN, first_line, is_out_of_memory, parse_assignments, suggest
 from inferkit.registry import list_plugins
 from inferkit.runs import CHECKPOINT_FILE, CONFIG_FILE, check_model_trusted, PluginSpec, RunSpec, TrainConfig, build_objects, resolve_device
@@ -164,7 +163,6 @@ def _load_run(run: Path, model_name: str | None = None, trust_code: bool = False
     path = run / CHECKPOINT_FILE
     if not path.is_file():
         raise UserError(f"{run} has no checkpoint yet; train it with `inferkit run` (or --resume) first")
-    require_compatible(model, sampler)
     sampler.setup(model, num_examples=len(data.train))  # the trainer's hook: encoders, chain stores
     state = restore_checkpoint(path, "cpu", model, sampler)
     return spec, data, model, sampler, tuner, state

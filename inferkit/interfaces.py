@@ -228,10 +228,10 @@ class Sampler(torch.nn.Module, abc.ABC):
     """What one entry of the ``step_size`` hyperparameter covers: ``"shared"``, ``"layer"`` or ``"step"``
     (short-run samplers), ``None`` for a sampler without that layout."""
 
-    uses_every_parameter: bool = True
-    """False when some training iterations leave trainable parameters (the model's or the sampler's)
-    without a gradient, e.g. training phases; data-parallel training then looks for unused parameters
-    every iteration (``DistributedDataParallel(find_unused_parameters=True)``)."""
+    trains_in_phases: bool = False
+    """True when some training iterations leave trainable parameters (the model's or the sampler's)
+    without a gradient, e.g. pre-training phases (what ``TrainConfig.find_unused_parameters="auto"``
+    reads)."""
 
     def setup(self, model: Model, *, num_examples: int | None = None) -> None:
         """Prepare for ``model`` (and its ``data_shape``) and a training set of ``num_examples``

@@ -67,6 +67,9 @@ class TrainConfig:
     precision: str = "float32"
     """``float32``, or ``bf16``: inference and the loss under bfloat16 autocast, latents float32
     (tuning and evaluation stay float32; see :mod:`inferkit.acceleration`)."""
+    find_unused_parameters: str = "auto"
+    """Data parallel: ``DistributedDataParallel(find_unused_parameters=...)``; ``auto`` is on exactly for
+    samplers that train in phases (:attr:`Sampler.trains_in_phases`), ``on`` / ``off`` force it."""
     schedule_iterations: int = 0
     """The iteration count the fractions ``lr_milestones`` and ``sigma_anneal`` refer to (0: ``iterations``).
     ``--resume RUN --iterations N`` keeps the run's planned count here, so an extended run is the planned
@@ -110,6 +113,8 @@ class TrainConfig:
         if not 0 <= self.sigma_anneal <= 1 or not all(0 <= m <= 1 for m in self.lr_milestones):
             raise UserError("sigma-anneal and lr-milestones are fractions of the run, between 0 and 1")
         check_precision(self.precision, self.device)
+        if self.find_unused_parameters not in ("auto", "on", "off"):
+            raise UserError(f"find-unused-parameters must be auto, on or off, got {self.find_unused_parameters!r}")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:

@@ -106,12 +106,13 @@ class TrainingStep(torch.nn.Module):
         return loss, tuple(inference.z)
 
 
-def _data_parallel(step: TrainingStep, device: torch.device) -> torch.nn.Module:
+def _data_parallel(step: TrainingStep, device: torch.device, find_unused: str) -> torch.nn.Module:
     """``step`` wrapped in ``DistributedDataParallel`` in a process group (as it is otherwise). Buffers
     are not broadcast: each process keeps its own per-example state (torch >= 2.13 warns that
     ``broadcast_buffers`` will go, and itself advises keeping it for rank-local buffers until
     ``init_sync_buffers`` exists). Unused parameters are looked for every iteration only for samplers
-    that say some iterations leave parameters without a gradient (``Sampler.uses_every_parameter``)."""
+    that train in phases (``Sampler.trains_in_phases``), unless ``find_unused`` (``TrainConfig.find_unused_parameters``)
+    is ``on`` or ``off``."""
     if not distributed.context().distributed:
         return step
     from torch.nn.parallel import DistributedDataParallel
@@ -120,7 +121,12 @@ def _data_parallel(step: TrainingStep, device: torch.device) -> torch.nn.Module:
         warnings.filterwarnings("ignore", message=".*broadcast_buffers.*", category=FutureWarning)
         return DistributedDataParallel(step, device_ids=[device.index] if device.type == "cuda" else None,
                                        broadcast_buffers=False,
-                                       find_unused_parameters=not step.sampler.uses_every_parameter)
+                                       find_unused_parameters=_find_unused(find_unused, step.sampler))
+
+
+def _find_unused(setting: str, sampler: Sampler) -> bool:
+    """``TrainConfig.find_unused_parameters`` for ``sampler``: ``auto`` follows ``trains_in_phases``."""
+    return sampler.trains_in_phases if setting == "auto" else setting == "on"
 
 
 class BatchSource:
@@ -371,7 +377,7 @@ def _prepare(model: Model, sampler: Sampler, tuner: Tuner, data, spec: RunSpec, 
                train_split=train_split, x_test=test_split.x[: config.eval_examples], my_shards=my_shards,
                owned=distributed.owned_examples(len(train_split), config.shards, my_shards), parameters=parameters,
                optimizer=torch.optim.Adam(parameters, lr=config.learning_rate), training_step=training_step,
-               step=_data_parallel(training_step, device))
+               step=_data_parallel(training_step, device, config.find_unused_parameters))
 
 
 def _resolve_shards(config: TrainConfig, *, resume: bool, console: Console) -> None:

@@ -68,7 +68,7 @@ class MultiSampleBernoulli(Sampler, HasBernoulliEncoder):
 
     name = "multisample"
     latent_supports = (constraints.boolean,)
-    uses_every_parameter = False  # pre-training phases train the encoder/decoder, then the RBM alone
+    trains_in_phases = True  # pre-training phases train the encoder/decoder, then the RBM alone
 
     def __init__(self, num_samples: int = 50, hidden: tuple[int, ...] = (200, 200, 100, 100),
                  num_chains: int = 100, pcd_steps: int = 1, pretrain_iterations: int | None = None,
