@@ -1,4 +1,4 @@
-"""A Pyro model trained by inferkit (issue 8): a small MLP generator for MNIST, written in plain Pyro.
+"""A Pyro model trained by inferkit: a small MLP generator for MNIST, written in plain Pyro.
 
     z ~ N(0, I_16),   x ~ N(tanh(MLP(z)), 0.3^2 I)   (MNIST pixels in [-1, 1], shape 1x28x28)
 

@@ -7,7 +7,7 @@
 ``i = s mod S`` (fixed shards: the layout of an unshuffled ``DistributedSampler`` without its padding,
 which would give an example two owners), takes its ``B / S``
 examples of iteration ``t`` from them by :func:`shard_batch_indices`, and draws its random numbers from
-:func:`shard_generator`, a pure function of ``(seed, t, s)``. Process ``r`` of ``W`` trains shards
+``seeded_generator(shard_seed(seed, s), t)``, a pure function of ``(seed, t, s)``. Process ``r`` of ``W`` trains shards
 ``r, r + W, ...`` (gradients accumulated over them), ``DistributedDataParallel`` averages over
 processes, so the gradient of every iteration is ``(1/S) sum_s grad L_s`` for any ``W`` dividing ``S``:
 one process with ``shards=S`` computes exactly what ``S`` processes compute. With ``S = 1`` the

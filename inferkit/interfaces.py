@@ -163,6 +163,10 @@ class DataSplit(abc.ABC):
     def batch(self, indices: Tensor | Sequence[int]) -> dict[str, Tensor]:
         """The items at ``indices`` as one batch: ``x``, ``index``, and ``label`` / ``factors`` when present."""
 
+    @abc.abstractmethod
+    def to(self, device: torch.device | str) -> DataSplit:
+        """This split with its tensors on ``device`` (a streaming split puts its batches there)."""
+
 
 class DataSet(abc.ABC):
     """A data set: ``train`` and ``test`` :class:`DataSplit` of one ``data_shape``, with what is known
@@ -220,9 +224,6 @@ class Sampler(torch.nn.Module, abc.ABC):
     latent_supports: tuple[constraints.Constraint, ...] = (constraints.real,)
     """The supports of :attr:`Model.latent_support` this sampler handles (``constraints.real``,
     ``constraints.boolean``; gradient samplers: real only)."""
-
-    latent_supports: tuple[constraints.Constraint, ...] = (constraints.real,)
-    """The :attr:`Model.latent_support` constraints this sampler handles (gradient samplers: real only)."""
 
     per: str | None = None
     """What one entry of the ``step_size`` hyperparameter covers: ``"shared"``, ``"layer"`` or ``"step"``

@@ -181,12 +181,14 @@ class RunSpec:
 
 def check_model_trusted(saved: str, path: Path, *, model: str | None, trust_code: bool) -> None:
     """Refuse a saved model the user did not confirm: a ``--model`` that differs from it, or a
-    ``pyro:`` model (code) neither named again nor trusted with ``--trust-code``."""
+    ``SCHEME:REST`` model such as ``pyro:MODULE:FUNCTION`` (code) neither named again nor trusted with
+    ``--trust-code``."""
     if model is not None and model != saved:
         raise UserError(f"--model {model} is not the model of this run: {path} names {saved}; a run keeps "
                         f"its model (pass --model {saved}, or leave --model out)")
-    if saved.startswith("pyro:") and model is None and not trust_code:
-        raise UserError(f"{path} names the Pyro model {saved}, which is code; pass --model {saved} "
+    if ":" in saved and model is None and not trust_code:  # a SCHEME:REST model (pyro:...) imports code
+        label = "Pyro model" if saved.startswith("pyro:") else "model"
+        raise UserError(f"{path} names the {label} {saved}, which is code; pass --model {saved} "
                         "(or --trust-code) to import it")
 
 

@@ -1,4 +1,4 @@
-"""Any Pyro model as an inferkit :class:`~inferkit.Model` (issue 8, part 1).
+"""Any Pyro model as an inferkit :class:`~inferkit.Model`.
 
 A Pyro model function ``model(x)`` takes a batch ``x`` (``[batch, *data_shape]``), draws its latent
 sites and its observed site (named ``observed``, default ``"x"``, with ``obs=x``) inside a
