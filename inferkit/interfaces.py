@@ -1,4 +1,4 @@
-"""The contracts every inferkit plugin keeps (see DESIGN.md).
+"""The contracts every inferkit plugin keeps (see docs/architecture.md).
 
 A :class:`Model` defines ``log p(x, z)``; a :class:`Sampler` turns data ``x`` into
 latent samples ``z ~ q(z | x)``; a :class:`GradientFlow` is a sampler whose K-step flow
@@ -220,9 +220,6 @@ class Sampler(torch.nn.Module, abc.ABC):
     latent_supports: tuple[constraints.Constraint, ...] = (constraints.real,)
     """The supports of :attr:`Model.latent_support` this sampler handles (``constraints.real``,
     ``constraints.boolean``; gradient samplers: real only)."""
-
-    latent_supports: tuple[constraints.Constraint, ...] = (constraints.real,)
-    """The :attr:`Model.latent_support` constraints this sampler handles (gradient samplers: real only)."""
 
     per: str | None = None
     """What one entry of the ``step_size`` hyperparameter covers: ``"shared"``, ``"layer"`` or ``"step"``
