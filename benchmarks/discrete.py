@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from inferkit.devices import module_device
 from inferkit.eval.rbm import ais_log_partition, base_rate_bias, log_likelihood_ais, log_likelihood_raise
 from inferkit.runs import PluginSpec, RunSpec, TrainConfig, build_objects, write_json_atomic
 from inferkit.trainer import train
@@ -95,7 +96,7 @@ def _mean_se(values: torch.Tensor) -> dict[str, float]:
 @torch.no_grad()
 def evaluate_run(model, sampler, data, budget: Budget, seed: int) -> dict[str, Any]:
     """AIS ``log Z``, then AIS- and RAISE-based ``log p(x)`` on the first test images."""
-    device = next(model.parameters()).device
+    device = module_device(model)
     generator = torch.Generator(device=device).manual_seed(seed + 101)
     x_train = data.train.x[:2000].to(device)
     codes = torch.bernoulli(torch.sigmoid(sampler.encoder_logits(model, x_train)), generator=generator)

@@ -1,4 +1,4 @@
-"""The contracts every inferkit plugin keeps (see DESIGN.md).
+"""The contracts every inferkit plugin keeps (see docs/architecture.md).
 
 A :class:`Model` defines ``log p(x, z)``; a :class:`Sampler` turns data ``x`` into
 latent samples ``z ~ q(z | x)``; a :class:`GradientFlow` is a sampler whose K-step flow

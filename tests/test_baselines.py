@@ -44,7 +44,7 @@ def test_each_baseline_trains_the_ladder_from_the_cli(name, tmp_path, capsys):
     assert config["tuner"]["name"] == "fixed"  # the default tuner for samplers J(s) does not apply to
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [m["iteration"] for m in metrics] == [0, 1, 2, 3] and all(math.isfinite(m["loss"]) for m in metrics)
-    state = torch.load(out / "checkpoint.pt", weights_only=False)
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
     assert state["iteration"] == 4
     if name == "abp":
         assert state["sampler"]["_extra_state"]["seen"].sum() == 4 * 8  # 4 batches of 8 distinct examples
@@ -138,19 +138,19 @@ def test_abp_chains_resume_exactly_from_a_checkpoint(tmp_path, capsys):
     stopped = tmp_path / "stopped"
     data, _, sampler, _ = train_until_crash(spec, stopped, 3)
     # Round trip: a fresh sampler, set up and loaded from the checkpoint, holds identical chains.
-    saved = torch.load(stopped / "checkpoint.pt", weights_only=False)["sampler"]["_extra_state"]
+    saved = torch.load(stopped / "checkpoint.pt", weights_only=True)["sampler"]["_extra_state"]
     assert 0 < int(saved["seen"].sum()) < len(data.train)
     _, model2, fresh, _ = build_objects(spec, resolve=False)
     fresh.setup(model2, num_examples=len(data.train))
-    fresh.load_state_dict(torch.load(stopped / "checkpoint.pt", weights_only=False)["sampler"])
+    fresh.load_state_dict(torch.load(stopped / "checkpoint.pt", weights_only=True)["sampler"])
     assert torch.equal(fresh.seen, saved["seen"])
     assert all(torch.equal(a, b) for a, b in zip(fresh.chains, saved["chains"]))
     assert all(torch.equal(a, b) for a, b in zip(fresh.chains, sampler.chains))
     # Resuming continues exactly as the uninterrupted run did: same chains, same generator.
     code, _, err = run_cli(["run", "--resume", stopped, "--quiet"], capsys)
     assert code == 0, err
-    a = torch.load(full / "checkpoint.pt", weights_only=False)
-    b = torch.load(stopped / "checkpoint.pt", weights_only=False)
+    a = torch.load(full / "checkpoint.pt", weights_only=True)
+    b = torch.load(stopped / "checkpoint.pt", weights_only=True)
     assert b["iteration"] == 6
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     assert torch.equal(a["sampler"]["_extra_state"]["seen"], b["sampler"]["_extra_state"]["seen"])

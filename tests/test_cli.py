@@ -44,7 +44,7 @@ def test_same_seed_gives_the_same_numbers(tmp_path, capsys):
     for folder, seed in ((first, 0), (second, 0), (other, 1)):
         args = ["run", *TINY, "--iterations", "4", "--tune-every", "2", "--seed", seed, "--out", folder]
         assert run_cli(args, capsys)[0] == 0
-    a, b, c = (torch.load(f / "checkpoint.pt", weights_only=False)["model"] for f in (first, second, other))
+    a, b, c = (torch.load(f / "checkpoint.pt", weights_only=True)["model"] for f in (first, second, other))
     assert all(torch.equal(a[key], b[key]) for key in a)
     assert not all(torch.equal(a[key], c[key]) for key in a)
     assert (first / "metrics.jsonl").read_text().count("loss") == 4
@@ -60,8 +60,8 @@ def test_resume_continues_exactly(tmp_path, capsys):
     train_until_crash(RunSpec.load(full), stopped, 3)
     code, _, err = run_cli(["run", "--resume", stopped, "--quiet"], capsys)
     assert code == 0, err
-    a = torch.load(full / "checkpoint.pt", weights_only=False)
-    b = torch.load(stopped / "checkpoint.pt", weights_only=False)
+    a = torch.load(full / "checkpoint.pt", weights_only=True)
+    b = torch.load(stopped / "checkpoint.pt", weights_only=True)
     assert b["iteration"] == 6
     for key in a["model"]:
         assert torch.equal(a["model"][key], b["model"][key]), key

@@ -39,7 +39,7 @@ def torchrun(args, processes: int = 2) -> subprocess.CompletedProcess:
 
 
 def checkpoint(folder):
-    return torch.load(folder / "checkpoint.pt", weights_only=False)
+    return torch.load(folder / "checkpoint.pt", weights_only=True)
 
 
 def assert_same_tensors(a: dict, b: dict, what: str) -> None:

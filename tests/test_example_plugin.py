@@ -76,7 +76,7 @@ def test_toy_sampler_trains_evaluates_and_refuses_kl_tuners_through_the_cli(toy_
     assert config["sampler"] == {"name": "toy-metropolis", "options": {"num_steps": 5, "step_size": 0.1}}
     summary = json.loads((out / "summary.json").read_text())
     assert summary["iterations"] == 4 and summary["final_step_size"] == pytest.approx(0.2)
-    state = torch.load(out / "checkpoint.pt", weights_only=False)
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
     assert float(state["sampler"]["step_size"]) == pytest.approx(0.2)
     # The run folder loads the sampler back by name, with its tuned step size, to evaluate.
     code, _, err = run_cli(["eval", out, "--num-examples", "8", "--reference-steps", "0", "--inpaint-examples", "0",
@@ -85,7 +85,9 @@ def test_toy_sampler_trains_evaluates_and_refuses_kl_tuners_through_the_cli(toy_
     assert json.loads((out / "eval.json").read_text())["test_reconstruction_mse"] > 0
     code, _, err = run_cli(["run", "--model", "toy-mlp", "--sampler", "toy-metropolis", "--tuner", "kl-grid",
                             *TRAIN, "--out", tmp_path / "refused"], capsys)
-    assert "not a differentiable gradient flow" in one_line_error(code, err)
+    refusal = one_line_error(code, err)
+    assert "kl-grid" in refusal and "ToyMetropolis" in refusal
+    assert "not a short-run gradient flow" in refusal and "--tuner fixed" in refusal
 
 
 def test_toy_sampler_approaches_the_exact_posterior_mean(toy_plugin):

@@ -339,7 +339,7 @@ def test_cli_trains_rbm_prior_on_mnist(sampler, mnist_dir, tmp_path, capsys):
     assert config["tuner"]["name"] == "fixed" and config["model"]["options"]["data_shape"] == [1, 28, 28]
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(metrics) == 6 and all(math.isfinite(m["loss"]) for m in metrics)
-    state = torch.load(out / "checkpoint.pt", weights_only=False)
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
     assert state["iteration"] == 6 and state["sampler"]["chains.state"].shape == (8, 16)
     code, _, err = run_cli(["eval", out, "--reference-steps", "10", "--inpaint-examples", "0", "--ais-examples", "2",
                             "--iwae-samples", "0", "--fd-samples", "0", "--no-figures", "--quiet"], capsys)

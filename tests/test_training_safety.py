@@ -73,7 +73,7 @@ def floating_tensors(value):
 
 
 def load(folder):
-    return torch.load(folder / "checkpoint.pt", weights_only=False)
+    return torch.load(folder / "checkpoint.pt", weights_only=True)
 
 
 def records(path):

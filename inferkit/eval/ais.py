@@ -27,7 +27,7 @@ from pyro.ops.integrator import velocity_verlet
 from torch import Tensor
 
 from inferkit.interfaces import Model
-from inferkit.objective import flatten_latents, unflatten_latents
+from inferkit.latents import flatten_latents, unflatten_latents
 
 
 @dataclass(frozen=True)

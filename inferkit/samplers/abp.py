@@ -24,9 +24,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from inferkit.devices import module_placement
 from inferkit.errors import UserError
 from inferkit.interfaces import Inference, Latents, Model, Sampler
-from inferkit.samplers.encoders import model_reference
 from inferkit.samplers.shortrun import NumSteps
 
 STORE_PLACES = ("auto", "device", "cpu")
@@ -78,7 +78,7 @@ class ABP(Sampler):
 
     # -- the chain store -----------------------------------------------------------------------
     def _place(self, model: Model, num_examples: int) -> torch.device:
-        device, dtype = model_reference(model)
+        device, dtype = module_placement(model)
         if self.store == "cpu" or device.type == "cpu":
             return torch.device("cpu")
         if self.store == "device":
@@ -96,7 +96,7 @@ class ABP(Sampler):
             return
         num_examples = _positive_int("num_examples", num_examples)
         self._store_device = self._place(model, num_examples)
-        _, dtype = model_reference(model)
+        _, dtype = module_placement(model)
         shapes = [tuple(s) for s in model.latent_shapes]
         if self.chains is not None and self.seen.shape[0] == num_examples \
                 and [tuple(c.shape[1:]) for c in self.chains] == shapes:

@@ -12,7 +12,6 @@ import math
 import torch
 from torch import Tensor, nn
 
-from inferkit.devices import module_placement
 from inferkit.errors import UserError
 
 ENCODER_KINDS = ("auto", "conv", "mlp")
@@ -101,11 +100,6 @@ class GaussianHead(nn.Module):
         mean, log_std = self.linear(h).split(self.size, dim=-1)
         batch = h.shape[:-1]
         return mean.reshape(*batch, *self.shape), log_std.reshape(*batch, *self.shape)
-
-
-def model_reference(model: nn.Module) -> tuple[torch.device, torch.dtype]:
-    """Device and floating dtype of a model's parameters (or buffers), CPU float32 if it has none."""
-    return module_placement(model)
 
 
 def gaussian_log_density(z: Tensor, mean: Tensor, log_std: Tensor) -> Tensor:

@@ -27,6 +27,7 @@ import math
 import torch
 from torch import Tensor
 
+from inferkit.devices import module_placement
 from inferkit.errors import UserError
 from inferkit.interfaces import HasLayerConditionals, Inference, Model, Sampler
 from inferkit.samplers.encoders import (
@@ -36,7 +37,6 @@ from inferkit.samplers.encoders import (
     gaussian_kl,
     gaussian_log_density,
     mask_input,
-    model_reference,
     require_built,
     shape_key,
 )
@@ -94,7 +94,7 @@ class LadderVAE(Sampler):
         key = shape_key(model)
         if self._built_for == key:
             return
-        device, dtype = model_reference(model)
+        device, dtype = module_placement(model)
         self.trunk = Trunk(key[1], hidden=self.hidden, depth=self.depth, nf=self.nf, kind=self.encoder_kind)
         width = self.trunk.out_features
         self.up = torch.nn.ModuleList(torch.nn.Sequential(torch.nn.Linear(width if i == 0 else self.hidden,

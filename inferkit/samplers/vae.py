@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from inferkit.devices import module_placement
 from inferkit.interfaces import Inference, Model, Sampler
 from inferkit.samplers.encoders import (
     GaussianHead,
@@ -21,7 +22,6 @@ from inferkit.samplers.encoders import (
     check_encoder_options,
     gaussian_log_density,
     mask_input,
-    model_reference,
     require_built,
     shape_key,
 )
@@ -63,7 +63,7 @@ class VAE(Sampler):
         key = shape_key(model)
         if self._built_for == key:
             return
-        device, dtype = model_reference(model)
+        device, dtype = module_placement(model)
         self.trunk = Trunk(key[1], hidden=self.hidden, depth=self.depth, nf=self.nf, kind=self.encoder_kind)
         self.heads = torch.nn.ModuleList(GaussianHead(self.trunk.out_features, shape, self.log_std_init)
                                          for shape in key[0])

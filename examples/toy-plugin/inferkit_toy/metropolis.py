@@ -5,6 +5,8 @@
 
 Each example runs its own chain, so ``q(z | x)`` tends to the exact posterior ``p(z | x)`` as the
 number of steps grows (the proposal is symmetric, so the acceptance ratio is the ratio of joints).
+Accept/reject moves are not a differentiable flow, so this is a plain :class:`inferkit.Sampler`, not an
+:class:`inferkit.GradientFlow`: the KL tuners refuse it and the ``fixed`` tuner sets its step size.
 """
 
 import math
@@ -17,9 +19,6 @@ import inferkit
 class ToyMetropolis(inferkit.Sampler):
     """Random-walk Metropolis from the prior: ``num_steps`` steps of proposal scale ``step_size``."""
 
-    kl_objective_unsupported = ("toy-metropolis makes accept/reject moves, not a differentiable gradient "
-                                "flow; tune its step_size with the fixed tuner")
-
     def __init__(self, num_steps: int = 50, step_size: float = 0.1):
         super().__init__()
         if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
@@ -27,10 +26,12 @@ class ToyMetropolis(inferkit.Sampler):
         if not (isinstance(step_size, (int, float)) and math.isfinite(step_size) and step_size > 0):
             raise inferkit.UserError(f"toy-metropolis: step_size must be a positive number, got {step_size!r}")
         self.num_steps = num_steps
-        # A buffer: saved in checkpoints, moved with .to(device), and settable in place by a tuner.
+        # A buffer: saved in checkpoints, moved with .to(device), and set in place by the inherited
+        # Sampler.set_hyperparameters (which copies a tuner's chosen value into the tensor below).
         self.register_buffer("step_size", torch.tensor(float(step_size)))
 
     def hyperparameters(self):
+        """The live ``step_size`` buffer (0-dimensional), by name."""
         return {"step_size": self.step_size}
 
     @torch.no_grad()
