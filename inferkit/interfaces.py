@@ -429,9 +429,9 @@ class GradientFlow(Sampler):
         return None
 
 
-NOT_A_FLOW = ("it is not a short-run gradient flow from the prior p_0 = p(z) (it is amortized, with q(z|x) an "
-              "encoder trained with the model, or persistent, with chains that start where they last stopped), "
-              "so J(s) is not its KL")
+NOT_A_FLOW = ("it is not a short-run gradient flow from the prior p_0 = p(z) (its q(z|x) is not the law of "
+              "F_s(z_0): e.g. an amortized encoder, persistent chains, or accept/reject moves), so J(s) is not "
+              "its KL")
 """Why ``J(s)`` does not apply to a sampler that is not a :class:`GradientFlow`."""
 
 
