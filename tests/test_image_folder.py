@@ -268,7 +268,7 @@ def test_cli_run_and_eval_on_an_image_folder(folder, tmp_path, capsys):
 
 
 def test_cli_missing_folder_is_a_one_line_error(tmp_path, capsys):
-    code, err = _cli(["run", "--data", "image-folder", "--data-dir", tmp_path / "missing", "--iterations", "1",
+    code, err = _cli(["run", "--model", "ladder", "--data", "image-folder", "--data-dir", tmp_path / "missing", "--iterations", "1",
                       "--out", tmp_path / "run"], capsys)
     assert code == 2 and err.startswith("error: ") and "does not exist" in err
     assert len(err.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
