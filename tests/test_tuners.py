@@ -234,6 +234,31 @@ def test_a_grid_entirely_below_the_optimum_is_extended_up_by_extend_factor(tiny_
     assert below is not None and above is not None and below < optimum < above
 
 
+def test_a_valley_beyond_the_small_end_is_found_when_the_grids_own_argmin_is_interior(
+        tiny_linear_gaussian, noisy_data):
+    """K = 4 on linear-gaussian: J (here exactly the KL minus log p(x), F being linear) has its valley
+    near 0.4 / lambda_max, a peak at 1 / lambda_max and a second, higher minimum near 1.8 / lambda_max.
+    A grid 0.9..2.2 / lambda_max has its own argmin at 1.8, interior; J at its small end is below its
+    neighbour's, so the grid grows down (by 0.9 / 1.05) into the valley, whose bottom is chosen."""
+    model = tiny_linear_gaussian(data_dim=6)
+    lam = lambda_max(model)
+    num_steps, batch = 4, 4
+    x = noisy_data(model, 10)
+    optimum = closed_form_optimum(model, x[:batch], num_steps, lam)
+    grid = tuple(r / lam for r in (0.9, 1.05, 1.2, 1.5, 1.8, 2.2))
+    result = KLGrid(grid=grid, num_samples=64, batch_size=batch).tune(model, ShortRun(num_steps=num_steps), x)
+    on_grid = result.history[:len(grid)]
+    assert min(on_grid, key=lambda h: h["J"])["step_size"] == pytest.approx(1.8 / lam)
+    added = [h["step_size"] for h in result.history if h["extended"]]
+    assert added == pytest.approx([grid[0] * (0.9 / 1.05) ** (i + 1) for i in range(len(added))])
+    chosen = result.hyperparameters["step_size"].item()
+    below, above = neighbours(result.history, chosen)
+    assert below is not None and above is not None and below < optimum < above
+    kl = {s: float(model.flow_kl(x[:batch], torch.full((num_steps,), s, dtype=F64)).detach().mean())
+          for s in (chosen, 1.8 / lam)}
+    assert kl[chosen] < kl[1.8 / lam] - 1  # the valley is lower than the interior minimum the grid had
+
+
 @settings(max_examples=25, deadline=None)
 @given(ratios=st.lists(st.floats(0.01, 2.6), min_size=1, max_size=4, unique=True),
        num_steps=st.integers(1, 4), max_extensions=st.integers(0, 4),
@@ -242,8 +267,9 @@ def test_the_choice_is_the_argmin_of_finite_j_over_every_recorded_point(
         tiny_linear_gaussian, noisy_data, ratios, num_steps, max_extensions, extend_factor, require_invertible):
     """Any grid: every evaluated point is recorded with J, invertible and min_eigenvalue; the choice is
     the smallest finite J among them (among the invertible ones with require_invertible); extensions
-    come after the grid, at most max_extensions of them, and end with an interior choice unless the
-    bound was reached; require_invertible never extends."""
+    come after the grid, at most max_extensions of them, and unless the bound was reached they end
+    with an interior choice and no end whose J is below its neighbour's; require_invertible never
+    extends."""
     model = tiny_linear_gaussian()
     lam = lambda_max(model)
     grid = tuple(r / lam for r in ratios)
@@ -263,9 +289,11 @@ def test_the_choice_is_the_argmin_of_finite_j_over_every_recorded_point(
     assert extended == sorted(extended)  # grid points first
     assert sum(extended) <= (0 if require_invertible else max_extensions)
     if not require_invertible and sum(extended) < max_extensions:
-        last = [h for h in history if h["round"] == history[-1]["round"]]
-        sizes = [h["step_size"] for h in last]
-        assert min(sizes) < best["step_size"] < max(sizes)
+        last = sorted((h for h in history if h["round"] == history[-1]["round"]), key=lambda h: h["step_size"])
+        assert last[0]["step_size"] < best["step_size"] < last[-1]["step_size"]
+        # Neither end is left with a finite J below its neighbour's.
+        for end, neighbour in ((last[0], last[1]), (last[-1], last[-2])):
+            assert not (math.isfinite(end["J"]) and end["J"] < neighbour["J"])
 
 
 class Cubic(Model):

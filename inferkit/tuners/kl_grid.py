@@ -7,9 +7,14 @@ Every grid point uses the same ``z_0`` draws (common random numbers), so differe
 differences in s. Every evaluated point is recorded in the history with its J, ``invertible``
 (every eigenvalue of every ``I + s H_k`` along the paths is > 0) and ``min_eigenvalue``.
 
-When the chosen point is at either end of the evaluated points, the grid is extended on that side,
+When J at an end of the grid is below J at its neighbour (a minimum of J may lie beyond that end;
+in particular whenever the chosen point is at an end), the grid is extended on that side,
 geometrically (by ``extend_factor``, or by the ratio of the grid's two end points on that side),
-until the argmin is interior, J stops being finite, or ``max_extensions`` points were added. When
+until that is no longer so (the argmin is then interior), J stops being finite, or
+``max_extensions`` points were added, the small-s side first. This matters because J need not have
+one minimum: on a sharp generator it has a valley at small s, rises, and falls again far inside the
+non-invertible region, where the under-counting described below grows with s; a grid that starts
+on the valley's rising side would otherwise only see the second minimum. When
 no point of the grid has a finite J, the grid is scaled by ``shrink`` and searched again, up to
 ``max_shrinks`` times. Every extension and every round is recorded in the history.
 
@@ -171,21 +176,25 @@ class KLGrid(Tuner):
 
     def _extend(self, model: Model, sampler: Sampler, step_size: Tensor, x: Tensor, mask: Tensor | None,
                 history: list[dict], reduce: Reduce | None) -> list[dict]:
-        """Points added beyond the ends of the last round's points while the argmin of finite J is at an
-        end (``extended: True``, the ``round`` of the grid they extend); stops when the argmin is
-        interior (a point with a non-finite J makes the one before it interior), or after
+        """Points added beyond the ends of the last round's points (``extended: True``, the ``round`` of
+        the grid they extend) while J at an end is finite and below J at its neighbour, so that a
+        minimum of J may lie beyond it (always the case when the argmin is at an end); the small-s end
+        first. Stops when neither end is such a point (a non-finite J ends that side), or after
         ``max_extensions`` points."""
         below, above = self.extension_factors()
         round_ = history[-1]["round"]  # earlier rounds have no finite J: the search goes on from this one
         evaluated = [h for h in history if h["evaluated"] and h["round"] == round_]
         added: list[dict] = []
+
+        def descends_to(end: dict, neighbour: dict | None) -> bool:
+            return math.isfinite(end["J"]) and (neighbour is None or not end["J"] >= neighbour["J"])
+
         while len(added) < self.max_extensions:
-            best = min((h for h in evaluated if self.usable(h)), key=lambda h: h["J"])
-            sizes = [h["step_size"] for h in evaluated]
-            if best["step_size"] <= min(sizes):
-                s = best["step_size"] * below
-            elif best["step_size"] >= max(sizes):
-                s = best["step_size"] * above
+            points = sorted(evaluated, key=lambda h: h["step_size"])
+            if descends_to(points[0], points[1] if len(points) > 1 else None):
+                s = points[0]["step_size"] * below
+            elif descends_to(points[-1], points[-2] if len(points) > 1 else None):
+                s = points[-1]["step_size"] * above
             else:
                 break
             point = {**self._evaluate(model, sampler, step_size, x, mask, s, reduce), "round": round_,
