@@ -18,7 +18,7 @@ on the valley's rising side would otherwise only see the second minimum. When
 no point of the grid has a finite J, the grid is scaled by ``shrink`` and searched again, up to
 ``max_shrinks`` times. Every extension and every round is recorded in the history.
 
-Why invertibility is recorded and not required (``require_invertible=False``, the default). J is
+Choosing by J alone (``require_invertible=False``) or by J among invertible points (the default). J is
 ``KL(q_s || p(z|x)) - log p(x)`` when ``F_s`` is one-to-one, as it is when every ``I + s H_k`` is
 positive definite (each step is then the gradient map of a strictly convex function). A
 non-positive eigenvalue is where a step can fold the space (on ``linear-gaussian`` it does not: H is
@@ -28,7 +28,7 @@ Where F is not one-to-one the density of ``z_K = F_s(z_0)`` is the sum over all 
 term uses only the drawn preimage, ``p_0(z_0) / |det dF_s/dz_0 (z_0)|``, at each draw: it
 under-counts ``q_s``'s density, so ``J + log p(x) <= KL(q_s || p(z|x))``, a lower bound on the KL
 rather than the KL itself (equality where F is one-to-one). J is finite on both sides of a fold and
-blows up (``-log|det| -> +inf``) only as some eigenvalue of ``I + s H_k`` nears 0. The old rule
+blows up (``-log|det| -> +inf``) only as some eigenvalue of ``I + s H_k`` nears 0. The default rule
 (``require_invertible=True``: never choose a non-invertible point) is decided by the worst Hessian
 on any path, typically the one at step 0, where ``z_0`` is a prior draw far from the posterior and
 the curvature is largest, not where the flow converges, where it is much smaller. On a sharp
@@ -58,8 +58,9 @@ class KLGrid(Tuner):
         num_samples, batch_size, logdet, seed, num_probes, lanczos_steps: the estimate of J
             (:class:`~inferkit.tuners.kl_common.KLObjectiveOptions`).
         require_invertible: choose only points where the flow is invertible (every eigenvalue of
-            every ``I + s H_k`` > 0), the old rule; the grid is not extended then. Default: choose the
-            smallest finite J among all evaluated points, invertible or not (see the module docstring).
+            every ``I + s H_k`` > 0; the default), with the grid shrunk but not extended; ``False``:
+            the smallest finite J among all evaluated points, invertible or not, with the grid extended
+            at its ends (see the module docstring).
         extend_factor: (> 1) the grid grows below its smallest point by ``1 / extend_factor`` and above
             its largest by ``extend_factor`` per extension; default the ratio of the grid's two end
             points on that side (0.01 / 0.02 below and 0.15 / 0.14 above the default grid; 2 for a
@@ -76,7 +77,7 @@ class KLGrid(Tuner):
     """
 
     def __init__(self, grid: tuple[float, ...] = PAPER_GRID, num_samples: int = 1, batch_size: int = 4,
-                 logdet: str = "stepwise", seed: int = 0, require_invertible: bool = False,
+                 logdet: str = "stepwise", seed: int = 0, require_invertible: bool = True,
                  extend_factor: float | None = None, max_extensions: int = 8, shrink: float = 0.25,
                  max_shrinks: int = 4, stop_at_singular: bool | None = None, num_probes: int = 4,
                  lanczos_steps: int = 4):
