@@ -1,4 +1,5 @@
-"""Tuners: kl-grid against the linear-Gaussian closed forms, non-invertible grid points, fixed.
+"""Tuners: kl-grid against the linear-Gaussian closed forms, non-invertible grid points, grid
+extension, fixed.
 Tuners return values and never change the sampler; the caller applies them."""
 
 from __future__ import annotations
@@ -7,6 +8,8 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import inferkit
 from inferkit import Inference, Model, Sampler, TuneResult, UserError
@@ -42,7 +45,7 @@ def test_kl_grid_records_every_point_exactly_and_picks_the_closed_form_argmin(
     grid = tuple(r / lam for r in (0.02, 0.08, 0.3, 0.7))
     x = noisy_data(model, 10)
     sampler = ShortRun(num_steps=num_steps, step_size=0.5 / lam)
-    tuner = KLGrid(grid=grid, num_samples=num_samples, batch_size=batch, seed=seed)
+    tuner = KLGrid(require_invertible=False, grid=grid, num_samples=num_samples, batch_size=batch, seed=seed)
     result = tuner.tune(model, sampler, x)
     assert isinstance(result, TuneResult)
     assert [h["step_size"] for h in result.history] == list(grid)
@@ -73,7 +76,7 @@ def test_kl_grid_records_every_point_exactly_and_picks_the_closed_form_argmin(
     assert result.hyperparameters["step_size"].item() == pytest.approx(grid[best])
 
 
-def test_non_invertible_points_are_recorded_and_never_chosen_even_with_a_lower_j(
+def test_with_require_invertible_non_invertible_points_are_recorded_and_never_chosen_even_with_a_lower_j(
         tiny_linear_gaussian, noisy_data):
     """K = 2: s = 1.2 / lambda_max makes I - s P have a negative eigenvalue (its J can be lower than a
     timid step's); s = 2.5 / lambda_max makes the flow diverge. Both are flagged and skipped, with
@@ -84,8 +87,9 @@ def test_non_invertible_points_are_recorded_and_never_chosen_even_with_a_lower_j
     x = noisy_data(model, 4)
     for logdet in ("stepwise", "exact"):
         sampler = ShortRun(num_steps=2, step_size=0.5 / lam)
-        result = KLGrid(grid=grid, num_samples=4, logdet=logdet).tune(model, sampler, x)
+        result = KLGrid(grid=grid, num_samples=4, logdet=logdet, require_invertible=True).tune(model, sampler, x)
         assert [h["invertible"] for h in result.history] == [True, False, False]
+        assert [h["step_size"] for h in result.history] == list(grid)  # never extended
         assert result.history[1]["J"] < result.history[0]["J"]  # would have won on J alone
         assert result.history[1]["min_eigenvalue"] == pytest.approx(1 - 1.2, abs=1e-9)
         assert result.hyperparameters["step_size"].item() == pytest.approx(grid[0])
@@ -97,15 +101,17 @@ def test_all_non_invertible_grid_raises_and_leaves_the_step_size(tiny_linear_gau
     lam = lambda_max(model)
     sampler = ShortRun(num_steps=3, step_size=0.123)
     with pytest.raises(UserError, match="not invertible"):
-        KLGrid(grid=(2.5 / lam, 4.0 / lam), max_shrinks=0).tune(model, sampler, noisy_data(model, 4))
+        KLGrid(grid=(2.5 / lam, 4.0 / lam), max_shrinks=0, require_invertible=True).tune(
+            model, sampler, noisy_data(model, 4))
     assert sampler.step_size.item() == pytest.approx(0.123)
     # Shrinking cannot rescue a grid that stays above 1 / lambda_max: still an error, step size kept.
     with pytest.raises(UserError, match="not invertible"):
-        KLGrid(grid=(400 / lam,), shrink=0.5, max_shrinks=2).tune(model, sampler, noisy_data(model, 4))
+        KLGrid(grid=(400 / lam,), shrink=0.5, max_shrinks=2, require_invertible=True).tune(
+            model, sampler, noisy_data(model, 4))
     assert sampler.step_size.item() == pytest.approx(0.123)
 
 
-def test_a_grid_beyond_the_posterior_is_shrunk_until_some_point_is_invertible(
+def test_with_require_invertible_a_grid_beyond_the_posterior_is_shrunk_until_some_point_is_invertible(
         tiny_linear_gaussian, noisy_data):
     """Every point of the grid is non-invertible: the grid is scaled by `shrink` and searched again;
     every round is in the history and the choice comes from the first round with a usable point."""
@@ -113,13 +119,181 @@ def test_a_grid_beyond_the_posterior_is_shrunk_until_some_point_is_invertible(
     lam = lambda_max(model)
     grid = (1.5 / lam, 3.0 / lam)
     sampler = ShortRun(num_steps=3, step_size=0.5 / lam)
-    result = KLGrid(grid=grid, shrink=0.25, max_shrinks=3).tune(model, sampler, noisy_data(model, 4))
+    result = KLGrid(grid=grid, shrink=0.25, max_shrinks=3, require_invertible=True).tune(
+        model, sampler, noisy_data(model, 4))
     rounds = [h["round"] for h in result.history]
     assert rounds == [0, 0, 1, 1]  # 1.5/4 and 3/4 of 1/lambda_max are invertible: stop after round 1
     assert [h["invertible"] for h in result.history] == [False, False, True, True]
     assert [h["step_size"] for h in result.history[2:]] == pytest.approx([0.25 * g for g in grid])
     best = min(result.history[2:], key=lambda h: h["J"])
     assert result.hyperparameters["step_size"].item() == pytest.approx(best["step_size"])
+
+
+def closed_form_optimum(model, x, num_steps, lam):
+    """``argmin_s KL(q_s || p(z|x))`` (mean over x) on a fine grid of ``(0, 1 / lambda_max)``."""
+    sizes = torch.linspace(0.005, 0.995, 991, dtype=F64) / lam
+    kl = torch.stack([model.flow_kl(x, torch.full((num_steps,), float(s), dtype=F64)).detach().mean()
+                      for s in sizes])
+    return float(sizes[kl.argmin()])
+
+
+def neighbours(history, chosen):
+    """The evaluated step sizes just below and just above ``chosen`` (None at an end)."""
+    sizes = sorted(h["step_size"] for h in history if h["evaluated"])
+    i = sizes.index(chosen)
+    return (sizes[i - 1] if i else None), (sizes[i + 1] if i + 1 < len(sizes) else None)
+
+
+def test_without_the_veto_a_lower_j_at_a_non_invertible_point_is_chosen_and_is_the_exact_kl(
+        tiny_linear_gaussian, noisy_data):
+    """The case of the veto test above, default rule: s = 1.2 / lambda_max has the lowest J and is
+    chosen, flagged ``invertible: False``. The flow of linear-gaussian is linear, so it is one-to-one
+    there (det A != 0) and J is exactly the closed-form per-draw KL minus log p(x), as at any s."""
+    model = tiny_linear_gaussian(data_dim=6)
+    lam = lambda_max(model)
+    grid = (0.001 / lam, 1.2 / lam, 2.5 / lam)
+    x = noisy_data(model, 4)
+    num_samples, seed = 4, 0
+    vetoed = KLGrid(grid=grid, num_samples=num_samples, require_invertible=True).tune(
+        model, ShortRun(num_steps=2), x)
+    result = KLGrid(require_invertible=False, grid=grid, num_samples=num_samples).tune(model, ShortRun(num_steps=2), x)
+    assert vetoed.hyperparameters["step_size"].item() == pytest.approx(grid[0])
+    assert result.hyperparameters["step_size"].item() == pytest.approx(grid[1])
+    assert [h["invertible"] for h in result.history] == [True, False, False]  # recorded, not a veto
+    assert [h["step_size"] for h in result.history] == list(grid)  # interior argmin: no extension
+    assert [h["extended"] for h in result.history] == [False] * 3
+    log_marginal = model.log_marginal(x).detach()
+    for h in result.history:
+        assert h["evaluated"] and h["min_eigenvalue"] == pytest.approx(1 - h["step_size"] * lam, abs=1e-9)
+        draws = per_draw_kl(model, x, num_samples, seed, h["step_size"], 2)
+        assert h["J"] == pytest.approx(float((draws.mean(1) - log_marginal).mean()), abs=1e-8)
+    assert result.objective == result.history[1]["J"] < vetoed.objective
+
+
+def test_stop_at_singular_follows_require_invertible(tiny_linear_gaussian, noisy_data):
+    """Walking past the first non-invertible point is what finds the argmin without the veto."""
+    model = tiny_linear_gaussian(data_dim=6)
+    lam = lambda_max(model)
+    grid = (0.3 / lam, 1.2 / lam, 1.5 / lam, 1.7 / lam)
+    x = noisy_data(model, 4)
+    invertible_only = KLGrid(grid=grid, require_invertible=True, max_extensions=0).tune(model, ShortRun(num_steps=3), x)
+    assert [h["evaluated"] for h in invertible_only.history] == [True, True, False, False]
+    new = KLGrid(require_invertible=False, grid=grid, max_extensions=0).tune(model, ShortRun(num_steps=3), x)
+    assert all(h["evaluated"] and math.isfinite(h["J"]) for h in new.history)
+    assert [h["invertible"] for h in new.history] == [True, False, False, False]
+
+
+def test_a_grid_entirely_above_the_optimum_is_extended_down_until_the_argmin_is_interior(
+        tiny_linear_gaussian, noisy_data):
+    """K = 4: the closed-form optimum s* is near 0.4 / lambda_max; a grid 0.7..0.9 / lambda_max has its
+    argmin at its smallest point, so it grows down by 0.7 / 0.8 per point until J rises again: the
+    choice is interior and its two neighbours bracket s*."""
+    model = tiny_linear_gaussian(data_dim=6)
+    lam = lambda_max(model)
+    num_steps, batch = 4, 4
+    x = noisy_data(model, 10)
+    optimum = closed_form_optimum(model, x[:batch], num_steps, lam)
+    grid = tuple(r / lam for r in (0.7, 0.8, 0.9))
+    assert optimum < grid[0] * (0.7 / 0.8) ** 2  # at least two extensions away
+    result = KLGrid(require_invertible=False, grid=grid, num_samples=64, batch_size=batch).tune(model, ShortRun(num_steps=num_steps), x)
+    history = result.history
+    added = [h for h in history if h["extended"]]
+    assert [h["step_size"] for h in history[:3]] == list(grid) and not any(h["extended"] for h in history[:3])
+    assert 2 <= len(added) < 8 and all(h["round"] == 0 and h["evaluated"] for h in added)
+    assert [h["step_size"] for h in added] == pytest.approx([grid[0] * (0.7 / 0.8) ** (i + 1)
+                                                             for i in range(len(added))])
+    chosen = result.hyperparameters["step_size"].item()
+    assert chosen == min((h for h in history if math.isfinite(h["J"])), key=lambda h: h["J"])["step_size"]
+    below, above = neighbours(history, chosen)
+    assert below is not None and above is not None  # interior
+    assert below < optimum < above
+    # The invertible-only rule on the same grid stops at its end: no extension, the grid's smallest point.
+    invertible_only = KLGrid(grid=grid, num_samples=64, batch_size=batch, require_invertible=True).tune(
+        model, ShortRun(num_steps=num_steps), x)
+    assert len(invertible_only.history) == 3 and invertible_only.hyperparameters["step_size"].item() == pytest.approx(grid[0])
+    # max_extensions bounds the search: two points, the last of them chosen (still at the end).
+    bounded = KLGrid(require_invertible=False, grid=grid, num_samples=64, batch_size=batch, max_extensions=2).tune(
+        model, ShortRun(num_steps=num_steps), x)
+    assert bounded.history == history[:5]
+    assert bounded.hyperparameters["step_size"].item() == pytest.approx(history[4]["step_size"])
+
+
+def test_a_grid_entirely_below_the_optimum_is_extended_up_by_extend_factor(tiny_linear_gaussian, noisy_data):
+    model = tiny_linear_gaussian(data_dim=6)
+    lam = lambda_max(model)
+    num_steps, batch = 4, 4
+    x = noisy_data(model, 10)
+    optimum = closed_form_optimum(model, x[:batch], num_steps, lam)
+    grid = (0.02 / lam, 0.03 / lam)
+    result = KLGrid(require_invertible=False, grid=grid, num_samples=64, batch_size=batch, extend_factor=2.0).tune(
+        model, ShortRun(num_steps=num_steps), x)
+    added = [h["step_size"] for h in result.history if h["extended"]]
+    assert added == pytest.approx([grid[1] * 2 ** (i + 1) for i in range(len(added))])
+    chosen = result.hyperparameters["step_size"].item()
+    below, above = neighbours(result.history, chosen)
+    assert below is not None and above is not None and below < optimum < above
+
+
+def test_a_valley_beyond_the_small_end_is_found_when_the_grids_own_argmin_is_interior(
+        tiny_linear_gaussian, noisy_data):
+    """K = 4 on linear-gaussian: J (here exactly the KL minus log p(x), F being linear) has its valley
+    near 0.4 / lambda_max, a peak at 1 / lambda_max and a second, higher minimum near 1.8 / lambda_max.
+    A grid 0.9..2.2 / lambda_max has its own argmin at 1.8, interior; J at its small end is below its
+    neighbour's, so the grid grows down (by 0.9 / 1.05) into the valley, whose bottom is chosen."""
+    model = tiny_linear_gaussian(data_dim=6)
+    lam = lambda_max(model)
+    num_steps, batch = 4, 4
+    x = noisy_data(model, 10)
+    optimum = closed_form_optimum(model, x[:batch], num_steps, lam)
+    grid = tuple(r / lam for r in (0.9, 1.05, 1.2, 1.5, 1.8, 2.2))
+    result = KLGrid(require_invertible=False, grid=grid, num_samples=64, batch_size=batch).tune(model, ShortRun(num_steps=num_steps), x)
+    on_grid = result.history[:len(grid)]
+    assert min(on_grid, key=lambda h: h["J"])["step_size"] == pytest.approx(1.8 / lam)
+    added = [h["step_size"] for h in result.history if h["extended"]]
+    assert added == pytest.approx([grid[0] * (0.9 / 1.05) ** (i + 1) for i in range(len(added))])
+    chosen = result.hyperparameters["step_size"].item()
+    below, above = neighbours(result.history, chosen)
+    assert below is not None and above is not None and below < optimum < above
+    kl = {s: float(model.flow_kl(x[:batch], torch.full((num_steps,), s, dtype=F64)).detach().mean())
+          for s in (chosen, 1.8 / lam)}
+    assert kl[chosen] < kl[1.8 / lam] - 1  # the valley is lower than the interior minimum the grid had
+
+
+@settings(max_examples=25, deadline=None)
+@given(ratios=st.lists(st.floats(0.01, 2.6), min_size=1, max_size=4, unique_by=lambda r: round(r, 2)),  # no ties
+       num_steps=st.integers(1, 4), max_extensions=st.integers(0, 4),
+       extend_factor=st.sampled_from([None, 1.5, 3.0]), require_invertible=st.booleans())
+def test_the_choice_is_the_argmin_of_finite_j_over_every_recorded_point(
+        tiny_linear_gaussian, noisy_data, ratios, num_steps, max_extensions, extend_factor, require_invertible):
+    """Any grid: every evaluated point is recorded with J, invertible and min_eigenvalue; the choice is
+    the smallest finite J among them (among the invertible ones with require_invertible); extensions
+    come after the grid, at most max_extensions of them, and unless the bound was reached they end
+    with an interior choice and no end whose J is below its neighbour's; require_invertible never
+    extends."""
+    model = tiny_linear_gaussian()
+    lam = lambda_max(model)
+    grid = tuple(r / lam for r in ratios)
+    tuner = KLGrid(grid=grid, num_samples=2, max_extensions=max_extensions, extend_factor=extend_factor,
+                   require_invertible=require_invertible, max_shrinks=1)
+    result = tuner.tune(model, ShortRun(num_steps=num_steps), noisy_data(model, 4))  # 0.25 * 2.6 < 1: never refused
+    history = result.history
+    for h in history:
+        assert {"step_size", "J", "invertible", "min_eigenvalue", "evaluated", "round", "extended"} <= h.keys()
+        if h["evaluated"]:
+            assert h["min_eigenvalue"] == pytest.approx(1 - h["step_size"] * lam, abs=1e-9)
+            assert h["invertible"] == (h["min_eigenvalue"] > 0)
+    candidates = [h for h in history if math.isfinite(h["J"]) and (h["invertible"] or not require_invertible)]
+    best = min(candidates, key=lambda h: h["J"])
+    assert result.hyperparameters["step_size"].item() == best["step_size"] and result.objective == best["J"]
+    extended = [h["extended"] for h in history]
+    assert extended == sorted(extended)  # grid points first
+    assert sum(extended) <= (0 if require_invertible else max_extensions)
+    if not require_invertible and sum(extended) < max_extensions:
+        last = sorted((h for h in history if h["round"] == history[-1]["round"]), key=lambda h: h["step_size"])
+        assert last[0]["step_size"] < best["step_size"] < last[-1]["step_size"]
+        # Neither end is left with a finite J below its neighbour's.
+        for end, neighbour in ((last[0], last[1]), (last[-1], last[-2])):
+            assert not (math.isfinite(end["J"]) and end["J"] < neighbour["J"])
 
 
 class Cubic(Model):
@@ -148,10 +322,33 @@ class Cubic(Model):
 def test_diverging_grid_point_on_a_nonlinear_model_is_skipped():
     model = Cubic()
     sampler = ShortRun(num_steps=10, step_size=0.5)
-    result = KLGrid(grid=(1e-4, 10.0)).tune(model, sampler, torch.ones(3, 2, dtype=F64))
-    assert [h["invertible"] for h in result.history] == [True, False]
-    assert not math.isfinite(result.history[1]["J"])
-    assert result.hyperparameters["step_size"].item() == pytest.approx(1e-4)
+    for require_invertible in (True, False):
+        result = KLGrid(grid=(1e-4, 10.0), require_invertible=require_invertible).tune(
+            model, sampler, torch.ones(3, 2, dtype=F64))
+        assert [h["invertible"] for h in result.history[:2]] == [True, False]
+        assert not math.isfinite(result.history[1]["J"])
+        assert result.hyperparameters["step_size"].item() == pytest.approx(1e-4)
+    # Without the veto the argmin 1e-4 sat at the low end: one point below (factor 1e-4 / 10) made it interior.
+    assert [h["step_size"] for h in result.history[2:]] == pytest.approx([1e-9])
+    assert result.history[2]["extended"] and result.history[2]["J"] > result.history[0]["J"]
+
+
+def test_a_grid_where_the_flow_diverges_everywhere_is_shrunk_and_then_extended():
+    """No finite J at any grid point: the grid is scaled by `shrink`; the extension goes on from that
+    round (the diverged round's points do not stop it) until J is no longer finite above the argmin."""
+    model = Cubic()
+    sampler = ShortRun(num_steps=10, step_size=0.5)
+    result = KLGrid(require_invertible=False, grid=(10.0, 20.0), shrink=1e-4, max_shrinks=2).tune(model, sampler, torch.ones(3, 2, dtype=F64))
+    history = result.history
+    assert [h["round"] for h in history] == [0, 0, 1, 1, 1, 1]
+    assert [h["extended"] for h in history] == [False] * 4 + [True] * 2
+    assert [h["step_size"] for h in history] == pytest.approx([10.0, 20.0, 1e-3, 2e-3, 4e-3, 8e-3])
+    assert not any(math.isfinite(h["J"]) for h in history[:2]) and not math.isfinite(history[-1]["J"])
+    # The chosen point is not invertible: J is finite and lowest there, and only the veto would refuse it.
+    assert result.hyperparameters["step_size"].item() == pytest.approx(4e-3)
+    assert history[4]["invertible"] is False and result.objective == history[4]["J"]
+    with pytest.raises(UserError, match="not finite at any grid step size"):
+        KLGrid(require_invertible=False, grid=(10.0, 20.0), max_shrinks=0).tune(model, sampler, torch.ones(3, 2, dtype=F64))
 
 
 def test_the_sampler_is_untouched_when_an_evaluation_fails(tiny_linear_gaussian, noisy_data, monkeypatch):
@@ -170,11 +367,11 @@ def test_the_sampler_is_untouched_when_an_evaluation_fails(tiny_linear_gaussian,
     model = tiny_linear_gaussian(data_dim=6)
     sampler = ShortRun(num_steps=2, step_size=0.0123)
     with pytest.raises(RuntimeError, match="boom"):
-        KLGrid(grid=(0.01, 0.02, 0.03)).tune(model, sampler, noisy_data(model, 2))
+        KLGrid(require_invertible=False, grid=(0.01, 0.02, 0.03)).tune(model, sampler, noisy_data(model, 2))
     assert sampler.step_size.item() == pytest.approx(0.0123)
 
 
-@pytest.mark.parametrize("make_tuner", [lambda: KLGrid(grid=(0.01, 0.02, 0.04)),
+@pytest.mark.parametrize("make_tuner", [lambda: KLGrid(require_invertible=False, grid=(0.01, 0.02, 0.04)),
                                         lambda: KLGrad(max_iterations=3), lambda: Fixed(step_size=0.02)])
 def test_tuners_change_nothing_and_take_the_reduction_they_are_given(make_tuner, tiny_linear_gaussian, noisy_data):
     """No tuner writes into, or swaps, the sampler's buffers. `reduce` sums over processes: two processes
@@ -210,8 +407,8 @@ def test_kl_grid_with_a_mask_uses_the_observed_coordinates(tiny_linear_gaussian,
     x = noisy_data(model, 20)
     mask = {"vector": observed, "row": observed[None], "batch": observed.expand(20, -1).clone()}[mask_shape]
     grid = (0.01, 0.03, 0.05)
-    masked = KLGrid(grid=grid, batch_size=16).tune(model, ShortRun(num_steps=3), x, mask=mask)
-    direct = KLGrid(grid=grid, batch_size=16).tune(sub, ShortRun(num_steps=3), x[:, observed.bool()])
+    masked = KLGrid(require_invertible=False, grid=grid, batch_size=16).tune(model, ShortRun(num_steps=3), x, mask=mask)
+    direct = KLGrid(require_invertible=False, grid=grid, batch_size=16).tune(sub, ShortRun(num_steps=3), x[:, observed.bool()])
     for h_masked, h_direct in zip(masked.history, direct.history):
         assert h_masked["J"] == pytest.approx(h_direct["J"], abs=1e-9)
 
@@ -220,15 +417,16 @@ def test_kl_grid_on_per_step_and_langevin_samplers(tiny_linear_gaussian, noisy_d
     model = tiny_linear_gaussian(data_dim=6)
     x = noisy_data(model, 4)
     per_step = ShortRun(num_steps=3, step_size=(0.01, 0.02, 0.03), per="step")
-    result = KLGrid(grid=(0.01, 0.02)).tune(model, per_step, x)
+    result = KLGrid(require_invertible=False, grid=(0.01, 0.02)).tune(model, per_step, x)
     chosen = result.hyperparameters["step_size"]
     assert chosen.shape == (3,) and torch.all(chosen == chosen[0]) and result.per == "step"
     per_step.set_hyperparameters(result.hyperparameters)
     assert torch.equal(per_step.step_size, chosen)
     langevin = Langevin(num_steps=3, step_size=0.05)
-    result = KLGrid(grid=(0.01, 0.02, 0.04)).tune(model, langevin, x)
-    assert len(result.history) == 3 and all(math.isfinite(h["J"]) for h in result.history)
-    assert result.hyperparameters["step_size"].item() in (0.01, 0.02, 0.04)
+    result = KLGrid(require_invertible=False, grid=(0.01, 0.02, 0.04)).tune(model, langevin, x)
+    assert [h["step_size"] for h in result.history[:3]] == [0.01, 0.02, 0.04]
+    assert all(math.isfinite(h["J"]) for h in result.history[:3])
+    assert result.hyperparameters["step_size"].item() in [h["step_size"] for h in result.history]
     assert langevin.step_size.item() == 0.05
 
 
@@ -239,7 +437,7 @@ def test_kl_grid_does_not_build_a_graph_or_warn(tiny_linear_gaussian, noisy_data
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        result = KLGrid(grid=(0.01, 0.02)).tune(model, ShortRun(num_steps=2), x)
+        result = KLGrid(require_invertible=False, grid=(0.01, 0.02)).tune(model, ShortRun(num_steps=2), x)
     assert all(isinstance(h["J"], float) for h in result.history)
     assert model.weight.grad is None
 
@@ -252,16 +450,28 @@ class NoStepSize(Sampler):
 def test_kl_grid_errors(tiny_linear_gaussian, noisy_data):
     model = tiny_linear_gaussian(data_dim=6)
     with pytest.raises(UserError, match="does not apply to sampler NoStepSize.*--tuner fixed"):
-        KLGrid().tune(model, NoStepSize(), noisy_data(model, 2))
+        KLGrid(require_invertible=False).tune(model, NoStepSize(), noisy_data(model, 2))
     for kwargs in ({"grid": ()}, {"grid": (0.1, -0.1)}, {"grid": (math.nan,)}, {"num_samples": 0},
                    {"batch_size": -1}, {"logdet": "approx"}, {"shrink": 1.0}, {"shrink": 0.0},
-                   {"max_shrinks": -1}, {"num_probes": 0}, {"lanczos_steps": 0}):
+                   {"max_shrinks": -1}, {"num_probes": 0}, {"lanczos_steps": 0}, {"extend_factor": 1.0},
+                   {"extend_factor": 0.5}, {"extend_factor": math.inf}, {"max_extensions": -1},
+                   {"stop_at_singular": True, "require_invertible": False}):
         with pytest.raises(UserError):
-            KLGrid(**kwargs)
+            KLGrid(**{"require_invertible": False, **kwargs})
 
 
 def test_kl_grid_defaults_and_options_by_name():
     assert KLGrid().grid == PAPER_GRID
+    assert KLGrid().require_invertible is True and KLGrid().stop_at_singular is True
+    default = KLGrid(require_invertible=False)
+    assert default.stop_at_singular is False
+    assert default.max_extensions == 8 and default.extension_factors() == pytest.approx((0.5, 0.15 / 0.14))
+    assert KLGrid(require_invertible=True).stop_at_singular is True
+    assert KLGrid(require_invertible=True, stop_at_singular=False).stop_at_singular is False
+    assert KLGrid(require_invertible=False, grid=(0.3,)).extension_factors() == (0.5, 2.0)
+    assert KLGrid(require_invertible=False, extend_factor=3.0).extension_factors() == pytest.approx((1 / 3, 3.0))
+    invertible_only = inferkit.load_tuner("kl-grid", require_invertible="true", extend_factor="2", max_extensions="3")
+    assert invertible_only.require_invertible and invertible_only.extend_factor == 2.0 and invertible_only.max_extensions == 3
     assert PAPER_GRID == pytest.approx([0.01 * i for i in range(1, 16)], abs=1e-12)
     tuner = inferkit.load_tuner("kl-grid", grid="0.01,0.05", num_samples="3", logdet="exact")
     assert isinstance(tuner, KLGrid) and tuner.grid == (0.01, 0.05)

@@ -1,13 +1,39 @@
 """The ``kl-grid`` tuner: grid search of the step size minimising ``J(s)`` (papers, section 4.4).
 
-    s* = argmin_{s in grid} J(s),  J(s) = E[log p_0(z_0) - log|det dF_s/dz_0| - log p(x, F_s(z_0))]
+    s* = argmin_{s in grid, J(s) finite} J(s),
+    J(s) = E_{z_0 ~ p_0}[log p_0(z_0) - log|det dF_s/dz_0| - log p(x, F_s(z_0))]
 
 Every grid point uses the same ``z_0`` draws (common random numbers), so differences in J are
-differences in s. A point where some ``I + s H_k`` has a non-positive eigenvalue (F not
-invertible there, J not a KL) is recorded with ``invertible: False`` and never chosen. When no
-point of the grid is invertible (the posterior has sharpened beyond the grid, as it does while a
-generator learns), the grid is scaled by ``shrink`` and searched again, up to ``max_shrinks`` times;
-every round is recorded in the history.
+differences in s. Every evaluated point is recorded in the history with its J, ``invertible``
+(every eigenvalue of every ``I + s H_k`` along the paths is > 0) and ``min_eigenvalue``.
+
+When J at an end of the grid is below J at its neighbour (a minimum of J may lie beyond that end;
+in particular whenever the chosen point is at an end), the grid is extended on that side,
+geometrically (by ``extend_factor``, or by the ratio of the grid's two end points on that side),
+until that is no longer so (the argmin is then interior), J stops being finite, or
+``max_extensions`` points were added, the small-s side first. This matters because J need not have
+one minimum: on a sharp generator it has a valley at small s, rises, and falls again far inside the
+non-invertible region, where the under-counting described below grows with s; a grid that starts
+on the valley's rising side would otherwise only see the second minimum. When
+no point of the grid has a finite J, the grid is scaled by ``shrink`` and searched again, up to
+``max_shrinks`` times. Every extension and every round is recorded in the history.
+
+Choosing by J alone (``require_invertible=False``) or by J among invertible points (the default). J is
+``KL(q_s || p(z|x)) - log p(x)`` when ``F_s`` is one-to-one, as it is when every ``I + s H_k`` is
+positive definite (each step is then the gradient map of a strictly convex function). A
+non-positive eigenvalue is where a step can fold the space (on ``linear-gaussian`` it does not: H is
+constant, F is linear and one-to-one wherever ``det != 0``, and J is exactly the KL at every such s).
+Where F is not one-to-one the density of ``z_K = F_s(z_0)`` is the sum over all its preimages,
+``q_s(z) = sum_{z' in F_s^{-1}(z)} p_0(z') / |det dF_s/dz_0 (z')|``, while J's change-of-variables
+term uses only the drawn preimage, ``p_0(z_0) / |det dF_s/dz_0 (z_0)|``, at each draw: it
+under-counts ``q_s``'s density, so ``J + log p(x) <= KL(q_s || p(z|x))``, a lower bound on the KL
+rather than the KL itself (equality where F is one-to-one). J is finite on both sides of a fold and
+blows up (``-log|det| -> +inf``) only as some eigenvalue of ``I + s H_k`` nears 0. The default rule
+(``require_invertible=True``: never choose a non-invertible point) is decided by the worst Hessian
+on any path, typically the one at step 0, where ``z_0`` is a prior draw far from the posterior and
+the curvature is largest, not where the flow converges, where it is much smaller. On a sharp
+generator the veto therefore holds s far below the argmin of J (and below the step size that
+reconstructs best), and the gap grows as training sharpens the posterior.
 """
 
 from __future__ import annotations
@@ -31,15 +57,30 @@ class KLGrid(Tuner):
         grid: candidate step sizes (default the papers' 0.01, 0.02, ..., 0.15).
         num_samples, batch_size, logdet, seed, num_probes, lanczos_steps: the estimate of J
             (:class:`~inferkit.tuners.kl_common.KLObjectiveOptions`).
-        shrink, max_shrinks: scale factor of the grid, and how many times, when no point is invertible.
+        require_invertible: choose only points where the flow is invertible (every eigenvalue of
+            every ``I + s H_k`` > 0; the default), with the grid shrunk but not extended; ``False``:
+            the smallest finite J among all evaluated points, invertible or not, with the grid extended
+            at its ends (see the module docstring).
+        extend_factor: (> 1) the grid grows below its smallest point by ``1 / extend_factor`` and above
+            its largest by ``extend_factor`` per extension; default the ratio of the grid's two end
+            points on that side (0.01 / 0.02 below and 0.15 / 0.14 above the default grid; 2 for a
+            one-point grid).
+        max_extensions: how many points the extension may add in all (0: none). Not with
+            ``require_invertible``.
+        shrink, max_shrinks: scale factor of the grid, and how many times, when no point is usable (no
+            finite J; with ``require_invertible``, no invertible point with a finite J).
         stop_at_singular: walk the grid in increasing order and skip the step sizes above the first
             non-invertible one (recorded as ``evaluated: False``): ``1 + s lambda`` only falls as s grows
             for the negative curvature that makes F singular, so they would not be usable either.
+            Defaults to ``require_invertible``; it applies only with ``require_invertible`` (without it
+            the skipped points are where the argmin of J usually is, so asking for it is an error).
     """
 
     def __init__(self, grid: tuple[float, ...] = PAPER_GRID, num_samples: int = 1, batch_size: int = 4,
-                 logdet: str = "stepwise", seed: int = 0, shrink: float = 0.25, max_shrinks: int = 4,
-                 stop_at_singular: bool = True, num_probes: int = 4, lanczos_steps: int = 4):
+                 logdet: str = "stepwise", seed: int = 0, require_invertible: bool = True,
+                 extend_factor: float | None = None, max_extensions: int = 8, shrink: float = 0.25,
+                 max_shrinks: int = 4, stop_at_singular: bool | None = None, num_probes: int = 4,
+                 lanczos_steps: int = 4):
         grid = tuple(sorted(float(s) for s in grid))
         if not grid or not all(math.isfinite(s) and s > 0 for s in grid):
             raise UserError(f"kl-grid: grid must be positive, finite step sizes, got {grid}")
@@ -48,7 +89,20 @@ class KLGrid(Tuner):
         self.objective.validate("kl-grid")
         if not 0 < shrink < 1 or max_shrinks < 0:
             raise UserError("kl-grid: shrink must lie in (0, 1) and max_shrinks must be >= 0")
-        self.stop_at_singular = stop_at_singular
+        if extend_factor is not None and not (math.isfinite(extend_factor) and extend_factor > 1):
+            raise UserError(f"kl-grid: extend_factor must be a finite number > 1, got {extend_factor}")
+        if max_extensions < 0:
+            raise UserError("kl-grid: max_extensions must be >= 0")
+        if stop_at_singular is None:
+            stop_at_singular = require_invertible
+        if stop_at_singular and not require_invertible:
+            raise UserError("kl-grid: stop_at_singular=true applies only with require_invertible=true (without "
+                            "it the points past the first non-invertible one are candidates, and usually hold "
+                            "the argmin of J)")
+        self.require_invertible = bool(require_invertible)
+        self.stop_at_singular = bool(stop_at_singular)
+        self.extend_factor = extend_factor
+        self.max_extensions = max_extensions
         self.shrink = shrink
         self.max_shrinks = max_shrinks
         self.grid = grid
@@ -58,6 +112,18 @@ class KLGrid(Tuner):
         require_real_latents("kl-grid", model)
         require_step_size("kl-grid", sampler)
 
+    def usable(self, point: dict) -> bool:
+        """Whether ``point`` may be chosen: a finite J (and, with ``require_invertible``, an invertible flow)."""
+        return math.isfinite(point["J"]) and (point["invertible"] or not self.require_invertible)
+
+    def extension_factors(self) -> tuple[float, float]:
+        """``(below, above)``: the factors a step size is multiplied by to extend the grid on each side."""
+        if self.extend_factor is not None:
+            return 1 / self.extend_factor, self.extend_factor
+        if len(self.grid) < 2:
+            return 0.5, 2.0
+        return self.grid[0] / self.grid[1], self.grid[-1] / self.grid[-2]
+
     def tune(self, model: Model, sampler: Sampler, x: Tensor, mask: Tensor | None = None, *,
              reduce: Reduce | None = None) -> TuneResult:
         step_size = require_step_size("kl-grid", sampler)
@@ -66,32 +132,74 @@ class KLGrid(Tuner):
         usable: list[dict] = []
         for round_ in range(self.max_shrinks + 1):
             history += self._search(model, sampler, step_size, x, mask, round_, reduce)
-            usable = [h for h in history if h["invertible"] and math.isfinite(h["J"])]
+            usable = [h for h in history if self.usable(h)]
             if usable:
                 break
         if not usable:
-            raise UserError(f"kl-grid: the flow is not invertible at any grid step size, even scaled by "
-                            f"{self.shrink}^{self.max_shrinks} (some I + s H has a non-positive eigenvalue); give "
-                            "smaller step sizes with --tuner-opt grid=... or a larger max_shrinks")
-        best = min(usable, key=lambda h: h["J"])
+            if self.require_invertible:
+                raise UserError(f"kl-grid: the flow is not invertible at any grid step size, even scaled by "
+                                f"{self.shrink}^{self.max_shrinks} (some I + s H has a non-positive eigenvalue); "
+                                "give smaller step sizes with --tuner-opt grid=... or a larger max_shrinks")
+            raise UserError(f"kl-grid: J is not finite at any grid step size, even scaled by "
+                            f"{self.shrink}^{self.max_shrinks} (the flow diverges); give smaller step sizes "
+                            "with --tuner-opt grid=... or a larger max_shrinks")
+        if not self.require_invertible:
+            history += self._extend(model, sampler, step_size, x, mask, history, reduce)
+        best = min((h for h in history if self.usable(h)), key=lambda h: h["J"])
         return TuneResult(hyperparameters={"step_size": torch.full_like(step_size, best["step_size"])},
                           objective=best["J"], history=history, per=sampler.per)
 
+    def _evaluate(self, model: Model, sampler: Sampler, step_size: Tensor, x: Tensor, mask: Tensor | None,
+                  s: float, reduce: Reduce | None) -> dict:
+        """J at ``s`` (the sampler's ``step_size`` filled with ``s``), averaged over processes, and the
+        invertibility of the flow there."""
+        result = self.objective.evaluate(model, sampler, x, mask, {"step_size": torch.full_like(step_size, s)},
+                                         differentiable=False)
+        value, invertible = mean_over_processes(result.objective.mean(), result.info.invertible, reduce)
+        return {"step_size": s, "J": value, "invertible": invertible,
+                "min_eigenvalue": result.info.min_eigenvalue, "evaluated": True}
+
     def _search(self, model: Model, sampler: Sampler, step_size: Tensor, x: Tensor, mask: Tensor | None,
                 round_: int, reduce: Reduce | None) -> list[dict]:
-        """One pass over the grid scaled by ``shrink**round_``: every point's J at ``s`` (the sampler's
-        ``step_size`` filled with ``s``), its invertibility, or ``evaluated: False`` past a singular one."""
+        """One pass over the grid scaled by ``shrink**round_``: every point's J and invertibility, or
+        ``evaluated: False`` past a singular one with ``stop_at_singular``."""
         points: list[dict] = []
         singular = False
         for s in (value * self.shrink**round_ for value in self.grid):
             if singular:
                 points.append({"step_size": s, "J": math.nan, "round": round_, "invertible": False,
-                               "min_eigenvalue": math.nan, "evaluated": False})
+                               "min_eigenvalue": math.nan, "evaluated": False, "extended": False})
                 continue
-            result = self.objective.evaluate(model, sampler, x, mask, {"step_size": torch.full_like(step_size, s)},
-                                             differentiable=False)
-            value, invertible = mean_over_processes(result.objective.mean(), result.info.invertible, reduce)
-            points.append({"step_size": s, "J": value, "round": round_, "invertible": invertible,
-                           "min_eigenvalue": result.info.min_eigenvalue, "evaluated": True})
-            singular = self.stop_at_singular and not invertible
+            point = self._evaluate(model, sampler, step_size, x, mask, s, reduce)
+            points.append({**point, "round": round_, "extended": False})
+            singular = self.stop_at_singular and not point["invertible"]
         return points
+
+    def _extend(self, model: Model, sampler: Sampler, step_size: Tensor, x: Tensor, mask: Tensor | None,
+                history: list[dict], reduce: Reduce | None) -> list[dict]:
+        """Points added beyond the ends of the last round's points (``extended: True``, the ``round`` of
+        the grid they extend) while J at an end is finite and below J at its neighbour, so that a
+        minimum of J may lie beyond it (always the case when the argmin is at an end); the small-s end
+        first. Stops when neither end is such a point (a non-finite J ends that side), or after
+        ``max_extensions`` points."""
+        below, above = self.extension_factors()
+        round_ = history[-1]["round"]  # earlier rounds have no finite J: the search goes on from this one
+        evaluated = [h for h in history if h["evaluated"] and h["round"] == round_]
+        added: list[dict] = []
+
+        def descends_to(end: dict, neighbour: dict | None) -> bool:
+            return math.isfinite(end["J"]) and (neighbour is None or not end["J"] >= neighbour["J"])
+
+        while len(added) < self.max_extensions:
+            points = sorted(evaluated, key=lambda h: h["step_size"])
+            if descends_to(points[0], points[1] if len(points) > 1 else None):
+                s = points[0]["step_size"] * below
+            elif descends_to(points[-1], points[-2] if len(points) > 1 else None):
+                s = points[-1]["step_size"] * above
+            else:
+                break
+            point = {**self._evaluate(model, sampler, step_size, x, mask, s, reduce), "round": round_,
+                     "extended": True}
+            added.append(point)
+            evaluated.append(point)
+        return added
