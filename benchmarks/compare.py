@@ -1,4 +1,4 @@
-"""The papers' comparison on real data (issue 7): samplers side by side on one ladder generator, and
+"""The papers' comparison on real data: samplers side by side on one ladder generator, and
 the ablations over the number of layers L and of inference steps K.
 
     python benchmarks/compare.py --data-dir ../shared/datasets/mnist --budget cpu --out bench/cpu
@@ -190,7 +190,7 @@ EBM_MODELS = ("ladder", "ladder-ebm")
 
 
 def ebm_markdown(results: dict[str, Any]) -> str:
-    """The Gaussian-prior ladder against the energy-based-prior ladder (issue 8), one row each."""
+    """The Gaussian-prior ladder against the energy-based-prior ladder, one row each."""
     lines = [f"# Gaussian vs energy-based top prior on MNIST (`--budget {results['budget']}`)", "",
              (f"{results['device']}; seed {results['seed']}; ladder L={results['main_layers']}, nf={results['nf']}, "
              f"shortrun K={results['main_steps']} tuned by kl-grid; {results['iterations']} iterations of batch "
@@ -222,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-ablations", action="store_true", help="skip Tables 2 and 3")
     parser.add_argument("--suite", choices=("tables", "ebm", "discrete"), default="tables",
                         help="tables: the papers' Tables 1-3; ebm: Gaussian vs energy-based top prior; discrete: "
-                             "rbm-prior trained by vimco and rws, AIS and RAISE log-likelihoods (issue 8; "
+                             "rbm-prior trained by vimco and rws, AIS and RAISE log-likelihoods ("
                              "benchmarks/discrete.py, budgets smoke and cpu)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")

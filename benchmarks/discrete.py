@@ -1,4 +1,4 @@
-"""Discrete latents under an RBM prior (issue 8, part 2): ``rbm-prior`` trained with ``vimco`` and with
+"""Discrete latents under an RBM prior: ``rbm-prior`` trained with ``vimco`` and with
 ``rws`` on binarised MNIST (same budget, seed and data), then test log-likelihoods by AIS and RAISE.
 
     python benchmarks/discrete.py --data-dir ../shared/datasets/mnist --budget smoke --out bench/discrete-smoke

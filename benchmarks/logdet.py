@@ -1,4 +1,4 @@
-"""Cost and accuracy of the three log-determinant estimators of J(s) on the ladder model (issue 5).
+"""Cost and accuracy of the three log-determinant estimators of J(s) on the ladder model.
 
 For each latent size (the ladder's default, and one with latent dimension >= 200) and each estimator
 (exact, stepwise, stochastic): seconds per evaluation of J on a batch (median of interleaved

@@ -1,4 +1,4 @@
-"""Data-parallel scaling (issue 9): seconds per training iteration and samples per second of
+"""Data-parallel scaling: seconds per training iteration and samples per second of
 ``inferkit run`` with 1 and more processes (``torchrun``, gloo on the CPU, nccl on GPUs), the same
 global batch, model and sampler in every configuration; interleaved rounds, medians.
 

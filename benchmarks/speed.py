@@ -1,12 +1,12 @@
-"""Speed of training the ladder model (issue 4): seconds per training iteration at K=20, the K-step
+"""Speed of training the ladder model: seconds per training iteration at K=20, the K-step
 ratio against its floor (K forward+backward passes of log_joint), the same ratio for the naive loop
 the authors' code uses, and peak memory of a training step at K=5 and K=50.
 
-Baselines side by side (issue 6): seconds per training iteration and peak memory of one iteration
+Baselines side by side: seconds per training iteration and peak memory of one iteration
 for the samplers shortrun, langevin, abp, vae and lvae on the same ladder model and batch (each
 sampler trains its own copy of the same initial model; interleaved rounds, medians).
 
-Speed options of the K-step loop (issue 9): seconds per training iteration and the K-step ratio for
+Speed options of the K-step loop: seconds per training iteration and the K-step ratio for
 eager float32, compiled float32, eager bf16 and compiled bf16 side by side, with the device named
 (compile warm-up timed apart; the loop run once under a host-sync check).
 
@@ -58,7 +58,7 @@ def seconds_per_iteration(model, sampler, x, reps: int) -> float:
     return statistics.median(times)
 
 
-# -- baselines side by side (issue 6) -----------------------------------------------------------
+# -- baselines side by side ------------------------------------------------------------
 SAMPLERS = ("shortrun", "langevin", "abp", "vae", "lvae")
 
 
@@ -184,7 +184,7 @@ def samplers_markdown(result: dict, label: str) -> str:
     return "\n".join(lines)
 
 
-# -- speed options of the K-step loop (issue 9) -------------------------------------------------
+# -- speed options of the K-step loop --------------------------------------------------
 MODES = (("eager", "float32"), ("compiled", "float32"), ("eager", "bf16"), ("compiled", "bf16"))
 PAPERS_SCALE = {"image_size": 64, "channels": 3, "layers": 5, "nf": 64, "batch": 128, "steps": 20}
 
@@ -313,7 +313,7 @@ def modes_markdown(result: dict) -> str:
                      f"{row['warm_up_seconds']:.1f} | {row['host_sync_check']} |")
     best = next(row for row in result["rows"] if row["mode"] == "compiled bf16")
     speedup = best["loop_speedup_over_eager_float32"]
-    lines += ["", (f"Targets (issue 9): compiled bf16 loop {speedup:.2f}x faster than eager float32 (target "
+    lines += ["", (f"Targets: compiled bf16 loop {speedup:.2f}x faster than eager float32 (target "
                    f">= 2), K-step ratio {best['k_step_ratio']:.3f} (target < 1.0).")]
     return "\n".join(lines)
 

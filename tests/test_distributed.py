@@ -1,4 +1,4 @@
-"""Data-parallel training (issue 9): ``torchrun`` with 2 CPU processes on the gloo backend against one
+"""Data-parallel training: ``torchrun`` with 2 CPU processes on the gloo backend against one
 process that trains the same 2 shards, ABP's chains across process counts, and the tuner's J
 averaged over processes."""
 

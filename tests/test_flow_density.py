@@ -1,5 +1,5 @@
 """inferkit.flow_log_density: the density of short-run output by change of variables, checked
-against the closed form q_s = N((I - A) m, A A^T) on linear-gaussian (issue 8, part 4)."""
+against the closed form q_s = N((I - A) m, A A^T) on linear-gaussian."""
 
 import pytest
 import torch

@@ -1,4 +1,4 @@
-"""Pyro models as inferkit models (issue 8, part 1): the same log_joint and J as the built-in
+"""Pyro models as inferkit models: the same log_joint and J as the built-in
 linear-gaussian, Pyro's own potential energy, constrained latents, and clear errors."""
 
 import math

@@ -1,4 +1,4 @@
-"""The ladder with an energy-based top prior (issue 8, part 3): log_joint is the ladder's minus the
+"""The ladder with an energy-based top prior: log_joint is the ladder's minus the
 energy, unnormalised and marked so; prior Langevin against its closed-form variance; the negative
 phase surrogate; training and evaluation through the CLI."""
 
