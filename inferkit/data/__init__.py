@@ -5,8 +5,6 @@ original IDX files from ``--data-dir``. Data sets are registered under the
 ``inferkit.datasets`` entry-point group.
 """
 
-from importlib import import_module
-
 from inferkit.data.base import (
     ImageData,
     TensorSplit,
@@ -18,6 +16,7 @@ from inferkit.data.base import (
 )
 from inferkit.data.mnist import MNISTDataset, read_idx
 from inferkit.data.shapes import ShapesDataset, render_shapes
+from inferkit.lazy import lazy_exports
 
 __all__ = [
     "ImageData",
@@ -38,8 +37,4 @@ _LAZY = {  # imported on first use: these pull in more than the common case need
     "ImageFolderDataset": "inferkit.data.image_folder",
 }
 
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        return vars(import_module(_LAZY[name]))[name]
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _LAZY)

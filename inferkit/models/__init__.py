@@ -1,8 +1,7 @@
 """Small reference models shipped with inferkit."""
 
-from importlib import import_module
-
 from inferkit.models.linear_gaussian import LinearGaussian
+from inferkit.lazy import lazy_exports
 
 __all__ = ["LinearGaussian", "PyroModel", "RBMPrior"]
 
@@ -11,8 +10,4 @@ _LAZY = {  # imported on first use: these pull in more than the common case need
     "RBMPrior": "inferkit.models.rbm_prior",
 }
 
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        return vars(import_module(_LAZY[name]))[name]
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _LAZY)

@@ -1,9 +1,8 @@
 """Tuners: set a sampler's hyperparameters, by the KL objective or by hand."""
 
-from importlib import import_module
-
 from inferkit.tuners.fixed import Fixed
 from inferkit.tuners.kl_grid import KLGrid
+from inferkit.lazy import lazy_exports
 
 __all__ = ["Fixed", "KLGrad", "KLGrid"]
 
@@ -11,8 +10,4 @@ _LAZY = {  # imported on first use: these pull in more than the common case need
     "KLGrad": "inferkit.tuners.kl_grad",
 }
 
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        return vars(import_module(_LAZY[name]))[name]
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _LAZY)
