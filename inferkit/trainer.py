@@ -180,6 +180,8 @@ class Run:
     optimizer: torch.optim.Optimizer
     training_step: TrainingStep
     step: torch.nn.Module
+    mixed_precision: Any
+    """The context of the learning step: bf16 autocast (generator in bfloat16, latents float32) or none."""
     start: int = 0
     mse_start: float = math.nan
     elapsed_before: float = 0.0
@@ -291,7 +293,6 @@ def _learning_step(run: Run, t: int, batches: list[dict[str, torch.Tensor]], *, 
     DDP averages processes). Returns ``[sum of shard losses, sum of shard MSEs (when with_mse)]``."""
     run.optimizer.zero_grad(set_to_none=True)
     totals = torch.zeros(2, dtype=torch.float64, device=run.device)
-    mixed_precision = autocast(run.device, run.config.precision)  # bf16: generator in bfloat16, latents float32
     for position, (shard, batch) in enumerate(zip(run.my_shards, batches)):
         last = position == len(run.my_shards) - 1
         seed = distributed.shard_seed(run.config.seed, shard)
@@ -299,7 +300,7 @@ def _learning_step(run: Run, t: int, batches: list[dict[str, torch.Tensor]], *, 
         with sync:
             negative = (seeded_generator(seed, 1_000_000 + t, run.device)
                         if run.training_step.negative_phase else None)
-            with mixed_precision:
+            with run.mixed_precision:
                 loss, z = run.step(batch["x"], batch["index"], seeded_generator(seed, t, run.device), negative)
             (loss / len(run.my_shards)).backward()
         totals[0] += loss.detach().double()
@@ -377,7 +378,8 @@ def _prepare(model: Model, sampler: Sampler, tuner: Tuner, data, spec: RunSpec, 
                train_split=train_split, x_test=test_split.x[: config.eval_examples], my_shards=my_shards,
                owned=distributed.owned_examples(len(train_split), config.shards, my_shards), parameters=parameters,
                optimizer=torch.optim.Adam(parameters, lr=config.learning_rate), training_step=training_step,
-               step=_data_parallel(training_step, device, config.find_unused_parameters))
+               step=_data_parallel(training_step, device, config.find_unused_parameters),
+               mixed_precision=autocast(device, config.precision))
 
 
 def _resolve_shards(config: TrainConfig, *, resume: bool, console: Console) -> None:
