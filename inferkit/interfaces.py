@@ -380,9 +380,11 @@ class GradientFlow(Sampler):
     """A sampler that runs K steps of a differentiable flow from the prior, ``z_K = F_s(z_0)``,
     ``z_0 ~ p_0 = p(z)``, with hyperparameters passed in as values (the KL tuners' contract):
 
-        short-run:  z_{k+1} = z_k + s_k grad_z log p(x, z_k) [+ noise_scale sqrt(2 s_k) eps_k]
+        short-run:  z_{k+1} = z_k + S_k grad_z log p(x, z_k) [+ noise_scale sqrt(2 S_k) eps_k]
 
-    with a diagonal, per-layer step matrix ``S_k`` (row ``k`` of :meth:`step_sizes`). Such a step has
+    with a diagonal, per-layer step matrix ``S_k`` of gradient coefficients (row ``k`` of
+    :meth:`step_sizes`; ``S_k = s_k^2 / 2`` for the authors' step size ``s_k``, so the noise is
+    ``s_k eps_k``: :mod:`inferkit.samplers.units`). Such a step has
     the Jacobian ``I + S_k H_k`` (``H_k = hess_z log p(x, z_k)``), which the generic stepwise
     log-determinant uses; a flow whose steps are not of that form says so through
     :meth:`step_log_det`. ``hyperparameters()`` holds ``step_size``; a flow with further
@@ -394,7 +396,7 @@ class GradientFlow(Sampler):
     """K, the number of steps."""
 
     noise_scale: float = 0.0
-    """Multiplies ``sqrt(2 s) eps`` in each step: 0 for a noise-free flow, 1 for Langevin."""
+    """Multiplies ``sqrt(2 S) eps`` in each step: 0 for a noise-free flow, 1 for Langevin."""
 
     supports_stochastic_log_det: bool = True
     """Whether ``log|det dF/dz_0|`` factors into per-step ``log|det(I + S_k H_k)|``, as the
@@ -402,8 +404,9 @@ class GradientFlow(Sampler):
 
     @abc.abstractmethod
     def step_sizes(self, num_layers: int, step_size: Tensor | None = None) -> Tensor:
-        """``[K, L]`` step sizes ``s_{k,l}`` for a model with ``num_layers`` latent layers, from the value
-        ``step_size`` of the ``step_size`` hyperparameter (default: the current one; differentiable in it)."""
+        """``[K, L]`` gradient coefficients ``S_{k,l}`` for a model with ``num_layers`` latent layers, from
+        the value ``step_size`` of the ``step_size`` hyperparameter (default: the current one;
+        differentiable in it)."""
 
     @abc.abstractmethod
     def path(self, model: Model, x: Tensor, z0: Latents, step_sizes: Tensor, noise: list[Latents] | None = None,

@@ -86,13 +86,13 @@ def test_lvae_needs_a_model_with_layer_conditionals(tiny_linear_gaussian):
 def test_kl_objective_states_why_it_does_not_apply(tiny_linear_gaussian):
     model = tiny_linear_gaussian(latent_dim=2, data_dim=4, dtype="float32")
     x = torch.zeros(2, 4)
-    for sampler, reason in ((ABP(), "persistent"), (VAE(), "amortized"), (LadderVAE(), "amortized")):
+    for sampler, reason in ((ABP(units="raw"), "persistent"), (VAE(), "amortized"), (LadderVAE(), "amortized")):
         with pytest.raises(UserError, match=reason):
             kl_objective(model, sampler, x)
         with pytest.raises(UserError, match=reason):
             KLGrid().check(model, sampler)
-    Fixed().check(model, ABP())  # the fixed tuner works with all of them
-    abp = ABP(step_size=0.01)
+    Fixed().check(model, ABP(units="raw"))  # the fixed tuner works with all of them
+    abp = ABP(step_size=0.01, units="raw")
     result = Fixed(step_size=0.02).tune(model, abp, x)
     assert abp.step_size.item() == 0.01 and result.per is None
     abp.set_hyperparameters(result.hyperparameters)
@@ -175,7 +175,7 @@ def test_abp_shuffled_loader_gives_each_example_its_own_chain():
     n, steps = 12, 2
     model = Recording(latent_dim=3, data_dim=5, dtype="float64")
     x = model.sample(n, generator=torch.Generator().manual_seed(1)).detach()
-    sampler = ABP(num_steps=steps, step_size=0.05)
+    sampler = ABP(num_steps=steps, step_size=0.05, units="raw")
     sampler.setup(model, num_examples=n)
     loader = DataLoader(TensorDataset(x, torch.arange(n)), batch_size=5, shuffle=True,
                         generator=torch.Generator().manual_seed(2))
@@ -218,7 +218,7 @@ def test_abp_persistent_chains_reach_the_langevin_stationary_law(tiny_linear_gau
     assert mean.norm() > 1.0
     n = 3000
     x = x_one.expand(n, -1)
-    sampler = ABP(num_steps=2, step_size=s)
+    sampler = ABP(num_steps=2, step_size=s, units="raw")
     sampler.setup(model, num_examples=n)
     g = torch.Generator().manual_seed(0)
     first = None
@@ -238,15 +238,15 @@ def test_abp_options_and_store_errors(tiny_linear_gaussian):
     for kwargs in ({"num_steps": 0}, {"test_steps": -1}, {"step_size": 0.0}, {"step_size": math.inf},
                    {"store": "gpu"}):
         with pytest.raises(UserError):
-            ABP(**kwargs)
+            ABP(**kwargs, units="raw")
     model = tiny_linear_gaussian(latent_dim=2, data_dim=4, dtype="float32")
     with pytest.raises(UserError, match="setup"):
-        ABP().infer(model, torch.zeros(2, 4), index=torch.tensor([0, 1]))
-    sampler = ABP(num_steps=1)
+        ABP(units="raw").infer(model, torch.zeros(2, 4), index=torch.tensor([0, 1]))
+    sampler = ABP(num_steps=1, units="raw")
     sampler.setup(model, num_examples=3)
     with pytest.raises(UserError, match="out of range"):
         sampler.infer(model, torch.zeros(2, 4), index=torch.tensor([0, 3]))
-    other = ABP()
+    other = ABP(units="raw")
     other.setup(model, num_examples=5)
     with pytest.raises(UserError, match="shapes"):
         other.load_state_dict(sampler.state_dict())

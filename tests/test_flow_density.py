@@ -29,7 +29,7 @@ def closed_form_log_q(model: LinearGaussian, x: torch.Tensor, z_k: torch.Tensor,
 def test_flow_log_density_is_the_gaussian_density_of_the_output(tiny_linear_gaussian, latent_dim, num_steps, fraction, logdet, seed):
     model = tiny_linear_gaussian(latent_dim=latent_dim, data_dim=latent_dim + 3, sigma=0.6, seed=seed)
     step_size = fraction / float(torch.linalg.eigvalsh(model.posterior_precision().detach()).max())
-    sampler = ShortRun(num_steps=num_steps, step_size=step_size)
+    sampler = ShortRun(num_steps=num_steps, step_size=step_size, units="raw")
     generator = torch.Generator().manual_seed(seed)
     x = model.sample(3, generator=generator).detach()
     z0 = model.sample_prior(3, generator=generator)
@@ -43,7 +43,7 @@ def test_flow_log_density_is_the_gaussian_density_of_the_output(tiny_linear_gaus
 def test_flow_log_density_is_nan_where_the_flow_is_not_invertible(tiny_linear_gaussian):
     model = tiny_linear_gaussian(seed=1)
     top = float(torch.linalg.eigvalsh(model.posterior_precision().detach()).max())
-    sampler = ShortRun(num_steps=2, step_size=1.5 / top)  # 1 - s lambda_max < 0
+    sampler = ShortRun(num_steps=2, step_size=1.5 / top, units="raw")  # 1 - s lambda_max < 0
     x = model.sample(2, generator=torch.Generator().manual_seed(0)).detach()
     _, log_q = flow_log_density(sampler, model, x, model.sample_prior(2))
     assert torch.isnan(log_q).all()
@@ -51,7 +51,7 @@ def test_flow_log_density_is_nan_where_the_flow_is_not_invertible(tiny_linear_ga
 
 def test_noisy_samplers_need_their_noise_path(tiny_linear_gaussian):
     model = tiny_linear_gaussian(latent_dim=2, data_dim=4)
-    sampler = Langevin(num_steps=3, step_size=0.01)
+    sampler = Langevin(num_steps=3, step_size=0.01, units="raw")
     x = model.sample(2, generator=torch.Generator().manual_seed(0)).detach()
     z0 = model.sample_prior(2)
     with pytest.raises(UserError, match="noise path"):

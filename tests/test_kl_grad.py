@@ -43,7 +43,7 @@ def test_kl_grad_reaches_the_analytic_optimum_and_energy_alone_overshoots(tiny_l
     model, x = setting(tiny_linear_gaussian)
     num_steps = 5
     optimum, optimum_kl = best_shared_step_size(model, x, num_steps)
-    sampler = ShortRun(num_steps=num_steps, step_size=0.005)
+    sampler = ShortRun(num_steps=num_steps, step_size=0.005, units="raw")
     result = KLGrad(num_samples=32, learning_rate=0.1, tolerance=1e-3).tune(model, sampler, x)
     assert sampler.step_size.item() == 0.005  # the tuner changes nothing; its result is applied by the caller
     sampler.set_hyperparameters(result.hyperparameters)
@@ -55,7 +55,7 @@ def test_kl_grad_reaches_the_analytic_optimum_and_energy_alone_overshoots(tiny_l
     assert result.objective == min(point["J"] for point in result.history) < result.history[0]["J"]
     assert closed_form_kl(model, x, [found] * num_steps) <= optimum_kl * 1.01
 
-    energy_sampler = ShortRun(num_steps=num_steps, step_size=0.005)
+    energy_sampler = ShortRun(num_steps=num_steps, step_size=0.005, units="raw")
     energy = KLGrad(num_samples=32, learning_rate=0.1, tolerance=1e-3, objective="energy").tune(
         model, energy_sampler, x)
     mode_seeking = energy.hyperparameters["step_size"].item()
@@ -71,7 +71,7 @@ def test_per_step_step_sizes_reach_a_lower_kl_than_the_best_shared_one(tiny_line
     num_steps = 4
     optimum, optimum_kl = best_shared_step_size(model, x, num_steps)
     start = [optimum * f for f in (0.5, 0.8, 1.2, 1.5)]
-    sampler = ShortRun(num_steps=num_steps, step_size=tuple(start), per="step")
+    sampler = ShortRun(num_steps=num_steps, step_size=tuple(start), per="step", units="raw")
     result = KLGrad(num_samples=64, learning_rate=0.1, max_iterations=300, tolerance=1e-4).tune(model, sampler, x)
     schedule = result.hyperparameters["step_size"].tolist()
     assert result.per == "step" and sampler.step_size.tolist() == pytest.approx(start)
@@ -83,7 +83,7 @@ def test_per_layer_step_sizes_are_tuned_separately(tiny_ladder):
     torch.manual_seed(0)
     model = tiny_ladder(latent_dims=(4, 2), image_size=8)
     x = model.sample(2, generator=torch.Generator().manual_seed(0)).detach()
-    sampler = ShortRun(num_steps=2, step_size=(0.01, 0.01), per="layer")
+    sampler = ShortRun(num_steps=2, step_size=(0.01, 0.01), per="layer", units="raw")
     result = KLGrad(max_iterations=4, batch_size=2).tune(model, sampler, x)
     chosen = result.hyperparameters["step_size"]
     assert chosen.shape == (2,)
@@ -92,12 +92,12 @@ def test_per_layer_step_sizes_are_tuned_separately(tiny_ladder):
     assert all(p.grad is None for p in model.parameters())  # only log s was differentiated
 
 
-def test_a_non_invertible_start_is_halved_and_an_overshoot_is_undone(tiny_linear_gaussian):
+def test_with_require_invertible_a_non_invertible_start_is_halved_and_an_overshoot_is_undone(tiny_linear_gaussian):
     model, x = setting(tiny_linear_gaussian)
     with torch.no_grad():
         largest = float(torch.linalg.eigvalsh(model.posterior_precision()).max())
-    sampler = ShortRun(num_steps=3, step_size=3.0 / largest)  # 1 - s lambda_max < 0: F singular-ish
-    result = KLGrad(num_samples=8, max_iterations=30).tune(model, sampler, x)
+    sampler = ShortRun(num_steps=3, step_size=3.0 / largest, units="raw")  # 1 - s lambda_max < 0: F singular-ish
+    result = KLGrad(num_samples=8, max_iterations=30, require_invertible=True).tune(model, sampler, x)
     assert result.history[0]["invertible"] is False
     chosen = result.hyperparameters["step_size"].item()
     assert chosen < 1.0 / largest
@@ -108,9 +108,9 @@ def test_a_non_invertible_start_is_halved_and_an_overshoot_is_undone(tiny_linear
 
 def test_nothing_invertible_raises_and_leaves_the_sampler(tiny_linear_gaussian):
     model, x = setting(tiny_linear_gaussian)
-    sampler = ShortRun(num_steps=3, step_size=50.0)
+    sampler = ShortRun(num_steps=3, step_size=50.0, units="raw")
     with pytest.raises(UserError, match="not invertible"):
-        KLGrad(max_shrinks=1).tune(model, sampler, x)
+        KLGrad(max_shrinks=1, require_invertible=True).tune(model, sampler, x)
     assert sampler.step_size.item() == 50.0
     assert isinstance(sampler.step_size, torch.Tensor) and not sampler.step_size.requires_grad
 

@@ -50,7 +50,7 @@ def test_pointwise_identity_against_the_gaussian_law_of_z_k(tiny_linear_gaussian
     # near such points log|det A| and log q are rounding noise. Keep A well away from singular;
     # test_a_singular_momentum_flow_is_reported_not_invertible checks what the objective says there.
     assume(float(torch.linalg.svdvals(a).min()) > 1e-3)
-    sampler = ShortRunMomentum(num_steps=num_steps, step_size=step, momentum=momentum, nesterov=nesterov)
+    sampler = ShortRunMomentum(num_steps=num_steps, step_size=step, momentum=momentum, nesterov=nesterov, units="raw")
     values = {}
     for logdet in ("stepwise", "exact"):
         with torch.no_grad():
@@ -84,7 +84,7 @@ def test_a_singular_momentum_flow_is_reported_not_invertible():
     assert float(torch.linalg.svdvals(a).min()) == 0.0  # the closed form: rank 1
     x = model.sample(3, generator=torch.Generator().manual_seed(0))
     for nesterov, singular in ((False, True), (True, False)):
-        sampler = ShortRunMomentum(num_steps=2, step_size=step, momentum=0.5, nesterov=nesterov)
+        sampler = ShortRunMomentum(num_steps=2, step_size=step, momentum=0.5, nesterov=nesterov, units="raw")
         for logdet in ("stepwise", "exact"):
             with torch.no_grad():
                 info = kl_objective(model, sampler, x, estimator=LogDetEstimator(logdet),
@@ -98,9 +98,9 @@ def test_a_singular_momentum_flow_is_reported_not_invertible():
 def test_zero_momentum_is_plain_gradient_flow_and_infer_matches_the_path(tiny_linear_gaussian):
     model = tiny_linear_gaussian(sigma=0.6).requires_grad_(False)
     x = model.sample(4, generator=torch.Generator().manual_seed(0))
-    plain = ShortRun(num_steps=4, step_size=0.02)
-    still = ShortRunMomentum(num_steps=4, step_size=0.02, momentum=0.0)
-    for sampler in (still, ShortRunMomentum(num_steps=4, step_size=0.02, momentum=0.7, nesterov=True)):
+    plain = ShortRun(num_steps=4, step_size=0.02, units="raw")
+    still = ShortRunMomentum(num_steps=4, step_size=0.02, momentum=0.0, units="raw")
+    for sampler in (still, ShortRunMomentum(num_steps=4, step_size=0.02, momentum=0.7, nesterov=True, units="raw")):
         inferred = sampler.infer(model, x, generator=torch.Generator().manual_seed(3)).z[0]
         z0 = model.sample_prior(4, generator=torch.Generator().manual_seed(3))
         torch.testing.assert_close(inferred, sampler.flow(model, x, z0, sampler.step_sizes(1))[0], rtol=1e-12,
@@ -121,7 +121,7 @@ def test_momentum_speeds_up_the_flow_on_an_ill_conditioned_posterior(tiny_linear
     step = 0.5 / float(torch.linalg.eigvalsh(model.posterior_precision()).max())
     errors = {}
     for mu in (0.0, 0.6):
-        sampler = ShortRunMomentum(num_steps=10, step_size=step, momentum=mu)
+        sampler = ShortRunMomentum(num_steps=10, step_size=step, momentum=mu, units="raw")
         z = sampler.infer(model, x, generator=torch.Generator().manual_seed(0)).z[0]
         errors[mu] = float((z - mean).pow(2).sum(-1).mean())
     assert errors[0.6] < errors[0.0]
@@ -138,7 +138,7 @@ def test_tuners_on_momentum_and_the_stochastic_estimator_refuses(tiny_linear_gau
     with pytest.raises(UserError, match="stochastic does not apply"):
         KLGrid(logdet="stochastic").tune(model, sampler, x)
 
-    start = ShortRunMomentum(num_steps=4, step_size=0.01, momentum=0.3)
+    start = ShortRunMomentum(num_steps=4, step_size=0.01, momentum=0.3, units="raw")
     tuner = inferkit.load_tuner("kl-grad", parameters="step_size,momentum", num_samples="16", learning_rate="0.1",
                                 max_iterations="60")
     result = tuner.tune(model, start, x)
@@ -159,13 +159,13 @@ def test_tuners_on_momentum_and_the_stochastic_estimator_refuses(tiny_linear_gau
 
     assert closed_form(start.step_size.item(), start.momentum.item()) < closed_form(0.01, 0.3)
     with pytest.raises(UserError, match="no momentum"):
-        tuner.tune(model, ShortRun(num_steps=2, step_size=0.01), x)
+        tuner.tune(model, ShortRun(num_steps=2, step_size=0.01, units="raw"), x)
 
 
 def test_bad_momentum_options():
     for momentum in (-0.1, 1.0, 2.0):
         with pytest.raises(UserError):
-            ShortRunMomentum(momentum=momentum)
+            ShortRunMomentum(momentum=momentum, units="raw")
     with pytest.raises(UserError):
         KLGrad(parameters=("momentum",))
     with pytest.raises(UserError):

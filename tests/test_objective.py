@@ -130,9 +130,9 @@ def test_pointwise_identity_and_logdets(tiny_linear_gaussian, noisy_data,
     model = tiny_linear_gaussian(latent_dim=latent_dim, data_dim=data_dim, sigma=sigma, seed=seed)
     lam = lambda_max(model)
     if per_step:
-        sampler = ShortRun(num_steps=len(ratios), step_size=tuple(r / lam for r in ratios), per="step")
+        sampler = ShortRun(num_steps=len(ratios), step_size=tuple(r / lam for r in ratios), per="step", units="raw")
     else:
-        sampler = ShortRun(num_steps=len(ratios), step_size=ratios[0] / lam)
+        sampler = ShortRun(num_steps=len(ratios), step_size=ratios[0] / lam, units="raw")
     x = noisy_data(model, batch, seed + 1)
     j_step = assert_identity(model, sampler, x, num_samples, seed, "stepwise")
     j_exact = assert_identity(model, sampler, x, num_samples, seed, "exact")
@@ -150,7 +150,7 @@ def test_per_layer_step_sizes(noisy_data, d1, second, data_dim, r1, r2, num_step
     I + S^1/2 H S^1/2 must still give log|det(I + S H)|."""
     model = SplitLinearGaussian([(d1,), second], data_dim, 0.6, seed)
     lam = lambda_max(model)
-    sampler = ShortRun(num_steps=num_steps, step_size=(r1 / lam, r2 / lam), per="layer")
+    sampler = ShortRun(num_steps=num_steps, step_size=(r1 / lam, r2 / lam), per="layer", units="raw")
     x = noisy_data(model, 2, seed + 1)
     j_step = assert_identity(model, sampler, x, 2, seed, "stepwise")
     j_exact = assert_identity(model, sampler, x, 2, seed, "exact")
@@ -167,7 +167,7 @@ def test_mask_is_the_model_on_observed_coordinates(tiny_linear_gaussian, noisy_d
         sub.bias.copy_(model.bias[observed.bool()])
     x = noisy_data(model, 3, 0)
     mask = {"vector": observed, "row": observed[None], "batch": observed.expand(3, -1).clone()}[mask_shape]
-    sampler = ShortRun(num_steps=3, step_size=0.3 / lambda_max(sub))
+    sampler = ShortRun(num_steps=3, step_size=0.3 / lambda_max(sub), units="raw")
     for logdet in ("stepwise", "exact"):
         j = assert_identity(model, sampler, x, 2, 11, logdet, mask=mask, closed_model=sub)
         j_sub = kl_objective(sub, sampler, x[:, observed.bool()], num_samples=2, estimator=LogDetEstimator(logdet),
@@ -185,7 +185,7 @@ def test_monte_carlo_average_is_the_closed_form_kl(
     model = tiny_linear_gaussian(latent_dim=latent_dim, seed=1)
     x = noisy_data(model, 1, 2)
     s = ratio / lambda_max(model)
-    sampler = ShortRun(num_steps=num_steps, step_size=s)
+    sampler = ShortRun(num_steps=num_steps, step_size=s, units="raw")
     n = 2000
     with torch.no_grad():
         per_draw = kl_objective(model, sampler, x.expand(n, -1), num_samples=1,
@@ -206,7 +206,7 @@ def test_langevin_pointwise_identity_given_the_noise(tiny_linear_gaussian, noisy
     """With the noise path eps fixed, z_K = A z_0 + (I - A) m + sum_k B_k sqrt(2s) eps_k: the Jacobian is
     still A, and J_draw + log p(x) = log p_0(z_0) - log|det A| - log p(z_K | x), for both log-dets."""
     model = tiny_linear_gaussian(seed=6)
-    sampler = Langevin(num_steps=4, step_size=0.2 / lambda_max(model))
+    sampler = Langevin(num_steps=4, step_size=0.2 / lambda_max(model), units="raw")
     x = noisy_data(model, 2, 3)
     num_samples, seed = 3, 9
     generator = torch.Generator().manual_seed(seed)
@@ -233,7 +233,7 @@ def test_langevin_objective_is_an_upper_bound_on_the_closed_form_kl(tiny_linear_
     within 5 standard errors of that exact expectation, which sits well above langevin_kl."""
     model = tiny_linear_gaussian(seed=6)
     num_steps, s = 6, 0.3 / lambda_max(model)
-    sampler = Langevin(num_steps=num_steps, step_size=s)
+    sampler = Langevin(num_steps=num_steps, step_size=s, units="raw")
     x = noisy_data(model, 1, 3)
     n = 2000
     with torch.no_grad():
@@ -256,7 +256,7 @@ def test_langevin_objective_is_an_upper_bound_on_the_closed_form_kl(tiny_linear_
 def test_stepwise_and_exact_log_det_functions(noisy_data):
     model = SplitLinearGaussian([(2,), (1, 2)], 5, 0.4, seed=3)
     lam = lambda_max(model)
-    sampler = ShortRun(num_steps=5, step_size=tuple(r / lam for r in (0.1, 0.5, 0.3, 0.6, 0.2)), per="step")
+    sampler = ShortRun(num_steps=5, step_size=tuple(r / lam for r in (0.1, 0.5, 0.3, 0.6, 0.2)), per="step", units="raw")
     x = noisy_data(model, 3, 1)
     z0 = model.sample_prior(3, generator=torch.Generator().manual_seed(0))
     steps = sampler.step_sizes(len(model.latent_shapes))
@@ -276,7 +276,7 @@ def test_non_invertible_steps_are_flagged_by_both_log_det_methods(tiny_linear_ga
     """K = 2 steps with 1 - s lambda_max < 0: det A > 0 (two negative factors), yet each step map has
     a negative eigenvalue, so F is not a composition of invertible gradient steps."""
     model = tiny_linear_gaussian(seed=2)
-    sampler = ShortRun(num_steps=2, step_size=1.5 / lambda_max(model))
+    sampler = ShortRun(num_steps=2, step_size=1.5 / lambda_max(model), units="raw")
     x = noisy_data(model, 2, 0)
     for logdet in ("stepwise", "exact"):
         with torch.no_grad():
@@ -317,11 +317,11 @@ def test_diverging_flow_is_reported_not_raised():
     model = Cubic()
     x = torch.ones(2, 2, dtype=F64)
     with torch.no_grad():
-        diverged = kl_objective(model, ShortRun(num_steps=10, step_size=10.0), x,
+        diverged = kl_objective(model, ShortRun(num_steps=10, step_size=10.0, units="raw"), x,
                                 generator=torch.Generator().manual_seed(0))
     assert not torch.isfinite(diverged.objective).all()
     assert not diverged.info.invertible
-    fine = kl_objective(model, ShortRun(num_steps=2, step_size=1e-4), x, generator=torch.Generator().manual_seed(0))
+    fine = kl_objective(model, ShortRun(num_steps=2, step_size=1e-4, units="raw"), x, generator=torch.Generator().manual_seed(0))
     assert torch.isfinite(fine.objective).all() and fine.info.invertible
 
 
@@ -332,7 +332,7 @@ def test_gradient_in_the_step_size_matches_finite_differences(tiny_linear_gaussi
     model = tiny_linear_gaussian(seed=8)
     x = noisy_data(model, 2, 1)
     s0 = 0.3 / lambda_max(model)
-    sampler = ShortRun(num_steps=3, step_size=0.123)
+    sampler = ShortRun(num_steps=3, step_size=0.123, units="raw")
 
     def objective(s, logdet, differentiable=True):
         step = torch.tensor(s, dtype=F64, requires_grad=differentiable)
@@ -351,7 +351,7 @@ def test_gradient_in_the_step_size_matches_finite_differences(tiny_linear_gaussi
     assert j_frozen.grad_fn is None and not j_frozen.requires_grad
     torch.testing.assert_close(j_frozen, objective(s0, "stepwise")[0].detach())
     assert sampler.step_size.item() == 0.123  # evaluated at the values given, never set
-    at_sampler = kl_objective(model, ShortRun(num_steps=3, step_size=s0), x, num_samples=2,
+    at_sampler = kl_objective(model, ShortRun(num_steps=3, step_size=s0, units="raw"), x, num_samples=2,
                               generator=torch.Generator().manual_seed(4)).objective.sum()
     torch.testing.assert_close(at_sampler.detach(), j_frozen)
 
@@ -363,8 +363,8 @@ class NoFlow(Sampler):
 
 @pytest.mark.parametrize("kwargs,sampler", [
     ({}, NoFlow()),
-    ({"num_samples": 0}, ShortRun(num_steps=2)),
-    ({"hyperparameters": {"momentum": torch.tensor(0.5)}}, ShortRun(num_steps=2)),
+    ({"num_samples": 0}, ShortRun(num_steps=2, units="raw")),
+    ({"hyperparameters": {"momentum": torch.tensor(0.5)}}, ShortRun(num_steps=2, units="raw")),
 ])
 def test_bad_arguments_raise_user_error(tiny_linear_gaussian, noisy_data, kwargs, sampler):
     model = tiny_linear_gaussian(latent_dim=2, data_dim=3)

@@ -122,11 +122,11 @@ def test_noise_free_flow_converges_to_the_posterior_mean(tiny_linear_gaussian):
     s = 0.9 / lam_max
     num_steps = math.ceil(40 / (s * lam_min))
     x = data(model, 4, 1)
-    result = ShortRun(num_steps=num_steps, step_size=s).infer(model, x, generator=torch.Generator().manual_seed(0))
+    result = ShortRun(num_steps=num_steps, step_size=s, units="raw").infer(model, x, generator=torch.Generator().manual_seed(0))
     mean, _ = model.posterior(x)
     torch.testing.assert_close(result.z[0], mean.detach(), rtol=0, atol=1e-9)
     # And a short run is visibly not converged (the test can tell the difference).
-    short = ShortRun(num_steps=2, step_size=s).infer(model, x, generator=torch.Generator().manual_seed(0))
+    short = ShortRun(num_steps=2, step_size=s, units="raw").infer(model, x, generator=torch.Generator().manual_seed(0))
     assert (short.z[0] - mean.detach()).abs().max() > 1e-2
 
 
@@ -139,7 +139,7 @@ def test_langevin_samples_approximate_the_posterior(tiny_linear_gaussian):
     num_steps = math.ceil(8 / (s * lam_min))
     x = data(model, 1, 3)
     n = 3000
-    result = Langevin(num_steps=num_steps, step_size=s).infer(model, x.expand(n, -1),
+    result = Langevin(num_steps=num_steps, step_size=s, units="raw").infer(model, x.expand(n, -1),
                                                               generator=torch.Generator().manual_seed(0))
     z = result.z[0]
     mean, cov = (t.detach() for t in model.posterior(x))
@@ -148,7 +148,7 @@ def test_langevin_samples_approximate_the_posterior(tiny_linear_gaussian):
     empirical = torch.cov(z.T)
     assert torch.linalg.norm(empirical - cov) / torch.linalg.norm(cov) < 0.12
     # The noise-free flow from the same start collapses to the mean instead: its spread is tiny.
-    collapsed = ShortRun(num_steps=num_steps, step_size=s).infer(model, x.expand(n, -1))
+    collapsed = ShortRun(num_steps=num_steps, step_size=s, units="raw").infer(model, x.expand(n, -1))
     assert torch.linalg.norm(torch.cov(collapsed.z[0].T)) < 1e-3 * torch.linalg.norm(cov)
 
 
@@ -233,9 +233,9 @@ def test_infer_works_under_no_grad_and_in_float32(tiny_linear_gaussian):
     model = tiny_linear_gaussian(dtype='float32')
     x = data(model, 3)
     with torch.no_grad():
-        result = ShortRun(num_steps=4, step_size=0.05).infer(model, x)
+        result = ShortRun(num_steps=4, step_size=0.05, units="raw").infer(model, x)
     assert result.z[0].dtype == torch.float32 and torch.isfinite(result.z[0]).all()
-    expected = ShortRun(num_steps=4, step_size=0.05).infer(model, x, generator=None)
+    expected = ShortRun(num_steps=4, step_size=0.05, units="raw").infer(model, x, generator=None)
     assert expected.z[0].shape == result.z[0].shape
 
 
@@ -251,25 +251,25 @@ def test_infer_honours_the_mask(tiny_linear_gaussian):
     x_corrupt = x.clone()
     x_corrupt[:, ~mask.bool()] = 100.0  # unobserved values must not matter
     lam_min, lam_max = lambda_range(sub)
-    sampler = ShortRun(num_steps=math.ceil(40 / (0.9 * lam_min / lam_max)), step_size=0.9 / lam_max)
+    sampler = ShortRun(num_steps=math.ceil(40 / (0.9 * lam_min / lam_max)), step_size=0.9 / lam_max, units="raw")
     result = sampler.infer(model, x_corrupt, mask=mask)
     torch.testing.assert_close(result.z[0], sub.posterior(x[:, mask.bool()])[0].detach(), rtol=0, atol=1e-8)
 
 
 # -- step-size layouts and option errors ---------------------------------------------------------
 def test_step_sizes_layouts():
-    shared = ShortRun(num_steps=4, step_size=0.1)
+    shared = ShortRun(num_steps=4, step_size=0.1, units="raw")
     assert shared.step_sizes(3).shape == (4, 3)
     assert torch.all(shared.step_sizes(3) == 0.1)
-    layer = ShortRun(num_steps=4, step_size=(0.1, 0.2, 0.3), per="layer")
+    layer = ShortRun(num_steps=4, step_size=(0.1, 0.2, 0.3), per="layer", units="raw")
     matrix = layer.step_sizes(3)
     assert matrix.shape == (4, 3) and matrix.dtype == F64
     assert torch.equal(matrix, torch.tensor([[0.1, 0.2, 0.3]] * 4, dtype=F64))
-    one_for_all_layers = ShortRun(num_steps=2, step_size=0.05, per="layer")
+    one_for_all_layers = ShortRun(num_steps=2, step_size=0.05, per="layer", units="raw")
     assert torch.all(one_for_all_layers.step_sizes(3) == 0.05)
-    step = ShortRun(num_steps=3, step_size=(0.1, 0.2, 0.3), per="step")
+    step = ShortRun(num_steps=3, step_size=(0.1, 0.2, 0.3), per="step", units="raw")
     assert torch.equal(step.step_sizes(2), torch.tensor([[0.1, 0.1], [0.2, 0.2], [0.3, 0.3]], dtype=F64))
-    repeated = ShortRun(num_steps=3, step_size=0.07, per="step")
+    repeated = ShortRun(num_steps=3, step_size=0.07, per="step", units="raw")
     assert repeated.step_size.shape == (3,) and torch.all(repeated.step_sizes(1) == 0.07)
     # The matrix follows the hyperparameter once it is set, and any value can be laid out without setting it.
     shared.set_hyperparameters({"step_size": torch.tensor(0.3, dtype=F64)})
@@ -284,7 +284,7 @@ def test_step_sizes_layouts():
 
 
 def test_set_hyperparameters_refuses_unknown_names_and_shapes():
-    sampler = ShortRun(num_steps=3, step_size=(0.1, 0.2, 0.3), per="step")
+    sampler = ShortRun(num_steps=3, step_size=(0.1, 0.2, 0.3), per="step", units="raw")
     with pytest.raises(UserError, match="no hyperparameter momentum"):
         sampler.set_hyperparameters({"momentum": torch.tensor(0.5)})
     with pytest.raises(UserError, match="shape"):
@@ -299,7 +299,7 @@ def test_per_layer_step_sizes_act_per_layer():
     model = TwoLayer()
     x = data(model, 2)
     tiny = 1e-300
-    sampler = ShortRun(num_steps=3, step_size=(tiny, 0.01), per="layer")
+    sampler = ShortRun(num_steps=3, step_size=(tiny, 0.01), per="layer", units="raw")
     generator = torch.Generator().manual_seed(0)
     z0 = model.sample_prior(2, generator=generator)
     result = sampler.infer(model, x, generator=torch.Generator().manual_seed(0))
@@ -310,7 +310,7 @@ def test_per_layer_step_sizes_act_per_layer():
 
 def test_wrong_number_of_layer_step_sizes_is_a_user_error():
     model = TwoLayer()
-    sampler = ShortRun(num_steps=2, step_size=(0.1, 0.2, 0.3), per="layer")
+    sampler = ShortRun(num_steps=2, step_size=(0.1, 0.2, 0.3), per="layer", units="raw")
     with pytest.raises(UserError, match="per latent layer"):
         sampler.infer(model, data(model, 2))
 
@@ -343,8 +343,8 @@ def test_built_by_name_with_string_options():
 
 
 def test_step_size_is_saved_in_the_state_dict():
-    sampler = ShortRun(num_steps=3, step_size=0.05)
+    sampler = ShortRun(num_steps=3, step_size=0.05, units="raw")
     sampler.set_hyperparameters({"step_size": torch.tensor(0.08, dtype=F64)})
-    restored = ShortRun(num_steps=3, step_size=0.01)
+    restored = ShortRun(num_steps=3, step_size=0.01, units="raw")
     restored.load_state_dict(sampler.state_dict())
     assert float(restored.step_size) == pytest.approx(0.08)

@@ -1,13 +1,13 @@
 """Alternating back-propagation (Han et al. 2017): persistent Langevin chains, one per training example.
 
-    z_{k+1} = z_k + s grad_z log p(x, z_k) + sqrt(2 s) eps_k,   eps_k ~ N(0, I),   k = 0..K-1
+    z_{k+1} = z_k + (s^2 / 2) grad_z log p(x, z_k) + s eps_k,   eps_k ~ N(0, I),   k = 0..K-1
 
 Each training example's chain is kept by its dataset index (so batches may be shuffled freely): the
 first time an example is seen its chain starts from the prior ``z_0 ~ p(z)``; every later time it
 continues from where it stopped. Examples without an index (test data) run ``test_steps`` steps from
-the prior. ABP's papers write the step as ``z + (delta^2 / 2) grad + delta eps``; here ``s = delta^2 / 2``,
-so the default ``s = 0.005`` is their ``delta = 0.1`` (the ECCV 2020 baseline: ``delta = 0.3``, 40 steps,
-i.e. ``step_size=0.045 num_steps=40``). The observation sigma (0.3 in ABP) is the model's, which the
+the prior. ``s`` is ABP's ``delta`` (the Langevin convention of :mod:`inferkit.samplers.units`;
+``units="raw"`` makes ``s`` the gradient coefficient ``delta^2 / 2``): the default ``s = 0.1``; the
+ECCV 2020 baseline is ``delta = 0.3`` with 40 steps, i.e. ``step_size=0.3 num_steps=40``. The observation sigma (0.3 in ABP) is the model's, which the
 trainer anneals from ``sigma_start``.
 
 The chain store (``num_examples`` x latents, and which examples have been seen) is the sampler's
@@ -28,6 +28,7 @@ from inferkit.devices import module_placement
 from inferkit.errors import UserError
 from inferkit.interfaces import Inference, Latents, Model, Sampler
 from inferkit.samplers.shortrun import NumSteps
+from inferkit.samplers.units import check_units, gradient_coefficient
 
 STORE_PLACES = ("auto", "device", "cpu")
 DEVICE_STORE_FRACTION = 0.25  # store=auto keeps chains on the device up to this share of its free memory
@@ -44,14 +45,17 @@ class ABP(Sampler):
 
     Args:
         num_steps: Langevin steps per visit of a training example.
-        step_size: ``s`` (``= delta^2 / 2`` in ABP's notation).
+        step_size: ``s`` (ABP's ``delta``; the gradient coefficient is ``s^2 / 2``).
         test_steps: steps from the prior for examples without an index (test data, reconstructions).
         store: where the chain store lives: ``auto``, ``device`` (the model's) or ``cpu``.
+        units: ``"langevin"`` (default) or ``"raw"`` (:mod:`inferkit.samplers.units`).
     """
 
 
-    def __init__(self, num_steps: NumSteps = 30, step_size: float = 0.005, test_steps: int = 300, store: str = "auto"):
+    def __init__(self, num_steps: NumSteps = 30, step_size: float = 0.1, test_steps: int = 300, store: str = "auto",
+                 units: str = "langevin"):
         super().__init__()
+        self.units = check_units(units, "abp")
         self.num_steps = _positive_int("num_steps", num_steps)
         self.test_steps = _positive_int("test_steps", test_steps)
         try:
@@ -173,7 +177,7 @@ class ABP(Sampler):
         z, where = self._initial(model, x, index, generator)
         steps = self.num_steps if where is not None else self.test_steps
         dtype, device = z[0].dtype, z[0].device
-        step = self.step_size.detach().to(device=device, dtype=dtype)
+        step = gradient_coefficient(self.step_size.detach(), self.units).to(device=device, dtype=dtype)
         noise_scale = (2 * step).sqrt()
         with torch.enable_grad():
             for _ in range(steps):

@@ -2,9 +2,11 @@
 
     z_0 ~ p(z),    z_{k+1} = z_k + S_k grad_z log p(x, z_k)  [+ sqrt(2 S_k) eps_k]     (k = 0..K-1)
 
-(the noise term for Langevin, :mod:`inferkit.samplers.langevin`). ``S_k`` is diagonal: one step size
-for every latent unit (``per="shared"``), one per latent layer (``per="layer"``) or one per step
-(``per="step"``). ``F = z_0 -> z_K`` is the flow whose law ``q_s`` the KL tuners fit to ``p(z | x)``;
+(the noise term for Langevin, :mod:`inferkit.samplers.langevin`), with the gradient coefficient
+``S_k = s_k^2 / 2`` for the step size ``s_k`` (noise ``s_k eps_k``), as in the authors' code, or
+``S_k = s_k`` with ``units="raw"`` (the papers' eq. (10) read literally; see
+:mod:`inferkit.samplers.units`). ``S_k`` is diagonal: one step size for every latent unit
+(``per="shared"``), one per latent layer (``per="layer"``) or one per step (``per="step"``). ``F = z_0 -> z_K`` is the flow whose law ``q_s`` the KL tuners fit to ``p(z | x)``;
 its Jacobian factorises over steps as ``prod_k (I + S_k H_k)`` with ``H_k = hess_z log p(x, z_k)``.
 
 One update, :func:`shortrun_step`, is run three ways: eagerly by :meth:`ShortRun.infer` (a fresh
@@ -28,6 +30,7 @@ from inferkit.acceleration import check_compile, compile_function, uses_cuda_gra
 from inferkit.errors import UserError
 from inferkit.interfaces import GradientFlow, Inference, Latents, Model
 from inferkit.options import Bounds
+from inferkit.samplers.units import check_units, gradient_coefficient
 
 MAX_STEPS = 100_000
 NumSteps = Annotated[int, Bounds(maximum=MAX_STEPS, why="K is the gradient steps of each inference, each "
@@ -61,7 +64,8 @@ def shortrun_step(model: Model, x: Tensor, z: Latents, step_row: Tensor | Sequen
 
         z_{k+1,l} = z_{k,l} + s_{k,l} grad_{z_l} log p(x, z_k)  [+ r_{k,l} eps_{k,l}]
 
-    with ``s_k = step_row``, ``r_k = noise_row = noise_scale * sqrt(2 s_k)`` and ``eps_k = eps`` (no
+    with the gradient coefficients ``s_k = step_row`` (:meth:`GradientFlow.step_sizes`),
+    ``r_k = noise_row = noise_scale * sqrt(2 s_k)`` and ``eps_k = eps`` (no
     noise term when ``eps`` is None). ``score`` computes the gradient (:func:`functional_score` by
     default; the eager loop passes :func:`eager_score`)."""
     grads = score(model, x, z, mask)
@@ -81,7 +85,10 @@ class ShortRun(GradientFlow):
 
     Args:
         num_steps: K, the number of gradient steps.
-        step_size: s; one number, or a sequence (one per layer or one per step, see ``per``).
+        step_size: s; one number, or a sequence (one per layer or one per step, see ``per``). The
+            default 0.05 is the authors' ``z_step_size``.
+        units: ``"langevin"``: the gradient coefficient is ``s^2 / 2`` and Langevin's noise ``s eps``
+            (the authors' code); ``"raw"``: the coefficient is ``s`` and the noise ``sqrt(2 s) eps``.
         per: ``"shared"``, ``"layer"`` or ``"step"``: what one entry of ``step_size`` covers.
         compile: ``"none"`` (eager steps), or the ``torch.compile`` mode of one step: ``"default"``,
             ``"reduce-overhead"`` (CUDA graphs of one step on CUDA) or ``"max-autotune"``.
@@ -91,9 +98,10 @@ class ShortRun(GradientFlow):
     noise_scale: float = 0.0  # multiplies sqrt(2 s) eps; 1 for Langevin
 
     def __init__(self, num_steps: NumSteps = 20, step_size: float | tuple[float, ...] = 0.05, per: str = "shared",
-                 compile: str = "none", compile_backend: str = "inductor"):
+                 compile: str = "none", compile_backend: str = "inductor", units: str = "langevin"):
         super().__init__()
         check_compile(compile, compile_backend)
+        self.units = check_units(units, type(self).__name__)
         if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
             raise UserError(f"num_steps must be a positive integer (K), got {num_steps!r}")
         if per not in STEP_SIZE_LAYOUTS:
@@ -123,6 +131,8 @@ class ShortRun(GradientFlow):
 
     def extra_repr(self) -> str:
         text = f"num_steps={self.num_steps}, per={self.per!r}, step_size={self.step_size.tolist()}"
+        if self.units != "langevin":
+            text += f", units={self.units!r}"
         if self.compile != "none":
             text += f", compile={self.compile!r}, compile_backend={self.compile_backend!r}"
         return text
@@ -138,9 +148,10 @@ class ShortRun(GradientFlow):
 
     # -- step sizes -----------------------------------------------------------------------------
     def step_sizes(self, num_layers: int, step_size: Tensor | None = None) -> Tensor:
-        """``[K, L]`` step sizes ``s_{k,l}`` from ``step_size`` (laid out as ``per`` says; default: the
-        current ``step_size``, float64), differentiable in it."""
-        s = self.step_size if step_size is None else step_size
+        """``[K, L]`` gradient coefficients ``S_{k,l}`` (``s^2 / 2``, or ``s`` with ``units="raw"``) from
+        ``step_size`` (laid out as ``per`` says; default: the current ``step_size``, float64),
+        differentiable in it."""
+        s = gradient_coefficient(self.step_size if step_size is None else step_size, self.units)
         if self.per == "shared":
             return s.expand(self.num_steps, num_layers)
         if self.per == "step":

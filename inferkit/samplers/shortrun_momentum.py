@@ -62,7 +62,8 @@ class ShortRunMomentum(ShortRun):
     """Noise-free short-run dynamics with momentum.
 
     Args:
-        num_steps, step_size, per: as :class:`~inferkit.samplers.shortrun.ShortRun`.
+        num_steps, step_size, per, units: as :class:`~inferkit.samplers.shortrun.ShortRun` (``S_k`` below
+            is the gradient coefficient, ``s^2 / 2`` by default).
         momentum: mu in ``[0, 1)``; ``0`` is plain gradient flow.
         nesterov: evaluate the gradient at the look-ahead point ``z_k + mu v_k``.
     """
@@ -70,8 +71,8 @@ class ShortRunMomentum(ShortRun):
     supports_stochastic_log_det = False  # the Jacobian of z_0 -> z_K is not a product of I + S_k H_k
 
     def __init__(self, num_steps: NumSteps = 20, step_size: float | tuple[float, ...] = 0.05, per: str = "shared",
-                 momentum: float = 0.5, nesterov: bool = False):
-        super().__init__(num_steps=num_steps, step_size=step_size, per=per)
+                 momentum: float = 0.5, nesterov: bool = False, units: str = "langevin"):
+        super().__init__(num_steps=num_steps, step_size=step_size, per=per, units=units)
         if not (isinstance(momentum, (int, float)) and 0 <= momentum < 1):
             raise UserError(f"momentum must lie in [0, 1), got {momentum!r}")
         self.nesterov = bool(nesterov)

@@ -11,9 +11,14 @@ Works for whatever shape the sampler's ``step_size`` has: one shared s, one per 
 are fixed by ``seed`` for the whole descent, so J is one deterministic function of s (a sample
 average) and the stopping tolerance means what it says.
 
-An iterate where some ``I + S_k H_k`` has a non-positive eigenvalue (F not invertible, J not a KL) is
-rejected: the descent returns to the last invertible iterate and halves its learning rate. The
-tuner keeps the invertible iterate with the lowest J. ``objective="energy"`` minimises
+Here ``s`` is the sampler's step size in its own units (the authors' ``s`` by default, with
+gradient coefficient ``s^2 / 2``: :mod:`inferkit.samplers.units`), so the descent is on ``log s``.
+
+An iterate where J is not finite (the flow diverged) is rejected: the descent returns to the last
+usable iterate and halves its learning rate. With ``require_invertible``, so is an iterate where some
+``I + S_k H_k`` has a non-positive eigenvalue (F not invertible, J then a lower bound on the KL rather
+than the KL; see :mod:`inferkit.tuners.kl_grid` for why that rule holds s far below the argmin of J
+on a sharp generator). The tuner keeps the usable iterate with the lowest J. ``objective="energy"`` minimises
 ``E[-log p(x, F_s(z_0))]`` alone (no entropy term): the mode-seeking objective that drives s too
 large; it is here to show why the entropy term matters. The sampler is never changed: the tuner
 returns the best iterate as a :class:`~inferkit.interfaces.TuneResult`.
@@ -53,16 +58,18 @@ class KLGrad(Tuner):
         max_iterations: gradient steps at most (the budget).
         tolerance, patience: stop once ``max |Delta log s| < tolerance`` for ``patience`` steps running.
         objective: ``"kl"`` (J) or ``"energy"`` (``E[-log p(x, F(z_0))]``, no entropy).
-        max_shrinks: halvings of the initial s allowed when the flow is not invertible there.
+        max_shrinks: halvings of the initial s allowed when J is not usable there.
+        require_invertible: accept only iterates where the flow is invertible (default: any finite J).
         parameters: the hyperparameters to tune: ``step_size`` and optionally ``momentum``.
         num_samples, batch_size, logdet, seed, num_probes, lanczos_steps: the estimate of J
             (:class:`~inferkit.tuners.kl_common.KLObjectiveOptions`).
     """
 
-    def __init__(self, learning_rate: float = 0.05, max_iterations: int = 100, tolerance: float = 1e-3,
+    def __init__(self, learning_rate: float = 0.025, max_iterations: int = 100, tolerance: float = 5e-4,
                  patience: int = 3, objective: str = "kl", max_shrinks: int = 8,
                  parameters: tuple[str, ...] = ("step_size",), num_samples: int = 1, batch_size: int = 4,
-                 logdet: str = "stepwise", seed: int = 0, num_probes: int = 4, lanczos_steps: int = 4):
+                 logdet: str = "stepwise", seed: int = 0, num_probes: int = 4, lanczos_steps: int = 4,
+                 require_invertible: bool = False):
         if not (learning_rate > 0 and math.isfinite(learning_rate)):
             raise UserError(f"kl-grad: learning_rate must be a positive number, got {learning_rate}")
         if max_iterations < 1 or patience < 1 or max_shrinks < 0:
@@ -86,6 +93,7 @@ class KLGrad(Tuner):
         self.target = objective
         self.max_shrinks = max_shrinks
         self.parameters = parameters
+        self.require_invertible = bool(require_invertible)
 
     def check(self, model: Model, sampler: Sampler) -> None:
         """Refuse, before training starts, a model or sampler the KL objective does not apply to."""
@@ -108,15 +116,15 @@ class KLGrad(Tuner):
         x, mask = self.objective.select(x, mask)
         history, best = self._descend(model, sampler, x, mask, start, reduce)
         if best is None:
-            raise UserError(f"kl-grad: the flow is not invertible at the sampler's step size, even halved "
-                            f"{self.max_shrinks} times; start from a smaller step size (--sampler-opt "
-                            "step_size=...) or raise max_shrinks")
+            why = "the flow is not invertible" if self.require_invertible else "J is not finite (the flow diverges)"
+            raise UserError(f"kl-grad: {why} at the sampler's step size, even halved {self.max_shrinks} times; "
+                            "start from a smaller step size (--sampler-opt step_size=...) or raise max_shrinks")
         return TuneResult(hyperparameters=best["values"], objective=best["J"], history=history, per=sampler.per)
 
     def _descend(self, model: Model, sampler: Sampler, x: Tensor, mask: Tensor | None,
                  start: dict[str, Tensor], reduce: Reduce | None) -> tuple[list[dict], dict | None]:
         """Adam on the unconstrained ``u`` from ``start``: the history of every iterate and the best
-        invertible one (``{"J", "values"}``, or None when not even a halved start was invertible)."""
+        usable one (``{"J", "values"}``, or None when not even a halved start was usable)."""
         free = {name: TRANSFORMS[name][0](value.detach().clone()).clone().requires_grad_(True)
                 for name, value in start.items()}
         leaves = list(free.values())
@@ -136,12 +144,12 @@ class KLGrad(Tuner):
                      "J": value, "invertible": invertible, "min_eigenvalue": result.info.min_eigenvalue,
                      "learning_rate": optimizer.param_groups[0]["lr"]}
             history.append(point)
-            if not (invertible and math.isfinite(value)):
+            if not (math.isfinite(value) and (invertible or not self.require_invertible)):
                 with torch.no_grad():
                     if last_good is None:  # not even the start is usable: halve s and retry
                         shrinks += 1
                         if shrinks > self.max_shrinks:
-                            stop = "not invertible"
+                            stop = "not invertible" if self.require_invertible else "not finite"
                             break
                         free["step_size"].sub_(math.log(2.0))
                     else:  # overshot: back to the last invertible iterate, smaller steps

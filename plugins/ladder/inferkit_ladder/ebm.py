@@ -14,7 +14,10 @@ inference starts from, exact and normalised, so ``J(s)`` and its tuners apply un
 ``J + log p(x) + log Z = KL``). Samples of the tilted prior come from short-run Langevin on ``log p_0(z_L) - E_alpha(z_L)`` (``prior_steps`` steps of size
 ``prior_step_size``, from ``p_0``):
 
-    z_{k+1} = z_k + s grad[-|z_k|^2 / 2 - E_alpha(z_k)] + sqrt(2 s) eps_k
+    z_{k+1} = z_k + (s^2 / 2) grad[-|z_k|^2 / 2 - E_alpha(z_k)] + s eps_k
+
+(the Langevin convention of :mod:`inferkit.samplers.units`, as in Pang et al.'s code; with
+``prior_step_units="raw"`` the coefficient is ``s`` and the noise ``sqrt(2 s) eps_k``)
 
 and learning follows maximum likelihood: the posterior samples of inference give the positive
 phase through ``-log_joint``, the prior samples the negative phase through
@@ -28,6 +31,7 @@ from torch import Tensor, nn
 
 from inferkit.errors import UserError
 from inferkit.interfaces import Latents, UnnormalizedModel
+from inferkit.samplers.units import check_units, gradient_coefficient
 from inferkit_ladder.config import Features, check_int, check_positive_float
 from inferkit_ladder.model import LadderModel
 
@@ -50,7 +54,8 @@ class LadderEBM(LadderModel, UnnormalizedModel):
     Args (besides the ladder's):
         energy_hidden: width of the energy MLP.
         prior_steps, prior_step_size: short-run Langevin for samples of the tilted prior
-            (Pang et al.: 60 steps of ``0.4^2 / 2 = 0.08``).
+            (Pang et al.: 60 steps of ``s = 0.4``).
+        prior_step_units: ``"langevin"`` (default) or ``"raw"``: the units of ``prior_step_size``.
     """
 
     def __init__(
@@ -66,13 +71,15 @@ class LadderEBM(LadderModel, UnnormalizedModel):
         min_sigma: float = 1e-2,
         energy_hidden: int = 200,
         prior_steps: int = 60,
-        prior_step_size: float = 0.08,
+        prior_step_size: float = 0.4,
+        prior_step_units: str = "langevin",
     ) -> None:
         super().__init__(num_layers=num_layers, latent_dims=latent_dims, nf=nf, image_size=image_size,
                          channels=channels, observation_sigma=observation_sigma,
                          parameterization=parameterization, min_sigma=min_sigma)
         self.prior_steps = check_int("prior_steps", prior_steps, 0)
         self.prior_step_size = check_positive_float("prior_step_size", prior_step_size)
+        self.prior_step_units = check_units(prior_step_units, "ladder-ebm")
         self.energy = LatentEnergy(self.latent_shapes[-1][0], check_int("energy_hidden", energy_hidden, 1))
 
     def log_joint(self, x: Tensor, z: Latents, mask: Tensor | None = None) -> Tensor:
@@ -90,7 +97,7 @@ class LadderEBM(LadderModel, UnnormalizedModel):
             raise UserError(f"ladder-ebm: prior steps must be >= 0, got {num_steps}")
         dim = self.latent_shapes[-1][0]
         z = self._randn(n, dim, generator)
-        step = self.prior_step_size
+        step = gradient_coefficient(self.prior_step_size, self.prior_step_units)
         for _ in range(num_steps):
             with torch.enable_grad():
                 z = z.detach().requires_grad_(True)

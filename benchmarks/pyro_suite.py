@@ -1,0 +1,258 @@
+"""Short-run inference against Pyro's own SVI VAE on one Pyro model (examples/pyro_mnist.py).
+
+    python benchmarks/compare.py --suite pyro --data-dir DIR --budget cpu --out bench/pyro
+
+Three ways to learn the same decoder (``z ~ N(0, I_16)``, ``x ~ N(tanh(MLP(z)), 0.3^2 I)``) on the
+same 8,000 / 2,000 MNIST split, each for every iteration count and seed of the budget:
+
+- ``shortrun``: inferkit's short-run inference (K = 20) with its step size tuned by ``kl-grid``;
+- ``vae``: inferkit's amortised encoder (the ``vae`` sampler);
+- ``pyro-svi``: ``pyro.infer.SVI`` with ``Trace_ELBO`` and a Gaussian MLP guide (784-256-16), Adam
+  at the same learning rate and batch size, and the same number of updates.
+
+Every run is a fresh process (the example's decoder is a module-level object, so runs in one
+process would share it); every run starts from the same decoder initialisation (the example's).
+Each trained decoder is evaluated on all test images by its own inference (shortrun: its K steps at
+the tuned step size; vae and pyro-svi: the encoder's mean) and by one common reference inference
+(noise-free gradient flow, 200 steps, step size chosen on a selection batch: the same for every
+decoder), per image, so that differences between runs are paired on the same images.
+
+Writes ``OUT/results_pyro.json`` (per run: settings, seconds per iteration, per-image MSEs) and
+``OUT/results_pyro.md``: the mean over seeds with its standard error, and paired differences with
+standard errors over images (per seed) for the claims the benchmark checks: each method improves
+from one iteration count to the next, and how the methods compare at equal iterations.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+MODEL = "pyro:examples.pyro_mnist:model"
+METHODS = ("shortrun", "vae", "pyro-svi")
+BUDGETS = {
+    "smoke": {"iterations": (4, 8), "seeds": (0,), "reference_steps": 10},
+    "cpu": {"iterations": (300, 1200, 4800), "seeds": (0, 1, 2), "reference_steps": 200},
+}
+LEARNING_RATE = 1e-3
+BATCH_SIZE = 32
+
+
+def _environment() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
+    return env
+
+
+def one_run(method: str, iterations: int, seed: int, data_dir: Path, run_dir: Path, reference_steps: int) -> dict:
+    """Train ``method`` in a fresh process and evaluate it there; returns what it wrote."""
+    command = [sys.executable, __file__, "--one", method, str(iterations), str(seed), str(data_dir), str(run_dir),
+               str(reference_steps)]
+    subprocess.run(command, check=True, env=_environment(), cwd=REPO)
+    return json.loads((run_dir / "result.json").read_text())
+
+
+# -- inside one run's process ------------------------------------------------------------------------
+def _data(data_dir: Path):
+    from inferkit.registry import plugin_class
+
+    return plugin_class("dataset", "mnist")(data_dir=str(data_dir))
+
+
+def _train_inferkit(method: str, iterations: int, seed: int, data_dir: Path, run_dir: Path):
+    from inferkit.runs import PluginSpec, RunSpec, TrainConfig, build_objects
+    from inferkit.trainer import train
+
+    tuner = PluginSpec("kl-grid") if method == "shortrun" else PluginSpec("fixed")
+    spec = RunSpec(model=PluginSpec(MODEL), sampler=PluginSpec(method), tuner=tuner,
+                   data=PluginSpec("mnist", {"data_dir": str(data_dir)}),
+                   train=TrainConfig(iterations=iterations, batch_size=BATCH_SIZE, learning_rate=LEARNING_RATE,
+                                     seed=seed, tune_every=100 if method == "shortrun" else 0,
+                                     log_every=max(1, iterations // 20), checkpoint_every=iterations,
+                                     image_every=iterations))
+    data, model, sampler, tuner_object = build_objects(spec)
+    trained = train(model, sampler, tuner_object, data, spec, run_dir, progress=False)
+    return data, trained.model, trained.sampler, trained.summary["seconds"]
+
+
+class _Guide(torch.nn.Module):
+    """``q(z | x) = N(mu(x), diag sigma(x)^2)`` with a 784-256-16 GELU MLP."""
+
+    def __init__(self, latent_dim: int):
+        super().__init__()
+        self.body = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 256), torch.nn.GELU())
+        self.loc = torch.nn.Linear(256, latent_dim)
+        self.scale = torch.nn.Linear(256, latent_dim)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.body(x)
+        return self.loc(h), torch.nn.functional.softplus(self.scale(h)) + 1e-4
+
+
+def _train_pyro_svi(iterations: int, seed: int, data_dir: Path):
+    import pyro
+    import pyro.distributions as dist
+
+    from examples import pyro_mnist
+    from inferkit.models.pyro_model import pyro_model
+
+    data = _data(data_dir)
+    torch.manual_seed(seed)
+    encoder = _Guide(pyro_mnist.LATENT_DIM)
+
+    def guide(x):
+        pyro.module("svi_encoder", encoder)
+        loc, scale = encoder(x)
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(loc, scale).to_event(1))
+
+    pyro.clear_param_store()
+    svi = pyro.infer.SVI(pyro_mnist.model, guide, pyro.optim.Adam({"lr": LEARNING_RATE}), pyro.infer.Trace_ELBO())
+    generator = torch.Generator().manual_seed(seed)
+    began = time.perf_counter()
+    for _ in range(iterations):
+        index = torch.randint(len(data.train), (BATCH_SIZE,), generator=generator)
+        svi.step(data.train.batch(index)["x"])
+    seconds = time.perf_counter() - began
+    model = pyro_model(pyro_mnist.model)(data_shape=tuple(data.data_shape))
+    return data, model, encoder, seconds
+
+
+def _per_image_mse(model, x: torch.Tensor, infer) -> list[float]:
+    from inferkit.seeding import seeded_generator
+
+    values = []
+    for start in range(0, x.shape[0], 250):
+        chunk = x[start:start + 250]
+        z = infer(chunk, seeded_generator(0, start, chunk.device))
+        with torch.no_grad():
+            values += (model.decode(z) - chunk).pow(2).flatten(1).mean(1).tolist()
+    return values
+
+
+def _evaluate(data, model, own, reference_steps: int) -> dict[str, Any]:
+    from inferkit.eval.reference import reference_sampler
+
+    x = data.test.x
+    reference, record = reference_sampler(model, x[:64], num_steps=reference_steps)
+    return {"own": _per_image_mse(model, x, own),
+            "reference": _per_image_mse(model, x, lambda c, g: reference.infer(model, c, generator=g).z),
+            "reference_inference": record}
+
+
+def run_one(method: str, iterations: int, seed: int, data_dir: Path, run_dir: Path, reference_steps: int) -> None:
+    torch.set_num_threads(1)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if method == "pyro-svi":
+        data, model, encoder, seconds = _train_pyro_svi(iterations, seed, data_dir)
+        own = lambda chunk, generator: (encoder(chunk)[0].detach(),)  # noqa: E731 - the guide's mean
+        step_size = math.nan
+    else:
+        data, model, sampler, seconds = _train_inferkit(method, iterations, seed, data_dir, run_dir)
+        own = lambda chunk, generator: sampler.infer(model, chunk, generator=generator).z  # noqa: E731
+        step_size = float(sampler.hyperparameters()["step_size"].mean()) if method == "shortrun" else math.nan
+    result = {"method": method, "iterations": iterations, "seed": seed, "seconds_per_iteration": seconds / iterations,
+              "step_size": step_size, **_evaluate(data, model, own, reference_steps)}
+    (run_dir / "result.json").write_text(json.dumps(result, allow_nan=True))
+
+
+# -- the parent: runs, statistics, tables --------------------------------------------------------------
+def _mean_se(values: list[float]) -> tuple[float, float]:
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return mean, math.nan
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1) / n)
+
+
+def paired(a: list[float], b: list[float]) -> tuple[float, float]:
+    """Mean and standard error of the per-image differences ``a - b`` (same images, same order)."""
+    return _mean_se([u - v for u, v in zip(a, b)])
+
+
+def run_pyro(data_dir: Path, out: Path, budget: str) -> dict[str, Any]:
+    settings = BUDGETS[budget]
+    runs = []
+    for seed in settings["seeds"]:
+        for iterations in settings["iterations"]:
+            for method in METHODS:
+                run_dir = out / "runs" / f"{method}-{iterations}-seed{seed}"
+                done = run_dir / "result.json"
+                result = json.loads(done.read_text()) if done.is_file() else one_run(
+                    method, iterations, seed, data_dir, run_dir, settings["reference_steps"])
+                mean_own = sum(result["own"]) / len(result["own"])
+                print(f"  {method} {iterations} seed {seed}: MSE own {mean_own:.4f}, "
+                      f"{result['seconds_per_iteration']:.4f} s/iteration", flush=True)
+                runs.append(result)
+    return {"budget": budget, "settings": settings, "runs": runs,
+            "machine": f"CPU, {torch.get_num_threads()} torch threads in this process, 1 per run"}
+
+
+def _table(results: dict[str, Any]) -> list[str]:
+    iterations = results["settings"]["iterations"]
+    lines = ["| method | inference | " + " | ".join(f"T={t}" for t in iterations) + " |",
+             "|---|---|" + "---:|" * len(iterations)]
+    for method in METHODS:
+        for which in ("own", "reference"):
+            cells = []
+            for t in iterations:
+                per_seed = [sum(r[which]) / len(r[which]) for r in results["runs"]
+                            if r["method"] == method and r["iterations"] == t]
+                mean, se = _mean_se(per_seed)
+                cells.append(f"{mean:.4f} ± {se:.4f}" if per_seed else "-")
+            lines.append(f"| {method} | {which} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _find(results: dict[str, Any], method: str, iterations: int, seed: int) -> dict | None:
+    return next((r for r in results["runs"] if (r["method"], r["iterations"], r["seed"]) == (method, iterations, seed)),
+                None)
+
+
+def _claims(results: dict[str, Any]) -> list[str]:
+    """Paired per-image differences (per seed): training longer, and method against method."""
+    iterations, seeds = results["settings"]["iterations"], results["settings"]["seeds"]
+    lines = ["| claim | inference | " + " | ".join(f"seed {s}" for s in seeds) + " |", "|---|---|" + "---:|" * len(seeds)]
+    pairs = [(f"{m}: T={b} below T={a}", (m, b), (m, a)) for m in METHODS for a, b in zip(iterations, iterations[1:])]
+    pairs += [(f"{m} below {o} at T={t}", (m, t), (o, t)) for t in iterations
+              for m, o in (("shortrun", "pyro-svi"), ("shortrun", "vae"), ("vae", "pyro-svi"))]
+    for label, (m1, t1), (m2, t2) in pairs:
+        for which in ("own", "reference"):
+            cells = []
+            for seed in seeds:
+                a, b = _find(results, m1, t1, seed), _find(results, m2, t2, seed)
+                if a is None or b is None:
+                    cells.append("-")
+                    continue
+                mean, se = paired(a[which], b[which])
+                verdict = "yes" if mean + 2 * se < 0 else ("no" if mean - 2 * se > 0 else "inconclusive")
+                cells.append(f"{mean:+.4f} ± {se:.4f} ({verdict})")
+            lines.append(f"| {label} | {which} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def markdown(results: dict[str, Any]) -> str:
+    times = {m: _mean_se([r["seconds_per_iteration"] for r in results["runs"] if r["method"] == m])[0]
+             for m in METHODS}
+    lines = [f"# Short-run inference against Pyro SVI on `{MODEL}` (`--budget {results['budget']}`)", "",
+             f"{results['machine']}. Test MSE on all test images: mean over seeds ± standard error over seeds.", "",
+             *_table(results), "",
+             "Seconds per training iteration (mean over runs): "
+             + ", ".join(f"{m} {t:.4f}" for m, t in times.items()) + ".", "",
+             "Paired per-image differences of test MSE (mean ± s.e. over images; yes: below zero by more than "
+             "two standard errors, no: above zero by more than two):", "", *_claims(results)]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] == "--one":
+    method_, iterations_, seed_, data_dir_, run_dir_, steps_ = sys.argv[2:8]
+    run_one(method_, int(iterations_), int(seed_), Path(data_dir_), Path(run_dir_), int(steps_))
