@@ -40,8 +40,9 @@ def test_log_joint_is_the_ladders_minus_the_energy_and_the_prior_is_the_referenc
 
 
 def test_prior_langevin_matches_the_discretised_gaussian_variance_when_the_energy_is_zero():
-    # E = 0: z' = (1 - s) z + sqrt(2 s) eps from N(0, 1), so var_K = v* + (1 - s)^(2K) (1 - v*), v* = 2 / (2 - s)
-    model, _ = small(prior_step_size=0.3, prior_steps=5)
+    # E = 0: z' = (1 - s) z + sqrt(2 s) eps from N(0, 1) with the coefficient s = 0.3 (prior_step_size
+    # sqrt(0.6) in the Langevin units), so var_K = v* + (1 - s)^(2K) (1 - v*), v* = 2 / (2 - s)
+    model, _ = small(prior_step_size=0.6 ** 0.5, prior_steps=5)
     with torch.no_grad():
         model.energy.net[-1].weight.zero_()
     z = model.sample_top(40000, generator=torch.Generator().manual_seed(0))
@@ -54,7 +55,7 @@ def test_prior_langevin_matches_the_discretised_gaussian_variance_when_the_energ
 
 def test_prior_langevin_follows_the_energy():
     # a linear energy E(z) = c . z tilts N(0, I) to N(-c, I): the chain's mean moves to -c
-    model, _ = small(prior_step_size=0.1, prior_steps=200)
+    model, _ = small(prior_step_size=0.1, prior_step_units="raw", prior_steps=200)
     c = torch.tensor([0.8, -0.5])
     with torch.no_grad():
         net = model.energy.net
