@@ -51,7 +51,7 @@ def fetch_command(
     root: Path | None = typer.Option(None, help=_ROOT_HELP),
     mirror: str | None = typer.Option(None, help="base URL that replaces the publisher's (also "
                                       "$INFERKIT_MIRROR): URL/FILE is fetched for each file"),
-    quiet: bool = typer.Option(False, help="no progress bar"),
+    quiet: bool = typer.Option(False, help="no progress bar and no line per file"),
 ) -> None:
     """Download NAME's files into ROOT/NAME, each checked against its published checksum.
 
@@ -60,7 +60,11 @@ def fetch_command(
     from inferkit.data.fetch import fetch
 
     source(name)  # an unknown name fails before anything is created
-    say = (lambda line: None) if quiet else (lambda line: err_console.print(line, markup=False, highlight=False, soft_wrap=True))
+
+    def say(line: str) -> None:
+        if not quiet:
+            err_console.print(line, markup=False, highlight=False, soft_wrap=True)
+
     with _progress_bars(quiet) as progress:
         folder = fetch(name, root=root, mirror=mirror, progress=progress, say=say)
     console.print(str(folder), markup=False, highlight=False, soft_wrap=True)
