@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from cli_helpers import one_line_error, run_cli
 
 from inferkit.data import catalog
@@ -370,3 +372,51 @@ def test_inception_file_name_is_the_one_the_fid_loader_names():
     from inferkit.eval.inception import WEIGHTS_NAME
 
     assert list(SOURCES["inception"].files) == [WEIGHTS_NAME]
+
+
+# -- atomicity as a property, over a file:// mirror ------------------------------------------------------------
+@settings(max_examples=30, deadline=None)
+@given(body=st.binary(min_size=0, max_size=3000), flip=st.one_of(st.none(), st.integers(0, 2999)),
+       again=st.booleans())
+def test_a_download_is_kept_exactly_when_its_bytes_are_the_published_ones(body, flip, again):
+    """Serve ``body`` (one byte flipped when ``flip`` falls inside it) under a checksum published for
+    ``body``: the final name holds exactly ``body`` after a clean transfer, and nothing otherwise
+    (no temporary file either); fetching again over a good file changes nothing."""
+    import tempfile
+
+    name = "t10k-labels-idx1-ubyte.gz"
+    served = bytearray(body)
+    corrupt = flip is not None and flip < len(body)
+    if corrupt:
+        served[flip] ^= 0x5A
+    with tempfile.TemporaryDirectory() as scratch, pytest.MonkeyPatch.context() as patch:
+        mirror, root = Path(scratch) / "mirror", Path(scratch) / "root"
+        mirror.mkdir()
+        (mirror / name).write_bytes(bytes(served))
+        patch.setitem(SOURCES, "tiny", catalog.Source("tiny", "tiny", "http://127.0.0.1:9/", {name: len(body)}))
+        patch.setitem(CHECKSUMS, "tiny", {name: Checksum("sha256", hashlib.sha256(body).hexdigest())})
+        from inferkit.data.fetch import fetch
+
+        for _ in range(2 if again else 1):
+            if corrupt:
+                with pytest.raises(UserError, match="not the published"):
+                    fetch("tiny", root=root, mirror=mirror.as_uri())
+                assert leftovers(root / "tiny") == []
+            else:
+                fetch("tiny", root=root, mirror=mirror.as_uri())
+                assert leftovers(root / "tiny") == [name]
+                assert (root / "tiny" / name).read_bytes() == body
+
+
+def test_mirror_urls_join_with_or_without_a_final_slash(monkeypatch):
+    from inferkit.data.fetch import file_url, mirror_base
+
+    assert file_url("http://h/a", "x.gz") == file_url("http://h/a/", "x.gz") == "http://h/a/x.gz"
+    monkeypatch.delenv("INFERKIT_MIRROR", raising=False)
+    assert mirror_base(None) is None
+    monkeypatch.setenv("INFERKIT_MIRROR", "file:///srv/data")
+    assert mirror_base(None) == "file:///srv/data"
+    assert mirror_base("https://m/") == "https://m/"
+    with pytest.raises(UserError, match="INFERKIT_MIRROR"):
+        monkeypatch.setenv("INFERKIT_MIRROR", "s3://bucket")
+        mirror_base(None)
