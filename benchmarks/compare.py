@@ -1,11 +1,12 @@
 """The papers' comparison on real data: samplers side by side on one ladder generator, and
-the ablations over the number of layers L and of inference steps K.
+the ablations over the number of layers L and of inference steps K. MNIST is read from
+``--data-dir``, else from ``$INFERKIT_DATA/mnist`` or the cache (``inferkit data fetch mnist``).
 
-    python benchmarks/compare.py --data-dir ../shared/datasets/mnist --budget cpu --out bench/cpu
-    python benchmarks/compare.py --data-dir ../shared/datasets/mnist --budget gpu --device cuda --out bench/gpu
-    python benchmarks/compare.py --data-dir ../shared/datasets/mnist --budget smoke --samplers shortrun,langevin
-    python benchmarks/compare.py --data-dir ../shared/datasets/mnist --budget cpu --suite ebm --out bench/ebm
-    python benchmarks/compare.py --data-dir ../shared/datasets/mnist --budget cpu --suite discrete --out bench/discrete
+    python benchmarks/compare.py --budget cpu --out bench/cpu
+    python benchmarks/compare.py --budget gpu --device cuda --out bench/gpu
+    python benchmarks/compare.py --budget smoke --samplers shortrun,langevin
+    python benchmarks/compare.py --budget cpu --suite ebm --out bench/ebm
+    python benchmarks/compare.py --budget cpu --suite discrete --out bench/discrete
 
 Every sampler trains the same ladder generator (same options, seed, data, iteration budget and
 Algorithm-1 settings) and is evaluated by :func:`inferkit.evaluation.evaluate` with the same
@@ -91,6 +92,20 @@ BUDGETS = {
                                            fd_samples=2000, figures=False),
                   tuner_options={"batch_size": 8}),
 }
+
+
+def mnist_folder(data_dir: Path | str | None) -> Path:
+    """``data_dir``, else the folder :func:`inferkit.data.default_data_dir` finds for MNIST; a missing
+    one ends the script with its one-line error."""
+    if data_dir is not None:
+        return Path(data_dir)
+    from inferkit.data import default_data_dir
+    from inferkit.errors import UserError
+
+    try:
+        return Path(default_data_dir("mnist"))
+    except UserError as exc:
+        raise SystemExit(f"error: {exc}") from None
 
 
 def installed_samplers() -> set[str]:
@@ -216,7 +231,8 @@ def write_results(out: Path, stem: str, results: dict[str, Any], render) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data-dir", type=Path, required=True, help="folder with the MNIST IDX files")
+    parser.add_argument("--data-dir", type=Path, default=None, help="folder with the MNIST IDX files "
+                        "[default: $INFERKIT_DATA/mnist, else the cache of `inferkit data fetch mnist`]")
     parser.add_argument("--budget", choices=sorted(BUDGETS), default="smoke")
     parser.add_argument("--samplers", default=",".join(SAMPLERS), help="comma-separated sampler names")
     parser.add_argument("--no-ablations", action="store_true", help="skip Tables 2 and 3")
@@ -232,6 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--inception-weights", type=Path, default=None, help="FID weights file (no download)")
     parser.add_argument("--out", type=Path, default=None, help="output folder [default: bench/<budget>]")
     args = parser.parse_args(argv)
+    args.data_dir = mnist_folder(args.data_dir)
     if args.threads:
         torch.set_num_threads(args.threads)
     resolve_device(args.device)

@@ -1,8 +1,10 @@
 """Discrete latents under an RBM prior: ``rbm-prior`` trained with ``vimco`` and with
 ``rws`` on binarised MNIST (same budget, seed and data), then test log-likelihoods by AIS and RAISE.
+MNIST is read from ``--data-dir``, else from ``$INFERKIT_DATA/mnist`` or the cache
+(``inferkit data fetch mnist``).
 
-    python benchmarks/discrete.py --data-dir ../shared/datasets/mnist --budget smoke --out bench/discrete-smoke
-    python benchmarks/discrete.py --data-dir ../shared/datasets/mnist --budget cpu --out bench/discrete-cpu
+    python benchmarks/discrete.py --budget smoke --out bench/discrete-smoke
+    python benchmarks/discrete.py --budget cpu --out bench/discrete-cpu
 
 Each run goes through :func:`inferkit.trainer.train` (autoencoder pre-training, PCD on the codes, then
 VIMCO / RWS; the schedule is the sampler's). Evaluation (:mod:`inferkit.eval.rbm`): ``log Z`` by AIS from
@@ -166,9 +168,24 @@ def run_discrete(data_dir: str | Path, out: str | Path, budget: str = "smoke", *
     return results
 
 
+def mnist_folder(data_dir: str | Path | None) -> Path:
+    """``data_dir``, else the folder :func:`inferkit.data.default_data_dir` finds for MNIST; a missing
+    one ends the script with its one-line error."""
+    if data_dir is not None:
+        return Path(data_dir)
+    from inferkit.data import default_data_dir
+    from inferkit.errors import UserError
+
+    try:
+        return Path(default_data_dir("mnist"))
+    except UserError as exc:
+        raise SystemExit(f"error: {exc}") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data-dir", required=True, help="folder with the MNIST IDX files")
+    parser.add_argument("--data-dir", default=None, help="folder with the MNIST IDX files "
+                        "[default: $INFERKIT_DATA/mnist, else the cache of `inferkit data fetch mnist`]")
     parser.add_argument("--out", default="bench/discrete")
     parser.add_argument("--budget", default="smoke", choices=sorted(BUDGETS))
     parser.add_argument("--seed", type=int, default=0)
@@ -176,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--samplers", default=",".join(SAMPLERS), help="comma-separated: vimco,rws")
     args = parser.parse_args(argv)
     samplers = tuple(s for s in args.samplers.split(",") if s)
-    results = run_discrete(args.data_dir, args.out, args.budget, seed=args.seed, device=args.device,
+    results = run_discrete(mnist_folder(args.data_dir), args.out, args.budget, seed=args.seed, device=args.device,
                            samplers=samplers)
     print(markdown(results))
     return 0

@@ -23,7 +23,9 @@ from rich.console import Console
 from rich.table import Table
 
 from inferkit import distributed
+from inferkit.cli_data import data_app
 from inferkit.errors import TrainingInterrupted, UserError
+from inferkit.loggers import check_logger
 from inferkit.options import INT64_MAX, INT64_MIN, first_line, is_out_of_memory, parse_assignments, suggest
 from inferkit.registry import list_plugins
 from inferkit.runs import CHECKPOINT_FILE, CONFIG_FILE, check_model_trusted, PluginSpec, RunSpec, TrainConfig, build_objects, resolve_device
@@ -31,6 +33,7 @@ from inferkit.runs import restore_checkpoint
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
                   help="Short-run inference and learning for deep latent-variable models.")
+app.add_typer(data_app, name="data")
 console = Console()
 err_console = Console(stderr=True)
 
@@ -194,6 +197,8 @@ def run(
     resume: Path | None = typer.Option(None, help="continue the run in this folder from its checkpoint"),
     quiet: bool = typer.Option(False, help="no progress bar"),
     trust_code: bool = typer.Option(False, "--trust-code", help=f"with --resume: {_TRUST_HELP}"),
+    logger: str | None = typer.Option(None, help="also log to tensorboard (RUN/tensorboard/; needs "
+                                      "pip install inferkit[tensorboard]); metrics.jsonl is written either way"),
 ) -> None:
     """Train a model with a sampler and a tuner (Algorithm 1) and write a run folder. Under
     ``torchrun --nproc_per_node N -m inferkit run ...`` the N processes train data-parallel."""
@@ -201,7 +206,7 @@ def run(
                          model_opt=model_opt, sampler_opt=sampler_opt, tuner_opt=tuner_opt, data_opt=data_opt,
                          train_opt=train_opt, config=config, iterations=iterations, batch_size=batch_size,
                          tune_every=tune_every, seed=seed, device=device, precision=precision, out=out,
-                         resume=resume, quiet=quiet, trust_code=trust_code)
+                         resume=resume, quiet=quiet, trust_code=trust_code, logger=logger)
     try:
         if request.resume is not None:
             _resume_run(request)
@@ -242,6 +247,7 @@ class RunRequest:
     resume: Path | None = None
     quiet: bool = False
     trust_code: bool = False
+    logger: str | None = None
 
 
 def _resume_run(request: RunRequest) -> None:
@@ -249,6 +255,7 @@ def _resume_run(request: RunRequest) -> None:
     from inferkit.trainer import train
 
     run_dir = request.resume
+    check_logger(request.logger)
     spec = RunSpec.load(run_dir, trust_code=True)  # reading it imports nothing; the model is checked below
     _refuse_changes_on_resume(run_dir, spec, request)
     check_model_trusted(spec.model.name, run_dir / CONFIG_FILE, model=request.model, trust_code=request.trust_code)
@@ -264,7 +271,7 @@ def _resume_run(request: RunRequest) -> None:
     distributed.initialize(spec.train.device)
     data_obj, model_obj, sampler_obj, tuner_obj = build_objects(spec, resolve=False)
     result = train(model_obj, sampler_obj, tuner_obj, data_obj, spec, run_dir, resume=checkpointed,
-                   progress=not request.quiet, notes=(note,) if note else ())
+                   progress=not request.quiet, notes=(note,) if note else (), logger=request.logger)
     _report(result.summary, result.run_dir)
 
 
@@ -274,6 +281,7 @@ def _new_run(request: RunRequest) -> None:
     from inferkit.run_folder import check_new_run_folder
     from inferkit.trainer import train
 
+    check_logger(request.logger)
     spec = _spec_from(request)
     resolve_device(spec.train.device)
     distributed.initialize(spec.train.device)
@@ -285,7 +293,8 @@ def _new_run(request: RunRequest) -> None:
     check_new_run_folder(run_dir)  # early, before building; checked again under the folder's lock
     distributed.barrier()  # every process has checked the folder before rank 0 writes into it
     data_obj, model_obj, sampler_obj, tuner_obj = build_objects(spec)
-    result = train(model_obj, sampler_obj, tuner_obj, data_obj, spec, run_dir, progress=not request.quiet)
+    result = train(model_obj, sampler_obj, tuner_obj, data_obj, spec, run_dir, progress=not request.quiet,
+                   logger=request.logger)
     _report(result.summary, result.run_dir)
 
 

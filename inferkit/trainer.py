@@ -42,6 +42,7 @@ from inferkit.callbacks import CallbackHandler, ProgressDisplay, RunWriter
 from inferkit.errors import UserError
 from inferkit.eval.reconstruction import reconstruction_mse
 from inferkit.interfaces import HasObservationNoise, Model, Sampler, Tuner, UnnormalizedModel, require_compatible
+from inferkit.loggers import check_logger, make_logger
 from inferkit.run_folder import (
     METRICS_FILE,
     TUNER_FILE,
@@ -205,7 +206,7 @@ class Run:
 
 def train(model: Model, sampler: Sampler, tuner: Tuner, data, spec: RunSpec, run_dir: str | Path, *,
           resume: bool = False, progress: bool = True, console: Console | None = None,
-          notes: tuple[str, ...] = ()) -> TrainResult:
+          notes: tuple[str, ...] = (), logger: str | None = None) -> TrainResult:
     """Run Algorithm 1 and write the run folder (config, checkpoint, metrics, tuner history and its
     figures, images, summary). With ``resume`` continue from the folder's checkpoint. In a process
     group (``torchrun``) every process calls it; rank 0 alone writes.
@@ -214,8 +215,10 @@ def train(model: Model, sampler: Sampler, tuner: Tuner, data, spec: RunSpec, run
     non-finite loss or gradient stops it before the step (:class:`UserError` naming the last good
     checkpoint); SIGINT / SIGTERM stop it at the next iteration boundary after a checkpoint there
     (:class:`~inferkit.errors.TrainingInterrupted`). ``notes`` are lines for the run's log, shown by
-    rank 0 once the folder is locked and the checkpoint read."""
+    rank 0 once the folder is locked and the checkpoint read. ``logger`` names an optional logger
+    of :mod:`inferkit.loggers` (``"tensorboard"``) that rank 0 runs beside the run folder's writer."""
     console = console or Console(stderr=True)
+    check_logger(logger)  # before anything is written
     run = _prepare(model, sampler, tuner, data, spec, Path(run_dir), resume=resume, console=console)
     main = distributed.context().is_main
     with _run_guard(run.run_dir, fresh=not resume) as stop:
@@ -225,7 +228,8 @@ def train(model: Model, sampler: Sampler, tuner: Tuner, data, spec: RunSpec, run
             _begin(run)
         for note in notes if main else ():
             console.print(note, markup=False, highlight=False, soft_wrap=True)
-        callbacks = CallbackHandler(_callbacks(run, progress=progress, console=console) if main else [])
+        callbacks = CallbackHandler(_callbacks(run, progress=progress, console=console, logger=logger)
+                                    if main else [])
         with closing(callbacks):
             run_iterations(run, stop, callbacks)
             summary = _summary(run)
@@ -426,11 +430,15 @@ def _resume(run: Run, console: Console) -> None:
         run.tuning_seconds = recorded_tuning_seconds(run.run_dir / TUNER_FILE)
 
 
-def _callbacks(run: Run, *, progress: bool, console: Console) -> list:
-    """Rank 0's callbacks: the run folder's writer, and a progress bar unless ``progress`` is off."""
+def _callbacks(run: Run, *, progress: bool, console: Console, logger: str | None = None) -> list:
+    """Rank 0's callbacks: the run folder's writer, then the ``logger`` if one is named (it reads what
+    the writer has just written), and a progress bar unless ``progress`` is off."""
     writer = RunWriter(run.run_dir, run.model, run.sampler, run.x_test, seed=run.config.seed,
                        image_every=run.config.image_every, plots=bool(run.config.tune_every), console=console)
-    return [writer, ProgressDisplay(console)] if progress else [writer]
+    callbacks: list = [writer]
+    if logger is not None:
+        callbacks.append(make_logger(logger, run.run_dir, image_every=run.config.image_every))
+    return callbacks + [ProgressDisplay(console)] if progress else callbacks
 
 
 def _summary(run: Run) -> dict[str, Any]:

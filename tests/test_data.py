@@ -32,7 +32,6 @@ from inferkit.data.mnist import IMAGE_MAGIC, LABEL_MAGIC
 from inferkit.data.shapes import BACKGROUND_COLOURS, FOREGROUND_COLOURS
 from inferkit.errors import UserError
 
-REAL_MNIST = Path(__file__).resolve().parents[1] / ".." / "shared" / "datasets" / "mnist"
 
 
 @pytest.fixture(scope="module")
@@ -447,9 +446,10 @@ def test_mnist_label_count_mismatch(tmp_path):
         MNISTDataset(str(tmp_path))
 
 
-def test_mnist_missing_dir_and_files(tmp_path):
-    """No --data-dir, a missing folder, or missing files name --data-dir and the files."""
-    with pytest.raises(UserError, match="--data-dir.*t10k-images-idx3-ubyte"):
+def test_mnist_missing_dir_and_files(tmp_path, no_fetched_data):
+    """No --data-dir and nothing fetched names the fetch command; a missing folder, or missing files,
+    name --data-dir and the files."""
+    with pytest.raises(UserError, match="MNIST is not here; run: inferkit data fetch mnist.*--data-dir"):
         MNISTDataset()
     with pytest.raises(UserError, match="--data-dir.*not a folder.*train-images-idx3-ubyte"):
         MNISTDataset(str(tmp_path / "nowhere"))
@@ -474,20 +474,21 @@ def test_mnist_bad_options(tmp_path):
         MNISTDataset(str(tmp_path), num_train=-1)
 
 
-def test_real_mnist_test_split():
+def test_real_mnist_test_split(mnist_dir):
     """The real t10k files load as 8000 / 2000 disjoint images, deterministic by split_seed."""
-    if not (REAL_MNIST / "t10k-images-idx3-ubyte.gz").is_file():
-        pytest.skip(f"real MNIST not found at {REAL_MNIST}")
-    d = MNISTDataset(str(REAL_MNIST))
+    real = Path(mnist_dir)
+    if not (real / "t10k-images-idx3-ubyte.gz").is_file():
+        pytest.skip(f"real MNIST not found at {real}")
+    d = MNISTDataset(str(real))
     assert (len(d.train), len(d.test)) == (8000, 2000)
     assert d.data_shape == (1, 28, 28)
     assert d.train.x.min() == -1.0 and d.train.x.max() == 1.0
     assert set(d.train.labels.tolist()) == set(range(10))
     train_ids, test_ids = set(d.train.source_index.tolist()), set(d.test.source_index.tolist())
     assert not train_ids & test_ids and len(train_ids | test_ids) == 10000
-    same = MNISTDataset(str(REAL_MNIST))
+    same = MNISTDataset(str(real))
     assert torch.equal(same.train.x, d.train.x)
-    other = MNISTDataset(str(REAL_MNIST), split_seed=1, num_train=100, num_test=50)
+    other = MNISTDataset(str(real), split_seed=1, num_train=100, num_test=50)
     assert (len(other.train), len(other.test)) == (100, 50)
     assert not torch.equal(other.train.source_index, d.train.source_index[:100])
     batch = d.train.batch(batch_indices(len(d.train), 64, seed=0, epoch=0)[0])

@@ -1,5 +1,8 @@
 """``mnist``: MNIST digits read from the original IDX files in ``--data-dir``.
 
+Without ``--data-dir`` the files are looked for in ``$INFERKIT_DATA/mnist``, then in the cache
+folder ``inferkit data fetch mnist`` writes (:func:`inferkit.data.catalog.default_data_dir`).
+
 Files (each plain or ``.gz``): ``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``,
 ``t10k-images-idx3-ubyte``, ``t10k-labels-idx1-ubyte``. With all four, train is the
 60,000 training images and test the 10,000 test images. With only the ``t10k`` pair
@@ -20,6 +23,7 @@ import numpy as np
 import torch
 
 from inferkit.data.base import ImageData, TensorSplit, as_int
+from inferkit.data.catalog import default_data_dir
 from inferkit.errors import UserError
 
 __all__ = ["FILES", "IMAGE_MAGIC", "LABEL_MAGIC", "MNISTDataset", "read_idx"]
@@ -121,9 +125,7 @@ class MNISTDataset(ImageData):
         split_seed = as_int("split_seed", split_seed)
         data_dir = os.fspath(data_dir) if data_dir is not None else ""
         if not str(data_dir).strip():
-            raise UserError(
-                f"the mnist data set needs --data-dir DIR, a folder holding {_expected_files_message()}"
-            )
+            data_dir = default_data_dir("mnist")
         root = Path(data_dir).expanduser()
         if not root.is_dir():
             raise UserError(
