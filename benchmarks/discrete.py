@@ -1,13 +1,14 @@
 """Discrete latents under an RBM prior: ``rbm-prior`` trained with ``vimco`` and with
-``rws`` on binarised MNIST (same budget, seed and data), then test log-likelihoods by AIS and RAISE.
-MNIST is read from ``--data-dir``, else from ``$INFERKIT_DATA/mnist`` or the cache
-(``inferkit data fetch mnist``).
+``rws`` on statically binarised MNIST (``binarized-mnist``: the Larochelle-Murray ``.amat`` files when
+the data folder holds them, otherwise a fixed-seed Bernoulli draw of the IDX files; same budget, seed
+and data), then test log-likelihoods by AIS and RAISE. The folder is ``--data-dir``, else
+``$INFERKIT_DATA/mnist`` or the cache (``inferkit data fetch mnist``).
 
     python benchmarks/discrete.py --budget smoke --out bench/discrete-smoke
     python benchmarks/discrete.py --budget cpu --out bench/discrete-cpu
 
-Each run goes through :func:`inferkit.trainer.train` (autoencoder pre-training, PCD on the codes, then
-VIMCO / RWS; the schedule is the sampler's). Evaluation (:mod:`inferkit.eval.rbm`): ``log Z`` by AIS from
+Each run goes through :func:`inferkit.trainer.train` (autoencoder pre-training, then the RBM on the
+codes by CD-1, CD-25 and PCD-25, then VIMCO / RWS; the schedule is the sampler's). Evaluation (:mod:`inferkit.eval.rbm`): ``log Z`` by AIS from
 the base-rate model of the encoder's codes on training images; per test image
 ``log p(x) ~= log (1/K) sum_i p*(x, z_i) / q(z_i | x) - log Z_hat`` (paper eq. 6), and the RAISE
 counterpart with a reverse chain per ``z_i``. Writes ``OUT/results.json`` and ``OUT/results.md``.
@@ -75,7 +76,8 @@ BUDGETS = {
 
 def run_spec(budget: Budget, sampler: str, data_dir: str, seed: int, device: str) -> RunSpec:
     """The same model, data and Algorithm-1 settings for every sampler."""
-    data = {"data_dir": str(data_dir), "num_train": budget.num_train, "num_test": budget.num_test}
+    data = {"data_dir": str(data_dir), "num_train": budget.num_train, "num_test": budget.num_test,
+            "binarize": "bernoulli"}
     model = {"num_latents": budget.num_latents, "num_hidden": budget.num_hidden,
              "decoder_hidden": list(budget.decoder_hidden), "gibbs_steps": 1000}
     options = {"num_samples": budget.num_samples, "hidden": list(budget.encoder_hidden),
@@ -86,7 +88,7 @@ def run_spec(budget: Budget, sampler: str, data_dir: str, seed: int, device: str
                          checkpoint_every=budget.iterations, image_every=budget.iterations, eval_examples=64,
                          device=device)
     return RunSpec(model=PluginSpec("rbm-prior", model), sampler=PluginSpec(sampler, options),
-                   tuner=PluginSpec("fixed", {}), data=PluginSpec("mnist", data), train=config)
+                   tuner=PluginSpec("fixed", {}), data=PluginSpec("binarized-mnist", data), train=config)
 
 
 def _mean_se(values: torch.Tensor) -> dict[str, float]:
@@ -124,7 +126,8 @@ def evaluate_run(model, sampler, data, budget: Budget, seed: int) -> dict[str, A
 
 def markdown(results: dict[str, Any]) -> str:
     """The results table (negative log-likelihoods in nats, lower is better)."""
-    lines = [f"# rbm-prior on binarised MNIST, budget `{results['budget_name']}`, seed {results['seed']}", "",
+    lines = [f"# rbm-prior on statically binarised MNIST ({results.get('data_source', '?')}), budget "
+             f"`{results['budget_name']}`, seed {results['seed']}", "",
              ("| sampler | iterations | train s | log Z (AIS) | test NLL, AIS (eq. 6) | NLL, AIS on RAISE's images "
              "| test NLL, RAISE |"), "|---|---|---|---|---|---|---|"]
     for name, run in results["runs"].items():
@@ -139,8 +142,8 @@ def markdown(results: dict[str, Any]) -> str:
     budget = results["budget"]
     lines += ["", (f"Model: {budget['num_latents']} binary latents, RBM with {budget['num_hidden']} hidden units, "
               f"decoder {budget['decoder_hidden']}, encoder {budget['encoder_hidden']}, K = {budget['num_samples']}; "
-              f"{budget['pretrain_iterations']} autoencoder + {budget['rbm_pretrain_iterations']} PCD pre-training "
-              f"iterations of {budget['iterations']}. ± is one standard error (over test images; for log Z the "
+              f"{budget['pretrain_iterations']} autoencoder + {budget['rbm_pretrain_iterations']} RBM (CD-1, CD-25, "
+              f"PCD-25) pre-training iterations of {budget['iterations']}. ± is one standard error (over test images; for log Z the "
               "delta-method error over AIS chains, not included in the NLL's).")]
     return "\n".join(lines) + "\n"
 
@@ -157,6 +160,8 @@ def run_discrete(data_dir: str | Path, out: str | Path, budget: str = "smoke", *
     for name in samplers:
         spec = run_spec(preset, name, str(data_dir), seed, device)
         data, model, sampler, tuner = build_objects(spec)
+        results["data_source"] = ("Larochelle-Murray files" if data.source == "amat"
+                                  else "fixed-seed Bernoulli draw of the IDX files")
         trained = train(model, sampler, tuner, data, spec, out / "runs" / name, progress=False)
         evaluation = evaluate_run(trained.model, trained.sampler, data, preset, seed)
         results["runs"][name] = {"iterations": preset.iterations, "seconds": trained.summary["seconds"],
@@ -184,8 +189,9 @@ def mnist_folder(data_dir: str | Path | None) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data-dir", default=None, help="folder with the MNIST IDX files "
-                        "[default: $INFERKIT_DATA/mnist, else the cache of `inferkit data fetch mnist`]")
+    parser.add_argument("--data-dir", default=None, help="folder with the Larochelle-Murray .amat files or "
+                        "the MNIST IDX files [default: $INFERKIT_DATA/mnist, else the cache of `inferkit data "
+                        "fetch mnist`]")
     parser.add_argument("--out", default="bench/discrete")
     parser.add_argument("--budget", default="smoke", choices=sorted(BUDGETS))
     parser.add_argument("--seed", type=int, default=0)

@@ -145,7 +145,8 @@ def test_a_sampler_with_training_phases_trains_data_parallel(tmp_path):
     # vimco's pre-training phases leave the RBM (then the encoder) without gradients: DDP must look
     # for unused parameters (Sampler.trains_in_phases, TrainConfig.find_unused_parameters=auto), or the second iteration fails.
     out = tmp_path / "vimco"
-    torchrun(["run", "--model", "rbm-prior", "--sampler", "vimco", "--tuner", "fixed", "--data-opt", "num_train=64",
+    torchrun(["run", "--model", "rbm-prior", "--model-opt", "binarize=threshold", "--sampler", "vimco",
+              "--tuner", "fixed", "--data-opt", "num_train=64",
               "--data-opt", "num_test=16", "--batch-size", "8", "--iterations", "3", "--tune-every", "0", "--quiet",
               "--out", out])
     assert json.loads((out / "summary.json").read_text())["processes"] == 2

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+from importlib.metadata import entry_points
 
 import pytest
 import torch
@@ -50,9 +51,10 @@ def exact_prior(rbm: RBM) -> tuple[torch.Tensor, torch.Tensor]:
     return zs, torch.softmax(torch.logsumexp(log_joint, 1), 0).detach()
 
 
-def tiny_model(seed: int = 0, n: int = 8, m: int = 6, data: int = 6) -> RBMPrior:
+def tiny_model(seed: int = 0, n: int = 8, m: int = 6, data: int = 6, **options) -> RBMPrior:
     torch.manual_seed(seed)
-    model = RBMPrior(num_latents=n, num_hidden=m, decoder_hidden=(16,), data_shape=(data,), gibbs_steps=20).double()
+    model = RBMPrior(num_latents=n, num_hidden=m, decoder_hidden=(16,), data_shape=(data,), gibbs_steps=20,
+                     **options).double()
     with torch.no_grad():
         model.rbm.weight.normal_(0, 0.8)
         model.rbm.visible_bias.normal_(0, 0.5)
@@ -122,7 +124,7 @@ def test_persistent_chains_advance_and_live_in_the_state_dict():
 
 # -- the model --------------------------------------------------------------------------------------
 def test_rbm_prior_model_log_joint_sampling_and_normalisation():
-    model = tiny_model(n=5, m=4, data=4)
+    model = tiny_model(n=5, m=4, data=4, binarize="threshold")
     assert model.latent_support is constraints.boolean and model.normalized is False
     (z,) = model.sample_prior(6, generator=torch.Generator().manual_seed(0))
     assert z.shape == (6, 5) and set(z.unique().tolist()) <= {0.0, 1.0}
@@ -321,7 +323,66 @@ def test_samplers_run_their_phases_and_refuse_other_models(tiny_linear_gaussian)
         VIMCO().setup(tiny_linear_gaussian(latent_dim=8, data_dim=16, dtype="float32"))
 
 
-MNIST_TINY = ["--model", "rbm-prior", "--data", "mnist", "--model-opt", "num_latents=16",
+def test_rbm_pretraining_runs_cd1_cd25_pcd25_in_equal_stages():
+    sampler = VIMCO(num_samples=2, hidden=(8,))
+    assert sampler.rbm_stages == (("cd", 1), ("cd", 25), ("pcd", 25))
+    # 100 iterations: 30 autoencoder, 10 RBM (iteration i of them in stage floor(3 i / 10)), 60 training
+    expected = ["autoencoder"] * 30 + ["cd1"] * 4 + ["cd25"] * 3 + ["pcd25"] * 3 + ["train"] * 60
+    assert [sampler.stage_at(t, 100) for t in range(100)] == expected
+    explicit = RWS(pretrain_iterations=2, rbm_pretrain_iterations=5,
+                   rbm_stages=("cd1", "cd5", "cd10", "pcd25"))
+    assert [explicit.stage_at(t, 9) for t in range(9)] == [
+        "autoencoder", "autoencoder", "cd1", "cd1", "cd5", "cd10", "pcd25", "train", "train"]
+    for t, (phase, stage) in enumerate([("autoencoder", None)] * 2 + [("rbm", ("cd", 1))] * 2 + [
+            ("rbm", ("cd", 5)), ("rbm", ("cd", 10)), ("rbm", ("pcd", 25)), ("train", None)]):
+        explicit.begin_iteration(t, 9)
+        assert explicit.phase == phase and (stage is None or explicit.rbm_stage == stage), t
+    assert [VIMCO(rbm_pretrain_iterations=0, pretrain_iterations=1).stage_at(t, 3) for t in range(3)] == [
+        "autoencoder", "train", "train"]
+
+
+@pytest.mark.parametrize("stages", [("cd0",), ("pc25",), ("cd",), ("cd2x",), ()])
+def test_bad_rbm_stages_are_one_line_user_errors(stages):
+    with pytest.raises(UserError, match="rbm_stages") as info:
+        VIMCO(rbm_stages=stages)
+    assert "\n" not in str(info.value)
+
+
+def test_rbm_stages_come_from_the_command_line_as_a_list():
+    from inferkit.registry import load
+
+    sampler = load("sampler", "rws", rbm_stages="cd1,cd3,pcd10")
+    assert sampler.rbm_stages == (("cd", 1), ("cd", 3), ("pcd", 10))
+
+
+def test_cd_stages_sweep_from_the_codes_and_pcd_stages_advance_the_chains():
+    model = tiny_model(n=6, m=4, data=5)
+    coin = torch.full((4, 5), 0.5, dtype=torch.float64)
+    x = 2 * torch.bernoulli(coin, generator=torch.Generator().manual_seed(2)) - 1
+    sampler = VIMCO(num_samples=2, hidden=(8,), num_chains=5, pretrain_iterations=0,
+                    rbm_pretrain_iterations=2, rbm_stages=("cd3", "pcd4"))
+    sampler.setup(model)
+    sampler.begin_iteration(0, 10)  # cd3
+    chains_before = sampler.chains.state.clone()
+    inference = sampler.infer(model, x, index=torch.arange(4), generator=torch.Generator().manual_seed(5))
+    codes = inference.z[0]
+    torch.testing.assert_close(codes, (sampler.encoder_logits(model, x) > 0).double())
+    expected = gibbs_sweeps(model.rbm, codes, 3, torch.Generator().manual_seed(5))
+    assert inference.info["rbm_stage"] == "cd3" and inference.info["negative"].shape == (4, 6)
+    torch.testing.assert_close(inference.info["negative"], expected)
+    assert torch.equal(sampler.chains.state, chains_before)  # CD leaves the persistent chains alone
+    sampler.begin_iteration(1, 10)  # pcd4
+    inference = sampler.infer(model, x, index=torch.arange(4), generator=torch.Generator().manual_seed(6))
+    expected = gibbs_sweeps(model.rbm, chains_before, 4, torch.Generator().manual_seed(6))
+    assert inference.info["rbm_stage"] == "pcd4"
+    torch.testing.assert_close(inference.info["negative"], expected)
+    torch.testing.assert_close(sampler.chains.state, expected)
+    loss = sampler.loss(model, x, inference)
+    pcd = model.rbm.free_energy(codes).mean() - model.rbm.free_energy(expected).mean()
+    torch.testing.assert_close(loss, pcd)
+
+
+MNIST_TINY = ["--model", "rbm-prior", "--data", "binarized-mnist", "--model-opt", "num_latents=16",
               "--model-opt", "num_hidden=8", "--model-opt", "decoder_hidden=32", "--model-opt", "gibbs_steps=5",
               "--sampler-opt", "hidden=32", "--sampler-opt", "num_samples=4", "--sampler-opt", "num_chains=8",
               "--sampler-opt", "pretrain_iterations=2", "--sampler-opt", "rbm_pretrain_iterations=2",
@@ -329,8 +390,14 @@ MNIST_TINY = ["--model", "rbm-prior", "--data", "mnist", "--model-opt", "num_lat
               "--train-opt", "log_every=1", "--train-opt", "eval_examples=16", "--iterations", "6"]
 
 
+def binarized_mnist_registered() -> bool:
+    return "binarized-mnist" in {ep.name for ep in entry_points(group="inferkit.datasets")}
+
+
 @pytest.mark.parametrize("sampler", ["vimco", "rws"])
 def test_cli_trains_rbm_prior_on_mnist(sampler, mnist_dir, tmp_path, capsys):
+    if not binarized_mnist_registered():
+        pytest.skip("the binarized-mnist entry point is not installed; reinstall inferkit (pip install -e .)")
     out = tmp_path / sampler
     code, _, err = run_cli(["run", *MNIST_TINY, "--sampler", sampler, "--data-dir", mnist_dir, "--out", out],
                            capsys)
@@ -357,7 +424,9 @@ def test_cli_trains_rbm_prior_on_mnist(sampler, mnist_dir, tmp_path, capsys):
     (["--sampler", "shortrun"], "binary latents"),
     (["--sampler", "vimco", "--tuner", "kl-grid", "--tune-every", "1"], "fixed"),
     (["--sampler", "vimco", "--sampler-opt", "num_samples=1"], "num_samples"),
-    (["--sampler", "rws", "--model-opt", "pixel_range=1,0"], "pixel_range")])
+    (["--sampler", "rws", "--model-opt", "pixel_range=1,0"], "pixel_range"),
+    (["--sampler", "vimco"], "--model-opt binarize=threshold"),  # shapes has grey levels
+    (["--sampler", "vimco", "--sampler-opt", "rbm_stages=cd0"], "rbm_stages")])
 def test_cli_refuses_wrong_combinations_with_one_line(args, fragment, tmp_path, capsys):
     code, _, err = run_cli(["run", "--model", "rbm-prior", "--model-opt", "num_latents=4", "--model-opt",
                             "num_hidden=3", "--data", "shapes", "--data-opt", "num_train=16", "--data-opt",

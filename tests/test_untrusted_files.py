@@ -19,7 +19,8 @@ from cli_helpers import one_line_error, run_cli
 from inferkit.cli import main
 
 LADDER = ["--model", "ladder", "--model-opt", "num_layers=2", "--model-opt", "latent_dims=4,2", "--model-opt", "nf=8"]
-RBM = ["--model", "rbm-prior", "--model-opt", "num_latents=4", "--model-opt", "num_hidden=3"]
+RBM = ["--model", "rbm-prior", "--model-opt", "num_latents=4", "--model-opt", "num_hidden=3", "--model-opt",
+       "binarize=threshold"]  # shapes has grey levels
 EBM = ["--model", "ladder-ebm", "--model-opt", "num_layers=2", "--model-opt", "latent_dims=4,2", "--model-opt", "nf=8",
        "--model-opt", "energy_hidden=16", "--model-opt", "prior_steps=3"]
 SMALL = ["--data", "shapes", "--data-opt", "num_train=32", "--data-opt", "num_test=16", "--data-opt", "image_size=16",

@@ -9,11 +9,20 @@ reversed encoder by default). ``Z`` is unknown, so the model is an unnormalised 
 ``log p*(x, z) = -F(z) + log p(x | z) = log p(x, z) + log Z`` (the paper's eq. 4), exact up to the
 additive constant ``log Z``; :mod:`inferkit.eval.rbm` estimates ``log Z`` (AIS) and ``log p(x)``.
 
-Binarisation happens inside the likelihood: a pixel is 1 when it is above the midpoint of
-``pixel_range``. inferkit's MNIST loader gives pixels in ``[-1, 1]`` (intensity ``2 u / 255 - 1``), so
-the default ``pixel_range=(-1, 1)`` thresholds at 0, i.e. at intensity 0.5 (a fixed, static
-binarisation). :meth:`decode` returns the mean of the binarised pixel in data units,
-``low + (high - low) sigmoid(g(z))``, so reconstruction errors and image grids are on the data's scale.
+``x`` is read as binary: pixel ``d`` is ``b_d = 1[x_d > (low + high) / 2]`` (the midpoint of
+``pixel_range``, 0 for inferkit's ``[-1, 1]`` images). ``binarize`` says what ``b`` is:
+
+* ``"bernoulli"`` (default, the paper's statically binarised MNIST): ``x`` arrives binarised by a
+  fixed-seed draw ``b_d ~ Bernoulli(u_d)`` of the grey levels ``u``, made once per data set
+  (``--data binarized-mnist``, :mod:`inferkit.data.binarized_mnist`), so each pixel is ``low`` or
+  ``high`` and the midpoint test reads ``b`` back exactly. Grey levels are refused (one-line
+  :class:`~inferkit.errors.UserError`): the draw belongs to the data, where it is fixed per image
+  across iterations and runs, not to the likelihood, which never sees which data set row it scores.
+* ``"threshold"``: ``b_d = 1[u_d > 1/2]`` of grey-level data (e.g. ``--data mnist``), a deterministic
+  binarisation with about 45 nats per MNIST image less pixel noise; its NLLs are not the paper's.
+
+:meth:`decode` returns the mean of the binary pixel in data units, ``low + (high - low) sigmoid(g(z))``,
+so reconstruction errors and image grids are on the data's scale.
 """
 
 from __future__ import annotations
@@ -27,6 +36,8 @@ from inferkit.errors import UserError
 from inferkit.interfaces import Latents, RBMPriorModel
 from inferkit.models.gibbs import gibbs_sweeps
 from inferkit.models.rbm import RBM
+
+BINARIZATIONS = ("bernoulli", "threshold")
 
 
 def _positive_int(name: str, value, minimum: int = 1) -> int:
@@ -46,13 +57,19 @@ class RBMPrior(RBMPriorModel):
         data_shape: shape of one ``x`` (taken from the data set by ``options_for_data``).
         pixel_range: ``(low, high)`` of the data; pixels above ``(low + high) / 2`` are 1.
         gibbs_steps: block-Gibbs sweeps :meth:`sample_prior` runs from uniform random states.
+        binarize: ``"bernoulli"`` (data statically binarised by a Bernoulli draw; grey levels refused)
+            or ``"threshold"`` (grey levels thresholded at the midpoint); see the module docstring.
     """
 
     def __init__(self, num_latents: int = 200, num_hidden: int = 400,
                  decoder_hidden: tuple[int, ...] = (100, 100, 200, 200),
                  data_shape: tuple[int, ...] = (1, 28, 28), pixel_range: tuple[float, float] = (-1.0, 1.0),
-                 gibbs_steps: int = 1000):
+                 gibbs_steps: int = 1000, binarize: str = "bernoulli"):
         super().__init__()
+        if binarize not in BINARIZATIONS:
+            raise UserError(f"rbm-prior: binarize must be one of {', '.join(BINARIZATIONS)}, "
+                            f"got {binarize!r}")
+        self.binarization = binarize
         num_latents = _positive_int("num_latents", num_latents)
         num_hidden = _positive_int("num_hidden", num_hidden)
         self.gibbs_steps = _positive_int("gibbs_steps", gibbs_steps, 0)
@@ -86,13 +103,28 @@ class RBMPrior(RBMPriorModel):
 
     def extra_repr(self) -> str:
         return (f"num_latents={self.num_latents}, num_hidden={self.num_hidden}, "
-                f"decoder_hidden={self.decoder_hidden}, data_shape={self.data_shape}")
+                f"decoder_hidden={self.decoder_hidden}, data_shape={self.data_shape}, "
+                f"binarize={self.binarization!r}")
 
     # -- pieces ---------------------------------------------------------------------------------
     def binarize(self, x: Tensor) -> Tensor:
         """``1[x > (low + high) / 2]`` as floats, flattened to ``[batch, D]``."""
         threshold = 0.5 * (self.pixel_low + self.pixel_high)
         return (x.reshape(x.shape[0], -1) > threshold).to(self.rbm.weight.dtype)
+
+    def check_binary(self, x: Tensor, mask: Tensor | None = None) -> None:
+        """With ``binarize="bernoulli"``: a :class:`UserError` unless every observed pixel of ``x`` is
+        ``low`` or ``high`` (statically binarised data). Nothing to check with ``"threshold"``."""
+        if self.binarization != "bernoulli":
+            return
+        binary = (x == self.pixel_low) | (x == self.pixel_high)
+        if mask is not None:
+            binary = binary | (torch.broadcast_to(mask, x.shape) == 0)
+        if not bool(binary.all()):
+            raise UserError(f"rbm-prior with binarize=bernoulli takes statically binarised data (every "
+                            f"pixel {self.pixel_low:g} or {self.pixel_high:g}), but x has grey levels; use "
+                            "--data binarized-mnist (a fixed-seed Bernoulli draw), or --model-opt "
+                            "binarize=threshold to threshold grey levels at the midpoint")
 
     def decoder_logits(self, z: Tensor) -> Tensor:
         """``g_theta(z)``: Bernoulli logits ``[..., D]`` for ``z`` of shape ``[..., n]`` (binary, or in
@@ -103,7 +135,9 @@ class RBMPrior(RBMPriorModel):
         """``log p(x | z) = sum_d m_d log Bernoulli(binarise(x)_d; sigmoid(g(z))_d)``.
 
         ``x`` is ``[B, *data_shape]``; ``z`` is ``[B, n]`` or ``[B, K, n]`` (K samples per example),
-        and the result is ``[B]`` or ``[B, K]``. ``mask`` (1 = observed) restricts the sum."""
+        and the result is ``[B]`` or ``[B, K]``. ``mask`` (1 = observed) restricts the sum. Grey-level
+        ``x`` is refused with ``binarize="bernoulli"`` (:meth:`check_binary`)."""
+        self.check_binary(x, mask)
         logits = self.decoder_logits(z)
         target = self.binarize(x)
         extra = logits.dim() - 2

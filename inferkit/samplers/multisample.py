@@ -11,10 +11,16 @@ Both samplers train the decoder by ``sum_i w~_i grad log p*(x, z_i)`` and the RB
 Gibbs chains; they differ in how the encoder learns (subclasses' ``training_loss``).
 
 Phases, by training iteration t (set in ``begin_iteration``, so a resumed run is in the same phase):
-``autoencoder`` for the first ``pretrain_iterations``, then ``rbm`` (PCD on the codes) for
-``rbm_pretrain_iterations``, then ``train``. Left at ``None`` they are ``pretrain_fraction`` and
-``rbm_pretrain_fraction`` of the run. The trainer's logged loss in the ``train`` phase is
-``-(L_K + log Z)`` (``log Z`` is unknown during training), averaged over the batch.
+``autoencoder`` for the first ``pretrain_iterations``, then ``rbm`` for ``rbm_pretrain_iterations``,
+then ``train``. Left at ``None`` they are ``pretrain_fraction`` and ``rbm_pretrain_fraction`` of the
+run. The ``rbm`` phase runs the S stages of ``rbm_stages`` in order over its R iterations, evenly:
+its iteration ``i`` (0-based) is in stage ``floor(i S / R)``. ``cdK`` is contrastive divergence with
+K Gibbs sweeps from the batch's codes, ``pcdK`` persistent contrastive divergence with K sweeps of the
+persistent chains per iteration (the chains the ``train`` phase then continues). The default
+``cd1,cd25,pcd25`` follows the paper's appendix C: CD-1 raised to CD-25 (after Salakhutdinov and
+Murray 2008), then PCD-25; the paper gives no stage lengths, so they are equal here. The trainer's
+logged loss in the ``train`` phase is ``-(L_K + log Z)`` (``log Z`` is unknown during training),
+averaged over the batch.
 
 The persistent chains advance only on training batches (``infer`` given ``index``, as the trainer
 does), never on evaluation calls, and live in ``state_dict`` so checkpoints resume them.
@@ -32,12 +38,23 @@ from torch.distributions import constraints
 from inferkit.devices import module_placement
 from inferkit.errors import UserError
 from inferkit.interfaces import HasBernoulliEncoder, Inference, Model, RBMPriorModel, Sampler
-from inferkit.models.gibbs import PersistentChains
+from inferkit.models.gibbs import PersistentChains, gibbs_sweeps
 from inferkit.samplers.bernoulli import BernoulliEncoder, bernoulli_log_prob, check_widths, draw_bernoulli
 from inferkit.samplers.encoders import mask_input, shape_key
 from inferkit.samplers.pretrain import hard_codes, log_partition_surrogate, pcd_loss, soft_binarize
 
 PHASES = ("autoencoder", "rbm", "train")
+
+
+def parse_rbm_stage(name: str, stage: str) -> tuple[str, int]:
+    """``"cd25"`` -> ``("cd", 25)``, ``"pcd1"`` -> ``("pcd", 1)``; anything else is a :class:`UserError`."""
+    text = str(stage).strip().lower()
+    kind = "pcd" if text.startswith("pcd") else "cd" if text.startswith("cd") else None
+    digits = text[len(kind):] if kind else ""
+    if kind is None or not digits.isdigit() or int(digits) < 1:
+        raise UserError(f"{name}: rbm_stages entries are cdK or pcdK with K >= 1 Gibbs sweeps (e.g. "
+                        f"cd1,cd25,pcd25), got {stage!r}")
+    return kind, int(digits)
 
 
 def _check_int(name: str, option: str, value, minimum: int) -> int:
@@ -62,8 +79,9 @@ class MultiSampleBernoulli(Sampler, HasBernoulliEncoder):
         num_chains: M persistent Gibbs chains for the negative phase.
         pcd_steps: Gibbs sweeps the chains take per training iteration.
         pretrain_iterations: autoencoder pre-training iterations (``None``: ``pretrain_fraction`` of the run).
-        rbm_pretrain_iterations: PCD iterations on the codes next (``None``: ``rbm_pretrain_fraction``).
+        rbm_pretrain_iterations: RBM iterations on the codes next (``None``: ``rbm_pretrain_fraction``).
         pretrain_fraction, rbm_pretrain_fraction: the defaults above, as fractions of the run.
+        rbm_stages: the RBM pre-training stages in order, ``cdK`` / ``pcdK`` (the paper: cd1, cd25, pcd25).
     """
 
     name = "multisample"
@@ -73,7 +91,7 @@ class MultiSampleBernoulli(Sampler, HasBernoulliEncoder):
     def __init__(self, num_samples: int = 50, hidden: tuple[int, ...] = (200, 200, 100, 100),
                  num_chains: int = 100, pcd_steps: int = 1, pretrain_iterations: int | None = None,
                  rbm_pretrain_iterations: int | None = None, pretrain_fraction: float = 0.3,
-                 rbm_pretrain_fraction: float = 0.1):
+                 rbm_pretrain_fraction: float = 0.1, rbm_stages: tuple[str, ...] = ("cd1", "cd25", "pcd25")):
         super().__init__()
         name = self.name
         self.num_samples = _check_int(name, "num_samples", num_samples, self.min_samples)
@@ -88,6 +106,11 @@ class MultiSampleBernoulli(Sampler, HasBernoulliEncoder):
         self.rbm_pretrain_fraction = _check_fraction(name, "rbm_pretrain_fraction", rbm_pretrain_fraction)
         if self.pretrain_fraction + self.rbm_pretrain_fraction > 1:
             raise UserError(f"{name}: pretrain_fraction + rbm_pretrain_fraction must be at most 1")
+        stages = (rbm_stages,) if isinstance(rbm_stages, str) else tuple(rbm_stages)
+        if not stages:
+            raise UserError(f"{name}: rbm_stages needs at least one stage, e.g. cd1,cd25,pcd25")
+        self.rbm_stages = tuple(parse_rbm_stage(name, stage) for stage in stages)
+        self.rbm_stage = self.rbm_stages[-1]
         self.encoder: BernoulliEncoder | None = None
         self.chains: PersistentChains | None = None
         self._built_for: tuple | None = None
@@ -122,10 +145,23 @@ class MultiSampleBernoulli(Sampler, HasBernoulliEncoder):
                else self.rbm_pretrain_iterations)
         return ae, rbm
 
-    def begin_iteration(self, iteration: int, total: int) -> None:
-        """Pick the phase of iteration ``iteration``: autoencoder, rbm (PCD on codes) or train."""
+    def stage_at(self, iteration: int, total: int) -> str:
+        """What iteration ``iteration`` of ``total`` does: ``"autoencoder"``, an RBM stage (``"cd1"``,
+        ``"pcd25"``, ...) or ``"train"`` (see the module docstring)."""
         ae, rbm = self.schedule(total)
-        self.phase = "autoencoder" if iteration < ae else "rbm" if iteration < ae + rbm else "train"
+        if iteration < ae:
+            return "autoencoder"
+        if iteration >= ae + rbm:
+            return "train"
+        kind, steps = self.rbm_stages[(iteration - ae) * len(self.rbm_stages) // rbm]
+        return f"{kind}{steps}"
+
+    def begin_iteration(self, iteration: int, total: int) -> None:
+        """Pick the phase of iteration ``iteration`` (autoencoder, rbm or train) and the RBM stage."""
+        stage = self.stage_at(iteration, total)
+        self.phase = stage if stage in PHASES else "rbm"
+        if self.phase == "rbm":
+            self.rbm_stage = parse_rbm_stage(self.name, stage)
 
     def _require_setup(self, model: Model) -> None:
         if self._built_for != shape_key(model):
@@ -142,19 +178,30 @@ class MultiSampleBernoulli(Sampler, HasBernoulliEncoder):
         """``log q(z | x)`` for samples ``z`` ``[B, K, n]`` (or ``[B, n]``) and logits ``[B, n]``."""
         return bernoulli_log_prob(z, logits.unsqueeze(1) if z.dim() == 3 else logits)
 
-    def _negative(self, model: Model, generator: torch.Generator | None) -> Tensor:
-        return self.chains.advance(model.rbm, self.pcd_steps, generator)
+    def _negative(self, model: Model, logits: Tensor, generator: torch.Generator | None) -> Tensor:
+        """Negative-phase states ``z^-``: in the ``rbm`` phase the stage's CD-K chains from the batch's
+        codes or PCD-K sweeps of the persistent chains; in ``train``, ``pcd_steps`` sweeps of the
+        persistent chains."""
+        if self.phase != "rbm":
+            return self.chains.advance(model.rbm, self.pcd_steps, generator)
+        kind, steps = self.rbm_stage
+        if kind == "cd":
+            return gibbs_sweeps(model.rbm, hard_codes(logits), steps, generator)
+        return self.chains.advance(model.rbm, steps, generator)
 
     def infer(self, model: Model, x: Tensor, *, index: Tensor | None = None, mask: Tensor | None = None,
               generator: torch.Generator | None = None) -> Inference:
         """Phase ``train``: K draws ``z_i ~ q(z | x)``; returns the highest-weight draw per example with its
         ``log q`` (``info``: all draws, the logits). Phase ``autoencoder``: ``z = B(E(x))`` (soft, with its
         graph). Phase ``rbm``: the hard codes ``1[E(x) > 0]``. On training batches (``index`` given) the
-        persistent chains advance and their states are ``info["negative"]``."""
+        negative-phase states (CD-K chains from the codes, or the persistent chains, which then advance)
+        are ``info["negative"]``."""
         logits = self.encoder_logits(model, x, mask)
         info: dict = {"phase": self.phase, "logits": logits}
+        if self.phase == "rbm":
+            info["rbm_stage"] = "".join(map(str, self.rbm_stage))
         if index is not None and self.phase != "autoencoder":
-            info["negative"] = self._negative(model, generator)
+            info["negative"] = self._negative(model, logits, generator)
             self.extra_negative(model, info, generator)
         if self.phase == "autoencoder":
             return Inference(z=(soft_binarize(logits, generator),), info=info)

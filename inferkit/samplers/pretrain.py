@@ -5,8 +5,10 @@
    1/2 so that the decision boundary is ``e = 0``, the same as the later ``q = sigmoid(E(x))``, and
    ``B`` is deterministic (0 or 1) for ``|e| >= 1``: the encoder learns to code into
    ``(-inf, -1] U [1, inf)`` as the paper describes.
-2. RBM: persistent contrastive divergence on the hard codes ``z = 1[E(x) > 0]``:
-   ``grad log p(z) = -grad F(z) + E_{z^- ~ p}[grad F(z^-)]`` with ``z^-`` from persistent chains.
+2. RBM: contrastive divergence on the hard codes ``z = 1[E(x) > 0]``:
+   ``grad log p(z) = -grad F(z) + E_{z^- ~ p}[grad F(z^-)]`` with ``z^-`` from K Gibbs sweeps started
+   at the codes (CD-K) or from persistent chains (PCD-K), in the stages the sampler's ``rbm_stages``
+   lists (the paper: CD-1, then CD-25, then PCD-25).
 3. Then the sampler switches to VIMCO / RWS with ``q(z | x) = Bernoulli(sigmoid(E(x)))``.
 """
 

@@ -63,10 +63,12 @@ class VIMCO(MultiSampleBernoulli):
     def __init__(self, num_samples: int = 50, hidden: tuple[int, ...] = (200, 200, 100, 100),
                  num_chains: int = 100, pcd_steps: int = 1, pretrain_iterations: int | None = None,
                  rbm_pretrain_iterations: int | None = None, pretrain_fraction: float = 0.3,
-                 rbm_pretrain_fraction: float = 0.1, baseline: str = "leave-one-out"):
+                 rbm_pretrain_fraction: float = 0.1, rbm_stages: tuple[str, ...] = ("cd1", "cd25", "pcd25"),
+                 baseline: str = "leave-one-out"):
         super().__init__(num_samples=num_samples, hidden=hidden, num_chains=num_chains, pcd_steps=pcd_steps,
                          pretrain_iterations=pretrain_iterations, rbm_pretrain_iterations=rbm_pretrain_iterations,
-                         pretrain_fraction=pretrain_fraction, rbm_pretrain_fraction=rbm_pretrain_fraction)
+                         pretrain_fraction=pretrain_fraction, rbm_pretrain_fraction=rbm_pretrain_fraction,
+                         rbm_stages=rbm_stages)
         if baseline not in BASELINES:
             raise UserError(f"vimco: baseline must be one of {', '.join(BASELINES)}, got {baseline!r}")
         self.baseline = baseline
