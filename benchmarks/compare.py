@@ -1,11 +1,11 @@
 """The papers' comparison on real data: samplers side by side on one ladder generator, and
 the ablations over the number of layers L and of inference steps K.
 
-    python benchmarks/compare.py --data-dir ../shared/datasets/mnist --budget cpu --out bench/cpu
-    python benchmarks/compare.py --data-dir ../shared/datasets/mnist --budget gpu --device cuda --out bench/gpu
-    python benchmarks/compare.py --data-dir ../shared/datasets/mnist --budget smoke --samplers shortrun,langevin
-    python benchmarks/compare.py --data-dir ../shared/datasets/mnist --budget cpu --suite ebm --out bench/ebm
-    python benchmarks/compare.py --data-dir ../shared/datasets/mnist --budget cpu --suite discrete --out bench/discrete
+    python benchmarks/compare.py --data-dir ~/data/mnist --budget cpu --out bench/cpu
+    python benchmarks/compare.py --data-dir ~/data/mnist --budget gpu --device cuda --out bench/gpu
+    python benchmarks/compare.py --data-dir ~/data/mnist --budget smoke --samplers shortrun,langevin
+    python benchmarks/compare.py --data-dir ~/data/mnist --budget cpu --suite ebm --out bench/ebm
+    python benchmarks/compare.py --data-dir ~/data/mnist --budget cpu --suite discrete --out bench/discrete
 
 Every sampler trains the same ladder generator (same options, seed, data, iteration budget and
 Algorithm-1 settings) and is evaluated by :func:`inferkit.evaluation.evaluate` with the same

@@ -1,8 +1,8 @@
 """Discrete latents under an RBM prior: ``rbm-prior`` trained with ``vimco`` and with
 ``rws`` on binarised MNIST (same budget, seed and data), then test log-likelihoods by AIS and RAISE.
 
-    python benchmarks/discrete.py --data-dir ../shared/datasets/mnist --budget smoke --out bench/discrete-smoke
-    python benchmarks/discrete.py --data-dir ../shared/datasets/mnist --budget cpu --out bench/discrete-cpu
+    python benchmarks/discrete.py --data-dir ~/data/mnist --budget smoke --out bench/discrete-smoke
+    python benchmarks/discrete.py --data-dir ~/data/mnist --budget cpu --out bench/discrete-cpu
 
 Each run goes through :func:`inferkit.trainer.train` (autoencoder pre-training, PCD on the codes, then
 VIMCO / RWS; the schedule is the sampler's). Evaluation (:mod:`inferkit.eval.rbm`): ``log Z`` by AIS from

@@ -3,7 +3,7 @@
     z ~ N(0, I_16),   x ~ N(tanh(MLP(z)), 0.3^2 I)   (MNIST pixels in [-1, 1], shape 1x28x28)
 
     PYTHONPATH=. inferkit run --model pyro:examples.pyro_mnist:model --sampler shortrun --tuner kl-grid \
-        --data mnist --data-opt data_dir=../shared/datasets/mnist --out runs/pyro-mnist
+        --data mnist --data-dir ~/data/mnist --out runs/pyro-mnist
 """
 
 import pyro

@@ -5,7 +5,9 @@ import torch
 
 torch.set_num_threads(int(os.environ.get("INFERKIT_TEST_THREADS", "1")))
 
-MNIST_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "datasets", "mnist")
+# The MNIST IDX files: $INFERKIT_MNIST_DIR, or a `shared/datasets/mnist` folder beside the checkout.
+MNIST_DIR = os.environ.get("INFERKIT_MNIST_DIR") or os.path.join(os.path.dirname(__file__), "..", "..", "shared",
+                                                                  "datasets", "mnist")
 
 TINY_LINEAR_GAUSSIAN = {"latent_dim": 3, "data_dim": 5, "sigma": 0.5, "seed": 0, "dtype": "float64"}
 """What ``tiny_linear_gaussian()`` builds when given no overrides."""
@@ -14,7 +16,7 @@ TINY_LINEAR_GAUSSIAN = {"latent_dim": 3, "data_dim": 5, "sigma": 0.5, "seed": 0,
 @pytest.fixture
 def mnist_dir():
     if not os.path.isdir(MNIST_DIR):
-        pytest.skip("real MNIST not present at ../shared/datasets/mnist")
+        pytest.skip(f"real MNIST not present at {MNIST_DIR} (set INFERKIT_MNIST_DIR to a folder with its IDX files)")
     return MNIST_DIR
 
 
