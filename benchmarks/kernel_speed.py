@@ -93,7 +93,7 @@ def build_model(name: str, device: str) -> tuple[str, Model, float]:
     try:  # the papers' generator, if its plugin is installed and imports
         model = inferkit.load_model("ladder", num_layers=2, nf=16, image_size=16, channels=1)
         label = "conv: ladder L=2 nf=16 1x16x16 (z " + "+".join(str(s[0]) for s in model.latent_shapes) + ")"
-    except Exception as exc:  # noqa: BLE001 - any failure of a plugin under development: fall back
+    except Exception as exc:  # noqa: BLE001 - any failure to build the plugin's model: fall back
         print(f"(ladder plugin unavailable: {type(exc).__name__}: {exc}; using the built-in tiny conv decoder)",
               file=sys.stderr)
         model = TinyConvDecoder()

@@ -11,7 +11,7 @@ its slogdet); ``exact+check`` adds the per-step eigenvalue check the tuners run 
     python benchmarks/logdet.py --quick
 
 Tuning's share of a training run is measured by a real run: ``summary.json`` of ``inferkit run``
-records ``tuning_seconds`` next to ``seconds`` (see the README for the command).
+records ``tuning_seconds`` next to ``seconds`` (benchmarks/RESULTS.md, "The headline run").
 """
 
 from __future__ import annotations

@@ -295,7 +295,7 @@ def measure_modes(args) -> dict:
 
 
 def modes_markdown(result: dict) -> str:
-    """The modes side by side, and the issue's targets read off them (not asserted)."""
+    """The modes side by side, and the speed targets read off them (not asserted)."""
     lines = [(f"## K-step loop modes: {result['model']}, batch {result['batch']}, K={result['steps']}, "
               f"{result['sampler']}, on {result['device_name']} ({result['device']}, torch "
               f"{result['torch']}, {result['threads']} threads), median of {result['reps']} interleaved "

@@ -185,7 +185,8 @@ def run(
     tuner_opt: list[str] = typer.Option([], help=_OPT_HELP.format("tuner")),
     data_opt: list[str] = typer.Option([], help=_OPT_HELP.format("dataset")),
     train_opt: list[str] = typer.Option([], help="key=value training setting (see TrainConfig)"),
-    config: Path | None = typer.Option(None, help="TOML file with [model], [sampler], [tuner], [data], [train]"),
+    config: Path | None = typer.Option(None, help="TOML file with the tables model, sampler, tuner, data, "
+                                                  "train (docs/getting-started.md)"),
     iterations: int | None = typer.Option(None, help="training iterations"),
     batch_size: int | None = typer.Option(None, help="examples per iteration"),
     tune_every: int | None = typer.Option(None, help="run the tuner every T_s iterations (0: never)"),
