@@ -65,7 +65,7 @@ def read_svhn_mat(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray]
     bad = (labels < 1) | (labels > NUM_CLASSES) | (labels != np.round(labels))
     if bad.any():
         row = int(np.argmax(bad))
-        raise _damaged(path, f"label {labels[row]!r} at row {row}; SVHN labels are 1 to 10")
+        raise _damaged(path, f"label {labels[row].item():g} at row {row}; SVHN labels are 1 to 10")
     return np.ascontiguousarray(images.transpose(3, 2, 0, 1)), labels.astype(np.int64) % NUM_CLASSES
 
 
