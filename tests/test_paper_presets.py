@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import math
-import tomllib
 from importlib.metadata import EntryPoint
 from pathlib import Path
 
@@ -24,6 +23,11 @@ from inferkit.cli import _read_toml
 from inferkit.errors import UserError
 from inferkit.runs import CHECKPOINT_FILE, CONFIG_FILE, RunSpec, TrainConfig, load_checkpoint
 from inferkit.trainer import learning_rate, observation_sigma
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 PRESETS = ROOT / "configs" / "paper"
