@@ -45,9 +45,14 @@ class TrainConfig:
     batch_size: int = 32
     learning_rate: LearningRate = 1e-3
     lr_milestones: tuple[float, ...] = (0.6, 0.85)
-    """Fractions of the schedule (``schedule_iterations``) at which the learning rate is multiplied by
-    ``lr_gamma``."""
+    """Fractions of the schedule (``schedule_iterations``) at which the learning rate steps: it is
+    multiplied by ``lr_gamma``, or set to the matching entry of ``lr_values``."""
     lr_gamma: float = 0.3
+    lr_values: tuple[float, ...] = ()
+    """The learning rate from each milestone on (one per milestone, milestones increasing); empty:
+    ``learning_rate * lr_gamma^k`` after the k-th milestone."""
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    """Adam's ``(beta1, beta2)``."""
     sigma_start: float = 0.3
     sigma_end: float = 0.2
     sigma_anneal: float = 0.5
@@ -112,9 +117,23 @@ class TrainConfig:
                 raise UserError(f"{name.replace('_', '-')} must be positive and finite, got {value}")
         if not 0 <= self.sigma_anneal <= 1 or not all(0 <= m <= 1 for m in self.lr_milestones):
             raise UserError("sigma-anneal and lr-milestones are fractions of the run, between 0 and 1")
+        self._validate_lr_values()
+        if len(self.adam_betas) != 2 or not all(math.isfinite(b) and 0 <= b < 1 for b in self.adam_betas):
+            raise UserError(f"adam-betas must be two numbers in [0, 1) (beta1, beta2), got {list(self.adam_betas)}")
         check_precision(self.precision, self.device)
         if self.find_unused_parameters not in ("auto", "on", "off"):
             raise UserError(f"find-unused-parameters must be auto, on or off, got {self.find_unused_parameters!r}")
+
+    def _validate_lr_values(self) -> None:
+        if not self.lr_values:
+            return
+        if len(self.lr_values) != len(self.lr_milestones):
+            raise UserError(f"lr-values gives {len(self.lr_values)} learning rate(s) for {len(self.lr_milestones)} "
+                            "lr-milestones; give one rate per milestone (the rate from that milestone on)")
+        if any(b <= a for a, b in zip(self.lr_milestones, self.lr_milestones[1:])):
+            raise UserError(f"lr-milestones must increase when lr-values is given, got {list(self.lr_milestones)}")
+        if not all(math.isfinite(v) and 0 < v <= 1 for v in self.lr_values):
+            raise UserError(f"lr-values must be learning rates in (0, 1], got {list(self.lr_values)}")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:

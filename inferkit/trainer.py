@@ -69,9 +69,14 @@ class TrainResult:
 
 
 def learning_rate(config: TrainConfig, iteration: int) -> float:
-    """``eta_t = eta * gamma^(number of milestones passed)`` (step-wise decay)."""
+    """Step-wise decay: with ``k`` milestones passed (milestone ``m`` is iteration
+    ``round(m * schedule_total)``), ``eta_t = lr_values[k - 1]`` when ``lr_values`` is given (``eta``
+    before the first), else ``eta * gamma^k``."""
     milestones = sorted(round(m * config.schedule_total) for m in config.lr_milestones)
-    return config.learning_rate * config.lr_gamma ** bisect_right(milestones, iteration)
+    passed = bisect_right(milestones, iteration)
+    if config.lr_values:
+        return config.learning_rate if passed == 0 else float(config.lr_values[passed - 1])
+    return config.learning_rate * config.lr_gamma ** passed
 
 
 def observation_sigma(config: TrainConfig, iteration: int) -> float:
@@ -381,7 +386,8 @@ def _prepare(model: Model, sampler: Sampler, tuner: Tuner, data, spec: RunSpec, 
     return Run(model=model, sampler=sampler, tuner=tuner, spec=spec, run_dir=run_dir, device=device,
                train_split=train_split, x_test=test_split.x[: config.eval_examples], my_shards=my_shards,
                owned=distributed.owned_examples(len(train_split), config.shards, my_shards), parameters=parameters,
-               optimizer=torch.optim.Adam(parameters, lr=config.learning_rate), training_step=training_step,
+               optimizer=torch.optim.Adam(parameters, lr=config.learning_rate, betas=tuple(config.adam_betas)),
+               training_step=training_step,
                step=_data_parallel(training_step, device, config.find_unused_parameters),
                mixed_precision=autocast(device, config.precision))
 

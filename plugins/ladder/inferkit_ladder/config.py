@@ -14,8 +14,10 @@ from inferkit.errors import UserError
 from inferkit.options import Bounds
 
 PARAMETERIZATIONS = ("centered", "whitened")
+SIGMA_HEADS = ("log-variance", "softplus")
+OUTPUT_BLOCKS = ("residual", "deconv")
 MAX_LATENT_DIM = 64
-MIN_IMAGE_SIZE = 8
+MIN_IMAGE_SIZE = 8  # feature maps of 4 x 4
 MAX_IMAGE_SIZE = 256
 MAX_NF = 1024
 Features = Annotated[int, Bounds(maximum=MAX_NF, why="nf feature maps per layer: the parameters grow as "
@@ -25,8 +27,10 @@ Features = Annotated[int, Bounds(maximum=MAX_NF, why="nf feature maps per layer:
 def default_latent_dims(num_layers: int) -> tuple[int, ...]:
     """Bottom-first default dims ``d_l = min(64, 4 * 2**(L - l))``, l = 1..L.
 
-    The top layer has 8 units and each lower layer doubles, capped at 64
-    (L=3: (32, 16, 8)); the paper's Table 4 uses (128, 64, 32) for CIFAR-10.
+    The top layer has 4 units and each lower layer doubles, capped at 64 (L=3: (16, 8, 4);
+    L=5: (64, 32, 16, 8, 4)): small, so the default model trains in minutes on a CPU. The paper's
+    Table 4 (L=3, 32 x 32 x 3 images) has (128, 64, 32); the authors' code for L=5 has
+    (128, 96, 64, 64, 64) (``args.z_dims``, listed top first there); see ``configs/paper/``.
     """
     return tuple(min(MAX_LATENT_DIM, 4 * 2 ** (num_layers - l)) for l in range(1, num_layers + 1))
 
@@ -69,18 +73,39 @@ def _dims(value: Any) -> tuple[int, ...]:
 class LadderConfig:
     """Options of :class:`~inferkit_ladder.LadderModel` (validated on creation).
 
-    ``latent_dims`` is bottom first (d_1, ..., d_L); ``()`` means
-    :func:`default_latent_dims` and is replaced by the resolved tuple.
+    The blocks are those of the authors' code (``train_celeba_five_layers.py`` of
+    enijkamp/short_run_inf) wherever it and the paper's text (appendix 8.1, Table 4) agree or the
+    text is silent; where they differ the code is the default and the text's reading an option.
+
+    * ``num_layers``: L. ``latent_dims``: ``(d_1, ..., d_L)``, bottom first; ``()`` means
+      :func:`default_latent_dims` (small) and is replaced by the resolved tuple. Table 4:
+      L=3, (128, 64, 32); the code: L=5, (128, 96, 64, 64, 64).
+    * ``nf``: feature maps of every ``h_d^(l)`` (Table 4 and the code: 64; default 12, small).
+    * ``image_size``, ``channels``: the data's ``[C, S, S]``; the maps are ``S/2`` a side
+      (Table 4: 16 for 32 x 32). ``S`` is even, 8 to 256.
+    * ``projection_channels``: ``c`` of ``p_l``'s reshape to ``[c, S/2, S/2]`` before its 5x5
+      transposed convolution (the code's ``coef`` = 4; the text does not say).
+    * ``sigma_head``: ``"log-variance"`` (the code: ``sigma_l = exp(0.5 clamp(softplus(v) + 1e-8,
+      0, 10))``; the text only says ``sigma_l^2`` is a diagonal variance) or ``"softplus"``
+      (inferkit's ``sigma_l = softplus(v) + min_sigma``; ``min_sigma`` is read only then).
+    * ``output_block``: ``"residual"`` (the code: one more ``d`` block before ``o_0``) or
+      ``"deconv"`` (the text and Table 4: ``x = tanh(o_0(z_{1,d}))``).
+    * ``parameterization``: ``"whitened"`` (the authors': their code infers the noise ``eps_l``
+      under ``N(0, I)``) or ``"centered"`` (the latents are the ``z_l``).
+    * ``observation_sigma``: sigma of ``p(x | z)`` (the trainer anneals it).
     """
 
     num_layers: int = 3
     latent_dims: tuple[int, ...] = ()
-    nf: int = 16
+    nf: int = 12
     image_size: int = 32
     channels: int = 3
     observation_sigma: float = 0.3
     parameterization: str = "whitened"
     min_sigma: float = 1e-2
+    projection_channels: int = 4
+    sigma_head: str = "log-variance"
+    output_block: str = "residual"
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -96,9 +121,9 @@ class LadderConfig:
         set_(self, "latent_dims", dims)
         set_(self, "nf", check_int("nf", self.nf, 1))
         size = check_int("image_size", self.image_size, 1)
-        if size % 4 != 0 or not MIN_IMAGE_SIZE <= size <= MAX_IMAGE_SIZE:
+        if size % 2 != 0 or not MIN_IMAGE_SIZE <= size <= MAX_IMAGE_SIZE:
             raise UserError(
-                f"ladder: image_size {size} is not supported; give a multiple of 4 between "
+                f"ladder: image_size {size} is not supported; give an even size between "
                 f"{MIN_IMAGE_SIZE} and {MAX_IMAGE_SIZE} (e.g. 16, 28, 32, 64)"
             )
         set_(self, "image_size", size)
@@ -110,6 +135,13 @@ class LadderConfig:
                 "give parameterization=centered or parameterization=whitened"
             )
         set_(self, "min_sigma", check_positive_float("min_sigma", self.min_sigma))
+        set_(self, "projection_channels", check_int("projection_channels", self.projection_channels, 1))
+        for name, choices in (("sigma_head", SIGMA_HEADS), ("output_block", OUTPUT_BLOCKS)):
+            if getattr(self, name) not in choices:
+                raise UserError(
+                    f"ladder: unknown {name} {getattr(self, name)!r}; give "
+                    + " or ".join(f"{name}={c}" for c in choices)
+                )
 
     # -- round trip ---------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

@@ -63,12 +63,15 @@ class LadderEBM(LadderModel, UnnormalizedModel):
         *,
         num_layers: int = 3,
         latent_dims: tuple[int, ...] = (),
-        nf: Features = 16,
+        nf: Features = 12,
         image_size: int = 32,
         channels: int = 3,
         observation_sigma: float = 0.3,
         parameterization: str = "whitened",
         min_sigma: float = 1e-2,
+        projection_channels: int = 4,
+        sigma_head: str = "log-variance",
+        output_block: str = "residual",
         energy_hidden: int = 200,
         prior_steps: int = 60,
         prior_step_size: float = 0.4,
@@ -76,7 +79,8 @@ class LadderEBM(LadderModel, UnnormalizedModel):
     ) -> None:
         super().__init__(num_layers=num_layers, latent_dims=latent_dims, nf=nf, image_size=image_size,
                          channels=channels, observation_sigma=observation_sigma,
-                         parameterization=parameterization, min_sigma=min_sigma)
+                         parameterization=parameterization, min_sigma=min_sigma,
+                         projection_channels=projection_channels, sigma_head=sigma_head, output_block=output_block)
         self.prior_steps = check_int("prior_steps", prior_steps, 0)
         self.prior_step_size = check_positive_float("prior_step_size", prior_step_size)
         self.prior_step_units = check_units(prior_step_units, "ladder-ebm")

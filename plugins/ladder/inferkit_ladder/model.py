@@ -1,14 +1,30 @@
-"""The papers' multi-layer top-down generator (appendix 8.1, Table 4).
+"""The papers' multi-layer top-down generator (appendix 8.1, Table 4), as the authors built it.
 
 Latents ``z = (z_1, ..., z_L)``, bottom first, ``z_L ~ N(0, I)``. For l = L-1..0::
 
     h_d^(l) = d_l(p_l(z_{l+1})) + h_d^(l+1)        (no skip term at the top, l = L-1)
-    z_l ~ N(mu_l(h_d^(l)), sigma_l(h_d^(l))^2)      for l >= 1
-    x   ~ N(tanh(o_0(h_d^(0))), observation_sigma^2 I)
+    z_l = mu_l(h_d^(l)) + sigma_l(h_d^(l)) * eps_l,  eps_l ~ N(0, I)      for l >= 1
+    x   ~ N(g(h_d^(0)), observation_sigma^2 I),   g = tanh(o_0(.)) (see ``o_0`` below)
 
-with ``p_l`` = Linear -> reshape -> ConvTranspose2d (to ``[nf, r, r]``, r = image_size/2),
-``d_l(h) = h + conv(gelu(conv(h)))``, ``mu_l``/``sigma_l`` = Conv2d -> GELU -> Linear
-(``sigma_l`` through softplus plus ``min_sigma``) and ``o_0`` = ConvTranspose2d to the image.
+on feature maps ``[nf, r, r]``, ``r = image_size / 2`` (Table 4: nf = 64, r = 16 for 32 x 32 images).
+The blocks follow the authors' code (``train_celeba_five_layers.py`` of enijkamp/short_run_inf:
+``Projection``, ``Deterministic``, ``Stochastic``, ``G``), which fills in what the paper's text
+leaves open:
+
+* ``p_l(z) = gelu(convT_5x5(gelu(Linear(z)) reshaped to [c, r, r]))``: a linear layer to
+  ``c r^2`` units (c = ``projection_channels``, the code's ``coef`` = 4), GELU, reshape, a stride-1
+  5x5 transposed convolution (no bias) to ``nf`` maps, GELU;
+* ``d_l(h) = h + gelu(conv_3x3(gelu(conv_5x5(h))))``: "two subsequent conv2d layers with GeLU
+  activation functions and skip connection" (the text), kernels 5 then 3 (the code);
+* ``mu_l(h) = Linear(gelu(conv_5x5(h)))`` and ``sigma_l`` the same pair: an unpadded 5x5
+  convolution to ``d_l`` maps (``r - 4`` pixels a side: 12 x 12 in the code; maps under 5 pixels
+  are padded by one), GELU, a linear layer to ``d_l``. The code reads the ``sigma_l`` head ``v`` as a
+  log-variance: ``sigma_l = exp(0.5 * clamp(softplus(v) + 1e-8, 0, 10))`` (``sigma_head="log-variance"``,
+  so ``1 <= sigma_l <= e^5``); ``sigma_head="softplus"`` is inferkit's alternative
+  ``sigma_l = softplus(v) + min_sigma``, which lets ``sigma_l`` fall below 1;
+* ``o_0``: a 4x4 stride-2 transposed convolution to the image, then ``tanh``. The code applies one
+  more ``d`` block first, ``tanh(o_0(d_extra(h_d^(0))))`` (``output_block="residual"``, the
+  default); Table 4 and the text have ``x = tanh(o_0(z_{1,d}))`` (``output_block="deconv"``).
 """
 
 from __future__ import annotations
@@ -26,44 +42,59 @@ from inferkit.interfaces import Latents, Model
 from inferkit_ladder.config import Features, LadderConfig, check_positive_float
 
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
+HEAD_KERNEL = 5
+LOG_VARIANCE_MAX = 10.0  # the code clamps the log-variance to [0, 10]
+LOG_VARIANCE_EPS = 1e-8  # ... after adding this to its softplus
 
 
 class Projection(nn.Module):
-    """``p_l``: Linear ``d_{l+1} -> nf*(r/2)^2``, reshape, ConvTranspose2d to ``[nf, r, r]``."""
+    """``p_l``: Linear ``d_{l+1} -> c r^2``, GELU, reshape ``[c, r, r]``, 5x5 stride-1 ConvTranspose2d
+    (no bias) to ``[nf, r, r]``, GELU."""
 
-    def __init__(self, in_dim: int, nf: int, resolution: int) -> None:
+    def __init__(self, in_dim: int, nf: int, resolution: int, channels: int) -> None:
         super().__init__()
-        self.nf, self.half = nf, resolution // 2
-        self.linear = nn.Linear(in_dim, nf * self.half * self.half)
-        self.up = nn.ConvTranspose2d(nf, nf, 4, 2, 1)
+        self.shape = (channels, resolution, resolution)
+        self.linear = nn.Linear(in_dim, channels * resolution * resolution)
+        self.up = nn.ConvTranspose2d(channels, nf, 5, 1, 2, bias=False)
 
     def forward(self, z: Tensor) -> Tensor:
-        return self.up(self.linear(z).unflatten(-1, (self.nf, self.half, self.half)))
+        return F.gelu(self.up(F.gelu(self.linear(z)).unflatten(-1, self.shape)))
 
 
 class Residual(nn.Module):
-    """``d_l(h) = h + conv(gelu(conv(h)))`` with 3x3 convolutions."""
+    """``d_l(h) = h + gelu(conv_3x3(gelu(conv_5x5(h))))`` (padded: maps keep their size)."""
 
     def __init__(self, nf: int) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(nf, nf, 3, 1, 1)
+        self.conv1 = nn.Conv2d(nf, nf, 5, 1, 2)
         self.conv2 = nn.Conv2d(nf, nf, 3, 1, 1)
 
     def forward(self, h: Tensor) -> Tensor:
-        return h + self.conv2(F.gelu(self.conv1(h)))
+        return h + F.gelu(self.conv2(F.gelu(self.conv1(h))))
+
+
+def head_padding(resolution: int) -> int:
+    """Padding of a head's 5x5 convolution: none (the code), or one pixel on maps under 5 pixels."""
+    return 0 if resolution >= HEAD_KERNEL else 1
 
 
 class Head(nn.Module):
-    """``mu_l`` or the pre-softplus ``sigma_l``: Conv2d (stride 2) -> GELU -> Linear to ``d_l``."""
+    """``mu_l`` or the raw ``sigma_l`` head: unpadded 5x5 Conv2d ``nf -> d_l`` maps, GELU, Linear to ``d_l``."""
 
     def __init__(self, nf: int, resolution: int, out_dim: int) -> None:
         super().__init__()
-        half = resolution // 2
-        self.conv = nn.Conv2d(nf, nf, 4, 2, 1)
-        self.linear = nn.Linear(nf * half * half, out_dim)
+        pad = head_padding(resolution)
+        side = resolution + 2 * pad - HEAD_KERNEL + 1
+        self.conv = nn.Conv2d(nf, out_dim, HEAD_KERNEL, 1, pad)
+        self.linear = nn.Linear(out_dim * side * side, out_dim)
 
     def forward(self, h: Tensor) -> Tensor:
         return self.linear(F.gelu(self.conv(h)).flatten(-3))
+
+
+def log_variance_sigma(v: Tensor) -> Tensor:
+    """The code's ``sigma = exp(0.5 * clamp(softplus(v) + 1e-8, 0, 10))``."""
+    return torch.exp(0.5 * (F.softplus(v) + LOG_VARIANCE_EPS).clamp(0.0, LOG_VARIANCE_MAX))
 
 
 @dataclass
@@ -96,10 +127,11 @@ def _whitened_log_prior(eps: Sequence[Tensor]) -> Tensor:
 class LadderModel(Model):
     """Multi-layer generator ``p(x, z) = p(z_L) prod_{l=1}^{L-1} p(z_l | z_{l+1}) p(x | z_1)``.
 
-    ``parameterization="centered"``: the latents are the z_l themselves.
-    ``parameterization="whitened"``: the latents are ``eps_l ~ N(0, I)`` with
-    ``z_L = eps_L`` and ``z_l = mu_l + sigma_l * eps_l`` computed top-down (same p(x)).
-    Default latent dims are ``d_l = min(64, 4 * 2**(L-l))``, bottom first.
+    ``parameterization="whitened"`` (the default, and the authors' choice: their code infers the
+    noise ``eps_l`` under ``N(0, I)`` and computes ``z_L = eps_L``, ``z_l = mu_l + sigma_l * eps_l``
+    top-down): the latents are the ``eps_l``. ``parameterization="centered"``: the latents are the
+    ``z_l`` themselves, with ``log p(z) = log N(z_L; 0, I) + sum_l log N(z_l; mu_l, sigma_l^2)``
+    (same ``p(x)``). The options are those of :class:`~inferkit_ladder.LadderConfig`.
     """
 
     def __init__(
@@ -107,23 +139,21 @@ class LadderModel(Model):
         *,
         num_layers: int = 3,
         latent_dims: tuple[int, ...] = (),
-        nf: Features = 16,
+        nf: Features = 12,
         image_size: int = 32,
         channels: int = 3,
         observation_sigma: float = 0.3,
         parameterization: str = "whitened",
         min_sigma: float = 1e-2,
+        projection_channels: int = 4,
+        sigma_head: str = "log-variance",
+        output_block: str = "residual",
     ) -> None:
         super().__init__()
         cfg = LadderConfig(
-            num_layers=num_layers,
-            latent_dims=latent_dims,
-            nf=nf,
-            image_size=image_size,
-            channels=channels,
-            observation_sigma=observation_sigma,
-            parameterization=parameterization,
-            min_sigma=min_sigma,
+            num_layers=num_layers, latent_dims=latent_dims, nf=nf, image_size=image_size, channels=channels,
+            observation_sigma=observation_sigma, parameterization=parameterization, min_sigma=min_sigma,
+            projection_channels=projection_channels, sigma_head=sigma_head, output_block=output_block,
         )
         self.config = cfg
         self.latent_shapes = tuple((d,) for d in cfg.latent_dims)
@@ -132,17 +162,18 @@ class LadderModel(Model):
         self.min_sigma = cfg.min_sigma
         L, dims, nf, r = cfg.num_layers, cfg.latent_dims, cfg.nf, cfg.image_size // 2
         # proj[l] = p_l and det[l] = d_l consume z_{l+1} = dims[l]; l = 0..L-1.
-        self.proj = nn.ModuleList(Projection(dims[l], nf, r) for l in range(L))
+        self.proj = nn.ModuleList(Projection(dims[l], nf, r, cfg.projection_channels) for l in range(L))
         self.det = nn.ModuleList(Residual(nf) for _ in range(L))
         # mu[l-1], sigma[l-1] = mu_l, sigma_l for l = 1..L-1 (output dim d_l = dims[l-1]).
         self.mu = nn.ModuleList(Head(nf, r, dims[l - 1]) for l in range(1, L))
         self.sigma = nn.ModuleList(Head(nf, r, dims[l - 1]) for l in range(1, L))
+        self.final = Residual(nf) if cfg.output_block == "residual" else nn.Identity()  # the code's extra d
         self.out = nn.ConvTranspose2d(nf, cfg.channels, 4, 2, 1)  # o_0
-        # Start with sigma_l ~= 1: softplus(b) + min_sigma = 1 (or min_sigma if that is >= 1).
-        target = max(1.0 - cfg.min_sigma, 1e-3)
-        with torch.no_grad():
-            for head in self.sigma:
-                head.linear.bias.fill_(math.log(math.expm1(target)))
+        if cfg.sigma_head == "softplus":  # start with sigma_l ~= 1: softplus(b) + min_sigma = 1
+            target = max(1.0 - cfg.min_sigma, 1e-3)
+            with torch.no_grad():
+                for head in self.sigma:
+                    head.linear.bias.fill_(math.log(math.expm1(target)))
         self.register_buffer("_observation_sigma", torch.tensor(cfg.observation_sigma))
 
     @classmethod
@@ -176,19 +207,24 @@ class LadderModel(Model):
         return h if h_above is None else h + h_above
 
     def head(self, l: int, h: Tensor) -> tuple[Tensor, Tensor]:
-        """``(mu_l(h), sigma_l(h))`` for 1 <= l <= L-1, ``sigma = softplus(.) + min_sigma``."""
-        return self.mu[l - 1](h), F.softplus(self.sigma[l - 1](h)) + self.min_sigma
+        """``(mu_l(h), sigma_l(h))`` for 1 <= l <= L-1: ``sigma = exp(0.5 clamp(softplus(v) + 1e-8, 0, 10))``
+        (``sigma_head="log-variance"``) or ``softplus(v) + min_sigma`` (``"softplus"``)."""
+        v = self.sigma[l - 1](h)
+        if self.config.sigma_head == "softplus":
+            return self.mu[l - 1](h), F.softplus(v) + self.min_sigma
+        return self.mu[l - 1](h), log_variance_sigma(v)
 
     def output(self, h: Tensor) -> Tensor:
-        """Decoded mean ``tanh(o_0(h_d^(0)))``."""
-        return torch.tanh(self.out(h))
+        """Decoded mean ``tanh(o_0(d_extra(h_d^(0))))`` (``output_block="residual"``) or
+        ``tanh(o_0(h_d^(0)))`` (``"deconv"``)."""
+        return torch.tanh(self.out(self.final(h)))
 
     def _top_down(self, values: Sequence[Tensor], *, whitened: bool, decode: bool) -> TopDown:
         """One top-down pass over ``values`` (centered z, or whitened eps if ``whitened``).
 
         Computes ``h_d^(l)`` for l = L-1..1 (..0 if ``decode``), the conditionals
         ``mu_l, sigma_l`` of z_1..z_{L-1}, the centered ``z_l`` (``mu_l + sigma_l eps_l``
-        when whitened) and, if ``decode``, ``tanh(o_0(h_d^(0)))``.
+        when whitened) and, if ``decode``, the decoded mean (:meth:`output`).
         """
         L = self.config.num_layers
         z: list[Tensor] = list(values)  # z_L = eps_L in both parameterizations
@@ -300,7 +336,7 @@ class LadderModel(Model):
         return prior + self._log_likelihood(x, td.x_mean, mask)
 
     def decode(self, z: Latents) -> Tensor:
-        """Mean of ``p(x | z)``: ``tanh(o_0(h_d^(0)))``, shape ``[batch, C, H, W]``."""
+        """Mean of ``p(x | z)`` (:meth:`output` of ``h_d^(0)``), shape ``[batch, C, H, W]``."""
         self._check_latents(z)
         return self._top_down(z, whitened=self.whitened, decode=True).x_mean
 

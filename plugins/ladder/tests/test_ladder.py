@@ -51,32 +51,62 @@ def model_options(draw, max_layers=5, sizes=IMAGE_SIZES):
         "channels": draw(st.sampled_from([1, 3])),
         "nf": draw(st.sampled_from([2, 4])),
         "parameterization": draw(st.sampled_from(["centered", "whitened"])),
+        "projection_channels": draw(st.sampled_from([1, 4])),
+        "sigma_head": draw(st.sampled_from(["log-variance", "softplus"])),
+        "output_block": draw(st.sampled_from(["residual", "deconv"])),
     }
 
 
-def reference_log_joint(model: LadderModel, x, z, mask=None):
-    """Independent computation of log p(x, z) from the submodules with torch.distributions."""
+def reference_sigma(cfg: LadderConfig, v):
+    """The authors' ``exp(0.5 * clamp(softplus(v) + 1e-8, 0, 10))``, or inferkit's softplus head."""
+    if cfg.sigma_head == "softplus":
+        return F.softplus(v) + cfg.min_sigma
+    return torch.exp(0.5 * torch.clamp(F.softplus(v) + 1e-8, 0.0, 10.0))
+
+
+def reference_block(det, h):
+    """``d(h) = h + gelu(conv_3x3(gelu(conv_5x5(h))))`` with torch.nn.functional."""
+    out = F.gelu(F.conv2d(h, det.conv1.weight, det.conv1.bias, padding=2))
+    return h + F.gelu(F.conv2d(out, det.conv2.weight, det.conv2.bias, padding=1))
+
+
+def reference_head(head, h, r):
+    pad = 0 if r >= 5 else 1
+    return F.linear(F.gelu(F.conv2d(h, head.conv.weight, head.conv.bias, padding=pad)).reshape(h.shape[0], -1),
+                    head.linear.weight, head.linear.bias)
+
+
+def reference_decode_mean(model: LadderModel, h):
     cfg = model.config
-    n, L, nf, half = z[0].shape[0], cfg.num_layers, cfg.nf, cfg.image_size // 4
+    if cfg.output_block == "residual":
+        h = reference_block(model.final, h)
+    return torch.tanh(F.conv_transpose2d(h, model.out.weight, model.out.bias, stride=2, padding=1))
+
+
+def reference_log_joint(model: LadderModel, x, z, mask=None):
+    """Independent computation of log p(x, z) from the submodules' weights with torch.nn.functional
+    and torch.distributions."""
+    cfg = model.config
+    n, L, r, c = z[0].shape[0], cfg.num_layers, cfg.image_size // 2, cfg.projection_channels
     std = Normal(torch.zeros((), dtype=x.dtype), torch.ones((), dtype=x.dtype))
     zc = list(z)
     log_p = std.log_prob(z[-1]).sum(-1)
     h = None
     for l in reversed(range(L)):
-        proj, det = model.proj[l], model.det[l]
-        hl = proj.up(proj.linear(zc[l]).reshape(n, nf, half, half))
-        hl = hl + det.conv2(F.gelu(det.conv1(hl)))
+        proj = model.proj[l]
+        hl = F.gelu(F.linear(zc[l], proj.linear.weight, proj.linear.bias)).reshape(n, c, r, r)
+        hl = F.gelu(F.conv_transpose2d(hl, proj.up.weight, None, stride=1, padding=2))
+        hl = reference_block(model.det[l], hl)
         h = hl if h is None else hl + h
         if l >= 1:
-            mu_head, sg_head = model.mu[l - 1], model.sigma[l - 1]
-            mu = mu_head.linear(F.gelu(mu_head.conv(h)).reshape(n, -1))
-            sigma = F.softplus(sg_head.linear(F.gelu(sg_head.conv(h)).reshape(n, -1))) + cfg.min_sigma
+            mu = reference_head(model.mu[l - 1], h, r)
+            sigma = reference_sigma(cfg, reference_head(model.sigma[l - 1], h, r))
             if cfg.parameterization == "whitened":
                 zc[l - 1] = mu + sigma * z[l - 1]
                 log_p = log_p + std.log_prob(z[l - 1]).sum(-1)
             else:
                 log_p = log_p + Normal(mu, sigma).log_prob(z[l - 1]).sum(-1)
-    mean = torch.tanh(model.out(h))
+    mean = reference_decode_mean(model, h)
     pix = Normal(mean, torch.tensor(model.observation_sigma, dtype=x.dtype)).log_prob(x)
     if mask is not None:
         pix = pix * mask
@@ -131,7 +161,7 @@ def test_decode_range(opts, seed):
 
 # -- the density ---------------------------------------------------------------------------
 @FAST
-@given(opts=model_options(max_layers=4, sizes=[16, 28]), seed=st.integers(0, 2**16))
+@given(opts=model_options(max_layers=4, sizes=[8, 16, 28]), seed=st.integers(0, 2**16))
 def test_log_joint_matches_reference(opts, seed):
     model = LadderModel(**opts).double()
     z = model.sample_prior(3, generator=gen(seed))
@@ -148,9 +178,10 @@ def test_single_layer_by_hand():
     model = small_model(num_layers=1, latent_dims=(4,)).double()
     z = (torch.randn(2, 4, generator=gen(0), dtype=torch.float64),)
     x = random_x(model, 2)
-    p, d = model.proj[0], model.det[0]
-    h = p.up(p.linear(z[0]).reshape(2, 4, 4, 4))
-    h = h + d.conv2(F.gelu(d.conv1(h)))
+    p, d, e = model.proj[0], model.det[0], model.final
+    h = F.gelu(p.up(F.gelu(p.linear(z[0])).reshape(2, 4, 8, 8)))  # c = 4 maps of 8 x 8 (16 / 2)
+    h = h + F.gelu(d.conv2(F.gelu(d.conv1(h))))
+    h = h + F.gelu(e.conv2(F.gelu(e.conv1(h))))
     mean = torch.tanh(model.out(h))
     s = model.observation_sigma
     expected = (
@@ -245,14 +276,25 @@ def test_centered_and_whitened_agree(opts, seed):
                                    whitened.center(whitened.sample_prior(3, generator=gen(seed))))
 
 
-def test_conditionals_top_is_standard_normal_and_sigma_floor():
-    model = small_model(num_layers=3, latent_dims=(4, 3, 2), min_sigma=0.5)
+@pytest.mark.parametrize("sigma_head,low,high", [("softplus", 0.5, math.inf), ("log-variance", 1.0, math.exp(5.0))])
+def test_conditionals_top_is_standard_normal_and_sigma_range(sigma_head, low, high):
+    model = small_model(num_layers=3, latent_dims=(4, 3, 2), min_sigma=0.5, sigma_head=sigma_head)
     z = model.sample_prior(5, generator=gen(0))
     conds = model.conditionals(z)
     mu_top, sigma_top = conds[-1]
     assert torch.equal(mu_top, torch.zeros(5, 2)) and torch.equal(sigma_top, torch.ones(5, 2))
     for _, sigma in conds[:-1]:
-        assert bool((sigma > 0.5).all())
+        assert bool((sigma >= low).all()) and bool((sigma <= high).all())
+
+
+def test_log_variance_sigma_is_the_authors_clamped_exponential():
+    from inferkit_ladder.model import log_variance_sigma
+
+    v = torch.tensor([-100.0, 0.0, 1.0, 9.0, 50.0], dtype=torch.float64)
+    softplus = torch.log1p(torch.exp(torch.tensor([-100.0, 0.0, 1.0, 9.0], dtype=torch.float64))) + 1e-8
+    expected = torch.cat([torch.exp(0.5 * softplus), torch.tensor([math.exp(5.0)], dtype=torch.float64)])
+    torch.testing.assert_close(log_variance_sigma(v), expected, rtol=1e-12, atol=0)
+    assert float(log_variance_sigma(torch.tensor(0.0, dtype=torch.float64))) == pytest.approx(2.0 ** 0.5)
 
 
 @pytest.mark.parametrize("parameterization", ["centered", "whitened"])
@@ -388,8 +430,8 @@ def test_constructor_options_match_config():
         {"latent_dims": "a,b"},
         {"nf": 0},
         {"channels": 0},
-        {"image_size": 30},
-        {"image_size": 4},
+        {"image_size": 31},
+        {"image_size": 6},
         {"image_size": 512},
         {"observation_sigma": 0.0},
         {"observation_sigma": -0.1},
@@ -397,6 +439,9 @@ def test_constructor_options_match_config():
         {"parameterization": "diagonal"},
         {"min_sigma": 0.0},
         {"min_sigma": float("inf")},
+        {"projection_channels": 0},
+        {"sigma_head": "exp"},
+        {"output_block": "linear"},
     ],
 )
 def test_bad_options_raise_user_error(options):
@@ -463,3 +508,65 @@ def test_layer_conditional_user_errors():
         model.layer_conditional(2, None)
     with pytest.raises(UserError, match="layer above"):
         model.layer_conditional(0, None)
+
+
+# -- Table 4 (appendix 8.1) and the authors' code, layer by layer ---------------------------------
+def record_shapes(model: LadderModel, n: int):
+    """``{name: output shape}`` of every p_l, d_l, mu_l / sigma_l head conv and the decoded x, in one
+    decode of ``n`` prior samples (hooks on the submodules)."""
+    shapes, handles = {}, []
+    for l in range(model.num_layers):
+        handles.append(model.proj[l].register_forward_hook(
+            lambda _m, _i, out, l=l: shapes.__setitem__(f"p_{l}", tuple(out.shape))))
+        handles.append(model.proj[l].linear.register_forward_hook(
+            lambda _m, _i, out, l=l: shapes.__setitem__(f"p_{l}.linear", tuple(out.shape))))
+        handles.append(model.det[l].register_forward_hook(
+            lambda _m, _i, out, l=l: shapes.__setitem__(f"d_{l}", tuple(out.shape))))
+    for l in range(1, model.num_layers):
+        handles.append(model.mu[l - 1].conv.register_forward_hook(
+            lambda _m, _i, out, l=l: shapes.__setitem__(f"mu_{l}.conv", tuple(out.shape))))
+    with torch.no_grad():
+        z = model.center(model.sample_prior(n, generator=gen(0)))
+        shapes["x"] = tuple(model.decode(model.sample_prior(n, generator=gen(0))).shape)
+    for handle in handles:
+        handle.remove()
+    return shapes, [tuple(t.shape) for t in z]
+
+
+@pytest.mark.parametrize("num_layers,dims", [(3, (128, 64, 32)), (5, (128, 96, 64, 64, 64))])
+def test_layer_shapes_follow_table_4(num_layers, dims):
+    # Table 4: x [n, 3, 32, 32], nf = 64; every z_{l+1,p} = p_l(z_{l+1}) and z_{l+1,d} is [n, nf, 16, 16],
+    # every z_l is [n, d_l] (the table's [n, d_l, 1, 1]). L=3: d = (128, 64, 32); L=5: the code's dims.
+    torch.manual_seed(0)
+    model = LadderModel(num_layers=num_layers, latent_dims=dims, nf=64, image_size=32, channels=3)
+    n = 2
+    shapes, z_shapes = record_shapes(model, n)
+    assert z_shapes == [(n, d) for d in dims]
+    for l in range(num_layers):
+        assert shapes[f"p_{l}"] == (n, 64, 16, 16) and shapes[f"d_{l}"] == (n, 64, 16, 16)
+        assert shapes[f"p_{l}.linear"] == (n, 4 * 16 * 16)  # the code: Linear(z_dim, coef * ngf * ngf)
+    for l in range(1, num_layers):
+        assert shapes[f"mu_{l}.conv"] == (n, dims[l - 1], 12, 12)  # the code: Linear(z_dim * 12 * 12, z_dim)
+    assert shapes["x"] == (n, 3, 32, 32)
+
+
+def authors_parameter_count(dims_top_first, ngf=16, coef=4, nc=3):
+    """Parameters of the authors' ``G`` (train_celeba_five_layers.py, use_bn=False, use_ladder=False)
+    written out from its layers: Projection, Deterministic (+ the extra one), Stochastic, output."""
+    nf = ngf * coef
+    projection = sum(z * coef * ngf * ngf + coef * ngf * ngf + coef * nf * 25 for z in dims_top_first)
+    deterministic = (len(dims_top_first) + 1) * ((nf * nf * 25 + nf) + (nf * nf * 9 + nf))
+    stochastic = sum(2 * ((nf * z * 25 + z) + (z * 12 * 12 * z + z)) for z in dims_top_first[1:])
+    output = nf * nc * 4 * 4 + nc
+    return projection + deterministic + stochastic + output
+
+
+@pytest.mark.parametrize("dims", [(128, 96, 64, 64, 64), (128, 64, 32)])
+def test_parameter_count_equals_the_authors_generator(dims):
+    model = LadderModel(num_layers=len(dims), latent_dims=dims, nf=64, image_size=32, channels=3)
+    assert sum(p.numel() for p in model.parameters()) == authors_parameter_count(dims[::-1])
+    # Table 4's reading drops the extra d block before o_0: exactly one block fewer.
+    text = LadderModel(num_layers=len(dims), latent_dims=dims, nf=64, image_size=32, channels=3,
+                       output_block="deconv")
+    block = (64 * 64 * 25 + 64) + (64 * 64 * 9 + 64)
+    assert sum(p.numel() for p in text.parameters()) == authors_parameter_count(dims[::-1]) - block
