@@ -150,9 +150,9 @@ def test_a_malformed_amat_line_is_a_one_line_error_naming_file_and_line(tmp_path
 @pytest.mark.parametrize("case, fragment", [
     ("some-amat", "lacks binarized_mnist_test.amat"),
     ("threshold-without-idx", "neither"),
-    ("empty-dir-name", "needs --data-dir"),
+    ("empty-dir-name", "run: inferkit data fetch mnist"),
     ("not-a-folder", "is not a folder")])
-def test_data_set_mistakes_are_one_line_errors(tmp_path, case, fragment):
+def test_data_set_mistakes_are_one_line_errors(tmp_path, no_fetched_data, case, fragment):
     for key in ("train", "valid"):
         (tmp_path / AMAT_FILES[key]).write_text(amat_line([0] * 784) + "\n")
     options = {"data_dir": str(tmp_path)}

@@ -248,7 +248,7 @@ def test_svhn_reads_the_mat_files(tmp_path):
     assert few.train.source_index.tolist() == [0, 1, 2, 3, 4]
 
 
-def test_svhn_errors_are_one_line(tmp_path):
+def test_svhn_errors_are_one_line(tmp_path, no_fetched_data):
     from scipy.io import savemat
 
     from inferkit.data.svhn import SVHNDataset
@@ -261,8 +261,8 @@ def test_svhn_errors_are_one_line(tmp_path):
         return text
 
     assert "lacks train_32x32.mat and test_32x32.mat" in message()
-    with pytest.raises(UserError, match="needs --data-dir"):
-        SVHNDataset("")
+    with pytest.raises(UserError, match="run: inferkit data fetch svhn"):
+        SVHNDataset("")  # no folder given: $INFERKIT_DATA/svhn, then the cache (both empty here)
     tiny_svhn(tmp_path)
     (tmp_path / "test_32x32.mat").write_bytes(b"MATLAB 5.0 MAT-file, not really" + bytes(200))
     assert "test_32x32.mat is damaged" in message()
