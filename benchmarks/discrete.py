@@ -31,6 +31,9 @@ from inferkit.eval.rbm import ais_log_partition, base_rate_bias, log_likelihood_
 from inferkit.runs import PluginSpec, RunSpec, TrainConfig, build_objects, write_json_atomic
 from inferkit.trainer import train
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script or imported by compare.py
+from compare import mnist_folder  # noqa: E402
+
 SAMPLERS = ("vimco", "rws")
 
 
@@ -171,20 +174,6 @@ def run_discrete(data_dir: str | Path, out: str | Path, budget: str = "smoke", *
               file=sys.stderr)
     (out / "results.md").write_text(markdown(results))
     return results
-
-
-def mnist_folder(data_dir: str | Path | None) -> Path:
-    """``data_dir``, else the folder :func:`inferkit.data.default_data_dir` finds for MNIST; a missing
-    one ends the script with its one-line error."""
-    if data_dir is not None:
-        return Path(data_dir)
-    from inferkit.data import default_data_dir
-    from inferkit.errors import UserError
-
-    try:
-        return Path(default_data_dir("mnist"))
-    except UserError as exc:
-        raise SystemExit(f"error: {exc}") from None
 
 
 def main(argv: list[str] | None = None) -> int:
