@@ -144,3 +144,25 @@ def test_the_default_grid_is_the_papers_in_their_units():
     sampler = ShortRun(num_steps=1, step_size=0.05)
     assert sampler.step_sizes(1).item() == pytest.approx(0.00125)  # the authors' 0.05 as a coefficient
     assert PAPER_GRID[0] ** 2 / 2 == pytest.approx(5e-5) and PAPER_GRID[-1] ** 2 / 2 == pytest.approx(0.01125)
+
+
+def test_the_tuned_step_size_of_a_short_mnist_run_lies_inside_the_papers_grid(mnist_dir, tmp_path, capsys):
+    """The ladder generator on real MNIST, tuned by the default kl-grid: the chosen s is an interior
+    point of the papers' 0.01..0.15 (J rises on both sides), not an end of the grid nor an extension
+    beyond it."""
+    import json
+
+    from cli_helpers import run_cli
+
+    out = tmp_path / "run"
+    code, _, err = run_cli(["run", "--model", "ladder", "--sampler", "shortrun", "--tuner", "kl-grid",
+                            "--data", "mnist", "--data-dir", mnist_dir, "--data-opt", "num_train=256",
+                            "--data-opt", "num_test=32", "--iterations", 1, "--tune-every", 1,
+                            "--train-opt", "eval_examples=8", "--quiet", "--out", out], capsys)
+    assert code == 0, err
+    records = [json.loads(line) for line in (out / "tuner.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in records] == [0]
+    for record in records:
+        chosen = record["hyperparameters"]["step_size"]
+        assert PAPER_GRID[0] < chosen < PAPER_GRID[-1], record["history"]
+        assert not any(p["extended"] and p["step_size"] == chosen for p in record["history"])
