@@ -104,7 +104,7 @@ def test_inpainting_fills_hidden_entries_with_the_closed_form_conditional_mean()
     model = _linear_gaussian()
     x = model.sample(3, generator=torch.Generator().manual_seed(5)).detach()
     mask = inpainting.make_mask("random-pixels", 3, (8,), generator=torch.Generator().manual_seed(1)).double()
-    sampler = inferkit.load_sampler("shortrun", num_steps=3000, step_size=0.02)
+    sampler = inferkit.load_sampler("shortrun", num_steps=3000, step_size=0.02, units="raw")
     filled = inpainting.inpaint(model, sampler, x, mask)
     weight, bias, var = model.weight.detach(), model.bias.detach(), model.sigma ** 2
     for i in range(3):
