@@ -578,12 +578,12 @@ def _context(model: Model, sampler: Sampler, data: DataSet, config: EvalConfig, 
         network = inception.load_fid_inception(config.inception_weights, device,
                                                expected_sha256=config.inception_sha256)
     x_all = data.test.x.to(device)
-    indices = test_subset(len(data.test), config.subset_seed, config.num_examples)
+    indices = seeded_subset(len(data.test), config.subset_seed, config.num_examples)
     x = x_all[indices.to(x_all.device)]
     return EvalContext(model, sampler, data, config, out_dir, device, x_all, indices, x, network=network, log=log)
 
 
-def test_subset(size: int, seed: int, count: int = 0) -> Tensor:
+def seeded_subset(size: int, seed: int, count: int = 0) -> Tensor:
     """The first ``count`` (0: all) of a permutation of ``range(size)`` drawn from ``seed`` alone."""
     order = torch.randperm(size, generator=seeded_generator(seed, 7, "cpu"))
     return order if count == 0 else order[:count]

@@ -116,22 +116,28 @@ class GaussianBase:
     transform: Tensor | None
     log_det: Tensor | None
 
-    def to_z(self, u: Tensor, index: Tensor) -> Tensor:
-        """``z = mean + A u`` for chains ``u`` ``[n, d]`` of the examples ``index`` ``[n]``."""
+    def select(self, index: Tensor) -> GaussianBase:
+        """The base of the examples ``index`` (one row per chain)."""
+        if self.mean is None:
+            return self
+        return GaussianBase(self.mean[index], self.transform[index], self.log_det[index])
+
+    def to_z(self, u: Tensor) -> Tensor:
+        """``z = mean + A u`` row by row."""
         if self.mean is None:
             return u
         if self.transform.dim() == 2:
-            return self.mean[index] + self.transform[index] * u
-        return self.mean[index] + torch.einsum("nij,nj->ni", self.transform[index], u)
+            return self.mean + self.transform * u
+        return self.mean + torch.einsum("nij,nj->ni", self.transform, u)
 
-    def from_z(self, z: Tensor, index: Tensor) -> Tensor:
-        """``u = A^{-1} (z - mean)``."""
+    def from_z(self, z: Tensor) -> Tensor:
+        """``u = A^{-1} (z - mean)`` row by row."""
         if self.mean is None:
             return z
-        diff = z - self.mean[index]
+        diff = z - self.mean
         if self.transform.dim() == 2:
-            return diff / self.transform[index]
-        return torch.linalg.solve(self.transform[index], diff.unsqueeze(-1)).squeeze(-1)
+            return diff / self.transform
+        return torch.linalg.solve(self.transform, diff.unsqueeze(-1)).squeeze(-1)
 
 
 def find_modes(model: Model, x: Tensor, *, iterations: int = 100, candidates: int = 16,
@@ -200,14 +206,14 @@ class _Path:
     ``log p~(u) = log p(x, z(u)) + log |det A|`` in the base's whitened coordinates."""
 
     def __init__(self, model: Model, x: Tensor, base: GaussianBase, index: Tensor) -> None:
-        self.model, self.base, self.index = model, base, index
+        self.model, self.base, self.index = model, base.select(index), index
         self.x = x[index]
         self.shapes = tuple(tuple(s) for s in model.latent_shapes)
-        self.log_det = 0.0 if base.log_det is None else base.log_det[index].to(x.dtype)
+        self.log_det = 0.0 if base.log_det is None else self.base.log_det.to(x.dtype)
 
     def parts(self, u: Tensor) -> tuple[Tensor, Tensor]:
         """``(log q(u), log p~(u))`` per chain."""
-        latents = unflatten_latents(self.base.to_z(u, self.index), self.shapes)
+        latents = unflatten_latents(self.base.to_z(u), self.shapes)
         log_joint = self.model.log_joint(self.x, latents)
         if self.base.mean is None:
             return self.model.log_prior(latents), log_joint
@@ -284,7 +290,7 @@ class AISSettings:
     """The settings of one AIS run (see :func:`ais_log_likelihood`)."""
 
     num_chains: int = 16
-    num_steps: int = 500
+    num_steps: int = 200
     leapfrog_steps: int = 10
     base: str = "laplace"
     target_acceptance: float = 0.8
@@ -307,7 +313,7 @@ def _prepare(model: Model, x: Tensor, settings: AISSettings, generator: torch.Ge
     base = laplace_base(model, x, full_hessian_max=settings.full_hessian_max,
                         mode_iterations=settings.mode_iterations, generator=generator)
     path = _Path(model, x, base, index)
-    pilot = torch.randn(base.mean[index].shape, generator=generator, device=x.device, dtype=base.mean.dtype)
+    pilot = torch.randn(path.base.mean.shape, generator=generator, device=x.device, dtype=base.mean.dtype)
     step = pilot_step_size(path, pilot, batch, chains, leapfrog=settings.leapfrog_steps,
                            iterations=settings.pilot_iterations, initial=0.5, target=settings.target_acceptance,
                            generator=generator)
@@ -336,7 +342,7 @@ def _anneal(path: _Path, u: Tensor, betas: Tensor, step: Tensor, settings: AISSe
     return log_weight, accepted / max(num - 1, 1), step
 
 
-def ais_log_likelihood(model: Model, x: Tensor, *, num_chains: int = 16, num_steps: int = 500,
+def ais_log_likelihood(model: Model, x: Tensor, *, num_chains: int = 16, num_steps: int = 200,
                        leapfrog_steps: int = 10, base: str = "laplace", target_acceptance: float = 0.8,
                        pilot_iterations: int = 40, step_size: float = 0.05, full_hessian_max: int = 1024,
                        generator: torch.Generator | None = None) -> AISResult:
@@ -359,7 +365,7 @@ def ais_log_likelihood(model: Model, x: Tensor, *, num_chains: int = 16, num_ste
     return AISResult(estimate.cpu(), error.cpu(), log_w.cpu(), acceptance, float(step.double().mean()))
 
 
-def reverse_ais_log_likelihood(model: Model, x: Tensor, z: Tensor, *, num_chains: int = 16, num_steps: int = 500,
+def reverse_ais_log_likelihood(model: Model, x: Tensor, z: Tensor, *, num_chains: int = 16, num_steps: int = 200,
                                leapfrog_steps: int = 10, base: str = "laplace", target_acceptance: float = 0.8,
                                pilot_iterations: int = 40, step_size: float = 0.05, full_hessian_max: int = 1024,
                                generator: torch.Generator | None = None) -> AISResult:
@@ -371,7 +377,7 @@ def reverse_ais_log_likelihood(model: Model, x: Tensor, z: Tensor, *, num_chains
                            step_size, full_hessian_max)
     x = x.detach()
     base_q, path, step = _prepare(model, x, settings, generator)
-    u = base_q.from_z(z.detach().to(x.dtype).repeat_interleave(num_chains, 0), path.index)
+    u = path.base.from_z(z.detach().to(x.dtype).repeat_interleave(num_chains, 0))
     betas = sigmoid_schedule(num_steps).flip(0)
     log_w, acceptance, step = _anneal(path, u, betas, step, settings, base == "prior", generator)
     log_w = log_w.view(x.shape[0], num_chains)
