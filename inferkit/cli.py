@@ -537,6 +537,9 @@ def _eval_rows(result: dict[str, Any]) -> dict[str, Any]:
             rows[key] = "n/a"
         elif not isinstance(value, list):
             rows[key] = value
+    bits = (result.get("ais_log_likelihood") or {}).get("bits_per_dim")
+    if isinstance(bits, dict):
+        rows["ais_log_likelihood (bits/dim)"] = f"{bits['mean']:.4g} ± {bits['standard_error']:.2g}"
     if isinstance(result.get("ais_bdmc"), dict):
         rows["AIS BDMC gap on simulated data (mean / max)"] = (f"{result['ais_bdmc']['gap_mean']:.3g} / "
                                                               f"{result['ais_bdmc']['gap_max']:.3g}")
