@@ -11,7 +11,8 @@ the ablations over the number of layers L and of inference steps K. MNIST is rea
 Every sampler trains the same ladder generator (same options, seed, data, iteration budget and
 Algorithm-1 settings) and is evaluated by :func:`inferkit.evaluation.evaluate` with the same
 settings: test MSE with its own sampler and with the common reference inference, AIS
-log-likelihood, IWAE (amortized samplers), a Fréchet distance in the features of a classifier
+log-likelihood (Monte Carlo standard errors), IWAE (amortized samplers) on the same seeded test subset, a
+Fréchet distance (not FID, never compared with FID values) in the features of a classifier
 trained on MNIST's training split (shared by all runs), FID when ``--inception-weights`` is given,
 and seconds per training iteration. Samplers that are not installed are skipped with a note.
 
@@ -172,7 +173,7 @@ def markdown(results: dict[str, Any]) -> str:
     lines = [f"# inferkit comparison on MNIST (`--budget {results['budget']}`)", "", header, ""]
     if results["skipped"]:
         lines += [f"Not installed, skipped: {', '.join(results['skipped'])}.", ""]
-    columns = ("| sampler | MSE (own) | MSE (reference K) | AIS log p(x) | IWAE | Fréchet (classifier) | FID "
+    columns = ("| sampler | MSE (own) | MSE (reference K) | AIS log p(x) | IWAE | classifier FD (not FID) | FID "
                "| s / iteration |")
     lines += ["## Table 1: samplers on one generator", "", columns, "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for record in results["main"]:
@@ -195,7 +196,7 @@ def markdown(results: dict[str, Any]) -> str:
         symbol = "L" if key == "layers" else "K"
         lines += ["", f"## {title}", "", f"| | {' | '.join(f'{symbol}={v}' for v in values)} |",
                   "|---|" + "---:|" * len(values)]
-        for label, metric in (("Fréchet (classifier)", "classifier_frechet_distance"),
+        for label, metric in (("classifier FD (not FID)", "classifier_frechet_distance"),
                               ("MSE", "test_reconstruction_mse")):
             lines.append(f"| {label} | " + " | ".join(_fmt(by_value.get(v, {}).get(metric)) for v in values) + " |")
     return "\n".join(lines) + "\n"
@@ -210,7 +211,7 @@ def ebm_markdown(results: dict[str, Any]) -> str:
              (f"{results['device']}; seed {results['seed']}; ladder L={results['main_layers']}, nf={results['nf']}, "
              f"shortrun K={results['main_steps']} tuned by kl-grid; {results['iterations']} iterations of batch "
              f"{results['batch_size']}; total wall time {results['wall_seconds'] / 60:.1f} min."), "",
-             "| model | MSE (own) | MSE (reference K) | Fréchet (classifier) | s / iteration |",
+             "| model | MSE (own) | MSE (reference K) | classifier FD (not FID) | s / iteration |",
              "|---|---:|---:|---:|---:|"]
     for record in results["ebm"]:
         e = record["eval"]

@@ -477,8 +477,17 @@ def eval_command(
     ais_chains: int = typer.Option(4, help="AIS chains per example"),
     ais_steps: int = typer.Option(200, help="AIS intermediate distributions"),
     ais_leapfrog: int = typer.Option(5, help="leapfrog steps per HMC transition"),
+    ais_base: str = typer.Option("laplace", help="AIS base q(z): laplace (Gaussian at each posterior mode) or prior"),
+    bdmc_examples: int = typer.Option(4, help="simulated examples for the BDMC gap of the AIS settings (0: skip)"),
+    subset_seed: int = typer.Option(0, help="seed of the test subset, shared by every measure and run"),
+    rbm_budget: str = typer.Option("default", help="RBM-prior log-likelihood budget: default or paper"),
     iwae_samples: int = typer.Option(64, help="k of the IWAE bound, amortized samplers only (0: skip)"),
-    fd_samples: int = typer.Option(1000, help="generated samples for the Fréchet distances (0: skip)"),
+    fd_samples: int = typer.Option(1000, help="generated samples for the classifier Fréchet distance (0: skip)"),
+    fid_samples: int = typer.Option(1000, help="generated samples N for FID (papers: 40,000 or 50,000)"),
+    fid_reference: str = typer.Option("train", help="FID reference images: train or test"),
+    fid_reference_samples: int = typer.Option(0, help="how many reference images (0: all)"),
+    fid_cache: Path | None = typer.Option(None, help="folder of cached FID reference statistics "
+                                                     "[default: ~/.cache/inferkit/fid]"),
     classifier: Path | None = typer.Option(None, help="feature classifier file, reused or trained and saved "
                                                       "[default: RUN/feature_classifier.pt]"),
     classifier_iterations: int = typer.Option(1000, help="training iterations of a new feature classifier"),
@@ -499,8 +508,11 @@ def eval_command(
                         reference_step_size=reference_step_size,
                         inpaint_patterns=tuple(mask) or EvalConfig.inpaint_patterns,
                         inpaint_examples=inpaint_examples, ais_examples=ais_examples, ais_chains=ais_chains,
-                        ais_steps=ais_steps, ais_leapfrog=ais_leapfrog, iwae_samples=iwae_samples,
-                        fd_samples=fd_samples, classifier=str(classifier) if classifier else None,
+                        ais_steps=ais_steps, ais_leapfrog=ais_leapfrog, ais_base=ais_base, bdmc_examples=bdmc_examples,
+                        subset_seed=subset_seed, rbm_budget=rbm_budget, iwae_samples=iwae_samples,
+                        fd_samples=fd_samples, fid_samples=fid_samples, fid_reference=fid_reference,
+                        fid_reference_samples=fid_reference_samples, fid_cache=str(fid_cache) if fid_cache else None,
+                        classifier=str(classifier) if classifier else None,
                         classifier_iterations=classifier_iterations,
                         inception_weights=str(inception_weights) if inception_weights is not None else None,
                         figures=figures)
@@ -523,7 +535,8 @@ def _eval_rows(result: dict[str, Any]) -> dict[str, Any]:
     """The scalar figures of an eval.json, flattened for the table."""
     rows: dict[str, Any] = {}
     for key, value in result.items():
-        if key in ("figures", "seconds", "reference_inference", "classifier", "hierarchy_factors"):
+        if key in ("figures", "seconds", "reference_inference", "classifier", "hierarchy_factors", "test_subset",
+                   "ais_bdmc", "fid_setup", "classifier_frechet_distance_note"):
             continue
         if isinstance(value, dict):
             if "mean" in value:
@@ -534,6 +547,12 @@ def _eval_rows(result: dict[str, Any]) -> dict[str, Any]:
             rows[key] = "n/a"
         elif not isinstance(value, list):
             rows[key] = value
+    bits = (result.get("ais_log_likelihood") or {}).get("bits_per_dim")
+    if isinstance(bits, dict):
+        rows["ais_log_likelihood (bits/dim)"] = f"{bits['mean']:.4g} ± {bits['standard_error']:.2g}"
+    if isinstance(result.get("ais_bdmc"), dict):
+        rows["AIS BDMC gap on simulated data (mean / max)"] = (f"{result['ais_bdmc']['gap_mean']:.3g} / "
+                                                              f"{result['ais_bdmc']['gap_max']:.3g}")
     if "step_size" in result.get("reference_inference", {}):
         rows["reference step size"] = result["reference_inference"]["step_size"]
     if "hierarchy_factors" in result:
@@ -541,6 +560,30 @@ def _eval_rows(result: dict[str, Any]) -> dict[str, Any]:
                      for k, v in result["hierarchy_factors"]["dominant_layer"].items()})
     return rows
 # ---- end eval ----------------------------------------------------------------------------------------
+
+
+@app.command("compare")
+def compare_command(
+    runs: list[Path] = typer.Argument(..., help="run folders (or eval_per_image.json files); the first is A"),
+    json_out: Path | None = typer.Option(None, "--json", help="also write the comparisons to this JSON file"),
+) -> None:
+    """Paired per-image differences of evaluated runs against the first (MSE, log-likelihood, inpainting),
+    with standard errors and which are significant (paired t-test, p < 0.05 and |mean| > 2 s.e.)."""
+    from inferkit.eval import paired
+    from inferkit.runs import write_json_atomic
+
+    if len(runs) < 2:
+        raise UserError("compare needs at least two evaluated runs: inferkit compare RUN_A RUN_B [...]")
+    if json_out is not None:
+        check_output_file(json_out, "--json")
+    records = [paired.read_per_image(run) for run in runs]
+    results = {}
+    for run, record in zip(runs[1:], records[1:]):
+        rows = paired.compare_records(records[0], record)
+        results[str(run)] = rows
+        console.print(paired.format_table(str(runs[0]), str(run), rows), markup=False, highlight=False)
+    if json_out is not None:
+        write_json_atomic(json_out, {"a": str(runs[0]), "comparisons": results})
 
 
 @app.command()

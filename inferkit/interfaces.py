@@ -128,6 +128,16 @@ class UnnormalizedModel(Model):
         return None
 
 
+class SimulatesObservations(abc.ABC):
+    """A model that can draw ``x ~ p(x | z)`` itself, noise included (not only the mean ``decode(z)``):
+    what bidirectional Monte Carlo (:mod:`inferkit.eval.ais`) needs to simulate data whose latent ``z`` is
+    an exact posterior sample."""
+
+    @abc.abstractmethod
+    def sample_observation(self, z: Latents, *, generator: torch.Generator | None = None) -> Tensor:
+        """``x ~ p(x | z)`` per example, shaped ``[batch, *data_shape]``."""
+
+
 @runtime_checkable
 class HasObservationNoise(Protocol):
     """Optional: a model whose observation noise sigma the trainer may anneal."""
@@ -182,6 +192,9 @@ class DataSet(abc.ABC):
     """Number of levels of each factor, in ``factor_names`` order."""
     num_classes: int | None = None
     """Number of label classes (``None``: unknown, or no labels)."""
+    levels: int | None = None
+    """Number of equally spaced values each entry of ``x`` takes on ``[-1, 1]`` (256 for 8-bit images scaled
+    by ``x = 2 v / 255 - 1``), what bits per dimension are counted in; ``None``: continuous data."""
 
     @property
     def data_shape(self) -> tuple[int, ...]:

@@ -44,8 +44,9 @@ def test_ais_with_one_step_is_importance_sampling_from_the_prior():
     model = _linear_gaussian(sigma=0.2)
     x = model.sample(4, generator=torch.Generator().manual_seed(2)).detach()
     exact = model.log_marginal(x).detach()
-    one = ais.ais_log_likelihood(model, x, num_chains=4, num_steps=1, generator=torch.Generator().manual_seed(0))
-    many = ais.ais_log_likelihood(model, x, num_chains=4, num_steps=300, generator=torch.Generator().manual_seed(0))
+    options = {"base": "prior", "num_chains": 4, "generator": torch.Generator().manual_seed(0)}
+    one = ais.ais_log_likelihood(model, x, num_steps=1, **options)
+    many = ais.ais_log_likelihood(model, x, num_steps=300, **options)
     assert (exact - many.log_likelihood).abs().mean() < (exact - one.log_likelihood).abs().mean()
 
 
@@ -177,7 +178,7 @@ def test_fid_inception_has_the_published_layout_and_loads_a_state_dict_by_path(t
     assert not any(key.startswith("AuxLogits") for key in state)
     path = tmp_path / inception.WEIGHTS_NAME
     torch.save({k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}, path)
-    loaded = inception.load_fid_inception(path)
+    loaded = inception.load_fid_inception(path, expected_sha256=inception.file_sha256(path))
     images = torch.rand(2, 1, 28, 28) * 2 - 1
     features = inception.inception_features(loaded, images)
     assert features.shape == (2, 2048) and torch.isfinite(features).all()
@@ -190,7 +191,7 @@ def test_fid_weights_errors_name_the_option(tmp_path):
     bad = tmp_path / "bad.pth"
     torch.save({"conv.weight": torch.zeros(1)}, bad)
     with pytest.raises(UserError, match="--inception-weights"):
-        inception.load_fid_inception(bad)
+        inception.load_fid_inception(bad, expected_sha256=None)
 
 
 # --------------------------------------------------------------------------------- hierarchy/factors

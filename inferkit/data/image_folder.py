@@ -379,6 +379,7 @@ class ImageFolderDataset(ImageData):
     """Images from a folder tree, streamed from disk; see the module docstring."""
 
     name = "image-folder"
+    levels = 256  # 8-bit values, x = 2 v / 255 - 1
 
     def __init__(self, data_dir: str = "", image_size: int = 64, channels: int = 3, num_test: int = 0,
                  seed: int = 0, num_workers: int = 2, max_images: int = 0) -> None:

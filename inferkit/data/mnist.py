@@ -116,6 +116,7 @@ class MNISTDataset(ImageData):
     """
 
     name = "mnist"
+    levels = 256  # 8-bit values, x = 2 v / 255 - 1
 
     def __init__(
         self, data_dir: str = "", num_train: int = 0, num_test: int = 0, split_seed: int = 0

@@ -10,22 +10,35 @@ so that file loads as it is. Nothing is downloaded: the user gives the file by p
 
 Features are the 2048-d global average pool after ``Mixed_7c``, for inputs resized (bilinear) to
 299 x 299 and scaled to [-1, 1] (inferkit images already are); one channel is repeated to three.
+
+The file is checked against its SHA-256 before it is read (:data:`WEIGHTS_SHA256`; the name's suffix
+``6726825d`` is the digest's first eight hex digits, the torch.hub naming convention). FID compares
+``N`` generated images with reference statistics (mean and covariance of the features) of the
+*training* images, as the papers compute it (Heusel et al. 2017; papers report ``N = 40,000`` or
+50,000); :func:`reference_statistics` caches those statistics per data set, split and count as
+``.npz`` files read with ``allow_pickle=False``.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from inferkit.errors import UserError
+from inferkit.eval.frechet import gaussian_statistics
 
 FEATURE_DIM = 2048
 INPUT_SIZE = 299
 NUM_CLASSES = 1008  # the TF graph's logits (1000 ImageNet classes + 8 unused)
 WEIGHTS_NAME = "pt_inception-2015-12-05-6726825d.pth"
+WEIGHTS_SHA256 = "6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2"
+"""SHA-256 of :data:`WEIGHTS_NAME` (the pytorch-fid release file)."""
 
 
 class ConvBN(nn.Module):
@@ -209,9 +222,20 @@ class FIDInceptionV3(nn.Module):
         return self.features(images)
 
 
-def load_fid_inception(path: str | Path | None, device: torch.device | str = "cpu") -> FIDInceptionV3:
-    """The FID network with the weights in ``path`` (a state dict such as pytorch-fid's
-    ``pt_inception-2015-12-05-6726825d.pth``), in eval mode."""
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of the file at ``path``, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_fid_inception(path: str | Path | None, device: torch.device | str = "cpu", *,
+                       expected_sha256: str | None = WEIGHTS_SHA256) -> FIDInceptionV3:
+    """The FID network with the weights in ``path`` (pytorch-fid's ``pt_inception-2015-12-05-6726825d.pth``),
+    in eval mode; the file must have the SHA-256 ``expected_sha256`` (``None``: any state dict of this
+    layout, e.g. for tests)."""
     if path is None or not str(path).strip():
         raise UserError(f"FID needs the Inception weights: give --inception-weights PATH (the file {WEIGHTS_NAME}); "
                         "nothing is downloaded")
@@ -219,6 +243,11 @@ def load_fid_inception(path: str | Path | None, device: torch.device | str = "cp
     if not path.is_file():
         raise UserError(f"--inception-weights {path}: no such file; give the path of {WEIGHTS_NAME} "
                         "(nothing is downloaded)")
+    if expected_sha256 is not None:
+        actual = file_sha256(path)
+        if actual != expected_sha256.lower():
+            raise UserError(f"--inception-weights {path}: SHA-256 {actual[:16]}... is not {expected_sha256[:16]}... "
+                            f"of {WEIGHTS_NAME}; give that file (nothing is downloaded)")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's to fix
@@ -243,3 +272,41 @@ def inception_features(network: FIDInceptionV3, images: Tensor, batch_size: int 
     out = [network.features(images[i:i + batch_size].to(device)).double().cpu()
            for i in range(0, images.shape[0], batch_size)]
     return torch.cat(out)
+
+
+def default_cache_folder() -> Path:
+    """``$XDG_CACHE_HOME/inferkit/fid`` (``~/.cache/inferkit/fid`` when unset)."""
+    root = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(root) / "inferkit" / "fid"
+
+
+def _fingerprint(name: str, split: str, images, count: int) -> str:
+    """A short digest of what the statistics depend on: data set, split, its size, the count, the first 64
+    images' values and the weights' SHA-256."""
+    digest = hashlib.sha256(f"{name}|{split}|{len(images)}|{count}|{WEIGHTS_SHA256}".encode())
+    digest.update(np.ascontiguousarray(images[:64].detach().cpu().double().numpy()).tobytes())
+    return digest.hexdigest()[:16]
+
+
+def reference_statistics(network: FIDInceptionV3, images, *, name: str, split: str, count: int = 0,
+                         cache: str | Path | None = None, batch_size: int = 50) -> tuple[np.ndarray, np.ndarray, int]:
+    """``(mu, Sigma, n)`` of the features of the first ``count`` rows of ``images`` (0: all), read from
+    or written to ``cache`` (default :func:`default_cache_folder`) as
+    ``{name}-{split}-{n}-{fingerprint}.npz`` (numpy, ``allow_pickle=False``)."""
+    n = len(images) if count == 0 else min(count, len(images))
+    folder = Path(cache).expanduser() if cache else default_cache_folder()
+    path = folder / f"{name}-{split}-{n}-{_fingerprint(name, split, images, n)}.npz"
+    if path.is_file():
+        with np.load(path, allow_pickle=False) as stored:
+            return stored["mu"], stored["sigma"], n
+    features = torch.cat([inception_features(network, images[i:min(i + 1000, n)], batch_size)
+                          for i in range(0, n, 1000)])
+    mu, sigma = gaussian_statistics(features)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(".partial.npz")
+        np.savez(partial, mu=mu, sigma=sigma)
+        partial.replace(path)
+    except OSError as exc:
+        raise UserError(f"--fid-cache {folder}: cannot write the reference statistics ({exc.strerror})") from None
+    return mu, sigma, n

@@ -64,3 +64,11 @@ def hidden_mse(x: Tensor, filled: Tensor, mask: Tensor) -> tuple[float, float]:
     """(sum of squared errors over hidden entries, number of hidden entries)."""
     hidden = (1 - mask).expand_as(x)
     return float(((x - filled).pow(2) * hidden).sum()), float(hidden.sum())
+
+
+def hidden_errors(x: Tensor, filled: Tensor, mask: Tensor) -> Tensor:
+    """Per-example mean squared error over its hidden entries ``[B]`` (float64, on the CPU; NaN where none
+    is hidden)."""
+    hidden = (1 - mask).expand_as(x).double()
+    squared = ((x - filled).double().pow(2) * hidden).flatten(1).sum(1)
+    return (squared / hidden.flatten(1).sum(1)).cpu()

@@ -184,6 +184,18 @@ def log_likelihood_raise(model: RBMPriorModel, x: Tensor, logits: Tensor, *, num
     return torch.logsumexp(terms, 1) - math.log(num_samples)
 
 
+BUDGETS = {
+    "default": None,
+    "paper": {"num_samples": 50_000, "partition_chains": 5_000, "num_steps": 100_000},
+}
+"""``rbm_log_likelihood`` budgets. ``paper``: the paper's evaluation (section 4.1), ``K = 5e4`` importance
+samples and ``log Z`` from 5,000 AIS chains with 1e5 intermediate distributions (hours on a CPU).
+``default``: the caller's ``num_samples``, ``25 * num_chains`` chains and ``num_steps`` sweeps; its ``log Z``
+uncertainty is reported as ``log_partition_standard_error`` (the delta-method standard error over chains,
+which understates the error when the chains have not mixed), and the RAISE estimate on the first rows
+brackets the AIS one from the other side."""
+
+
 def _summary(values: Tensor) -> dict:
     """Mean, standard error of the mean (``std / sqrt(n)``) and count of per-example estimates."""
     n = values.numel()
@@ -193,14 +205,21 @@ def _summary(values: Tensor) -> dict:
 
 @torch.no_grad()
 def rbm_log_likelihood(model: RBMPriorModel, encoder: HasBernoulliEncoder, x: Tensor, *, num_chains: int,
-                       num_steps: int, num_samples: int, generator: torch.Generator | None = None) -> dict:
+                       num_steps: int, num_samples: int, generator: torch.Generator | None = None,
+                       budget: str = "default") -> dict:
     """``log p(x)`` per row of ``x`` by the paper's eq. 6 with ``log Z`` from AIS (``25 * num_chains``
     chains, ``num_steps`` Gibbs sweeps, a base-rate model fitted to the encoder's codes of ``x``), and
-    RAISE's conservative counterpart on the first 8 rows, with ``q(z | x)`` the sampler's encoder."""
+    RAISE's conservative counterpart on the first 8 rows, with ``q(z | x)`` the sampler's encoder.
+    ``budget="paper"`` replaces the three sizes by the paper's (:data:`BUDGETS`)."""
+    if budget not in BUDGETS:
+        raise UserError(f"unknown RBM evaluation budget {budget!r}; use one of {', '.join(BUDGETS)}")
+    sizes = BUDGETS[budget] or {"num_samples": num_samples, "partition_chains": num_chains * 25,
+                                "num_steps": num_steps}
+    num_samples, num_steps = sizes["num_samples"], sizes["num_steps"]
     logits = encoder.encoder_logits(model, x)
     codes = torch.bernoulli(torch.sigmoid(logits), generator=generator)
     base = base_rate_bias(codes)
-    log_z = ais_log_partition(model.rbm, num_chains=num_chains * 25, num_steps=num_steps, base_bias=base,
+    log_z = ais_log_partition(model.rbm, num_chains=sizes["partition_chains"], num_steps=num_steps, base_bias=base,
                               generator=generator)
     values = log_likelihood_ais(model, x, logits, num_samples=num_samples, log_partition=log_z.log_partition,
                                 generator=generator).cpu()
@@ -209,6 +228,7 @@ def rbm_log_likelihood(model: RBMPriorModel, encoder: HasBernoulliEncoder, x: Te
                                   num_steps=num_steps, base_bias=base, generator=generator).cpu()
     return {**_summary(values), "per_example": values.tolist(), "method": "paper eq. 6 with AIS log Z",
             "log_partition": log_z.log_partition, "log_partition_standard_error": log_z.standard_error,
-            "ais_chains": num_chains * 25, "gibbs_steps": num_steps, "importance_samples": num_samples,
+            "ais_chains": sizes["partition_chains"], "gibbs_steps": num_steps, "importance_samples": num_samples,
+            "budget": budget,
             "raise": {**_summary(raised), "importance_samples": min(num_samples, 16)},
             "ais_same_examples_as_raise": _summary(values[:few])}

@@ -17,14 +17,20 @@ def reconstruct(model: Model, sampler: Sampler, x: Tensor, *, generator: torch.G
         return model.decode(z)
 
 
-def reconstruction_mse(model: Model, sampler: Sampler, x: Tensor, *, seed: int = 0, batch_size: int = 64) -> float:
-    """Mean squared error ``mean (x - E[x | z])^2`` over ``x``, with ``z`` inferred by ``sampler`` in batches
-    of ``batch_size`` (the batch starting at row ``i`` with generator ``seeded_generator(seed, i)``)."""
-    total, count = 0.0, 0
+def reconstruction_errors(model: Model, sampler: Sampler, x: Tensor, *, seed: int = 0, batch_size: int = 64
+                          ) -> Tensor:
+    """Per-example mean squared error ``mean_j (x_j - E[x | z]_j)^2`` ``[N]`` (float64, on the CPU), with ``z``
+    inferred by ``sampler`` in batches of ``batch_size`` (the batch starting at row ``i`` with generator
+    ``seeded_generator(seed, i)``)."""
+    errors = []
     for start in range(0, x.shape[0], batch_size):
         chunk = x[start:start + batch_size]
         generator = seeded_generator(seed, start, chunk.device)
         recon = reconstruct(model, sampler, chunk, generator=generator)
-        total += float((recon - chunk).pow(2).sum())
-        count += chunk.numel()
-    return total / count
+        errors.append((recon - chunk).double().pow(2).flatten(1).mean(1).cpu())
+    return torch.cat(errors)
+
+
+def reconstruction_mse(model: Model, sampler: Sampler, x: Tensor, *, seed: int = 0, batch_size: int = 64) -> float:
+    """Mean squared error ``mean (x - E[x | z])^2`` over ``x`` (the mean of :func:`reconstruction_errors`)."""
+    return float(reconstruction_errors(model, sampler, x, seed=seed, batch_size=batch_size).mean())

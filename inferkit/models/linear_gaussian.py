@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from inferkit.errors import UserError
-from inferkit.interfaces import Latents, Model
+from inferkit.interfaces import Latents, Model, SimulatesObservations
 from inferkit.linalg import slogdet
 
 _LOG_2PI = math.log(2 * math.pi)
@@ -35,7 +35,7 @@ def gaussian_kl(mean_q: Tensor, cov_q: Tensor, mean_p: Tensor, cov_p: Tensor) ->
     return 0.5 * (trace + maha - d + logdet_p - logdet_q)
 
 
-class LinearGaussian(Model):
+class LinearGaussian(Model, SimulatesObservations):
     """``x = W z + b + sigma eps`` with ``z ~ N(0, I_d)``; ``weight`` is ``W`` (D x d)."""
 
     def __init__(self, latent_dim: int = 8, data_dim: int = 16, sigma: float = 0.5, seed: int = 0,
@@ -84,6 +84,12 @@ class LinearGaussian(Model):
     def decode(self, z: Latents) -> Tensor:
         """``E[x | z] = W z + b``."""
         return z[0] @ self.weight.T + self.bias
+
+    def sample_observation(self, z: Latents, *, generator: torch.Generator | None = None) -> Tensor:
+        """``x = W z + b + sigma eps``, ``eps ~ N(0, I_D)``."""
+        mean = self.decode(z)
+        noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+        return mean + self.log_sigma.exp() * noise
 
     def log_joint(self, x: Tensor, z: Latents, mask: Tensor | None = None) -> Tensor:
         """``log N(z; 0, I) + sum_i m_i log N(x_i; (W z + b)_i, sigma^2)`` (``m`` = mask, default 1)."""

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from inferkit.errors import UserError
-from inferkit.interfaces import Latents, Model
+from inferkit.interfaces import Latents, Model, SimulatesObservations
 from inferkit_ladder.config import Features, LadderConfig, check_positive_float
 
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
@@ -124,7 +124,7 @@ def _whitened_log_prior(eps: Sequence[Tensor]) -> Tensor:
     return out
 
 
-class LadderModel(Model):
+class LadderModel(Model, SimulatesObservations):
     """Multi-layer generator ``p(x, z) = p(z_L) prod_{l=1}^{L-1} p(z_l | z_{l+1}) p(x | z_1)``.
 
     ``parameterization="whitened"`` (the default, and the authors' choice: their code infers the
@@ -199,6 +199,12 @@ class LadderModel(Model):
         value = check_positive_float("observation_sigma", sigma)
         with torch.no_grad():
             self._observation_sigma.fill_(value)
+
+    def sample_observation(self, z: Latents, *, generator: torch.Generator | None = None) -> Tensor:
+        """``x = decode(z) + observation_sigma * eps``, ``eps ~ N(0, I)``: a draw of ``p(x | z)``."""
+        mean = self.decode(z)
+        noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+        return mean + self._observation_sigma.to(mean.dtype) * noise
 
     # -- building blocks of the top-down pass -------------------------------------------
     def top_down_step(self, l: int, z_above: Tensor, h_above: Tensor | None = None) -> Tensor:
