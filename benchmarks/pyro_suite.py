@@ -211,8 +211,11 @@ def _table(results: dict[str, Any]) -> list[str]:
             for t in iterations:
                 per_seed = [sum(r[which]) / len(r[which]) for r in results["runs"]
                             if r["method"] == method and r["iterations"] == t]
+                if not per_seed:
+                    cells.append("-")
+                    continue
                 mean, se = _mean_se(per_seed)
-                cells.append(f"{mean:.4f} ± {se:.4f}" if per_seed else "-")
+                cells.append(f"{mean:.4f} ± {se:.4f} ({len(per_seed)})")
             lines.append(f"| {method} | {which} | " + " | ".join(cells) + " |")
     return lines
 
@@ -245,14 +248,29 @@ def _claims(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _seconds(results: dict[str, Any]) -> list[str]:
+    """Training seconds per run (mean over seeds): the cost axis for comparisons at equal wall time."""
+    iterations = results["settings"]["iterations"]
+    lines = ["| method | " + " | ".join(f"T={t}" for t in iterations) + " |", "|---|" + "---:|" * len(iterations)]
+    for method in METHODS:
+        cells = []
+        for t in iterations:
+            seconds = [r["seconds_per_iteration"] * t for r in results["runs"]
+                       if r["method"] == method and r["iterations"] == t]
+            cells.append(f"{sum(seconds) / len(seconds):.0f}" if seconds else "-")
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def markdown(results: dict[str, Any]) -> str:
-    times = {m: _mean_se([r["seconds_per_iteration"] for r in results["runs"] if r["method"] == m])[0]
-             for m in METHODS}
+    times = {m: _mean_se(ts)[0] for m in METHODS
+             if (ts := [r["seconds_per_iteration"] for r in results["runs"] if r["method"] == m])}
     lines = [f"# Short-run inference against Pyro SVI on `{MODEL}` (`--budget {results['budget']}`)", "",
-             f"{results['machine']}. Test MSE on all test images: mean over seeds ± standard error over seeds.", "",
+             f"{results['machine']}. Test MSE on all test images: mean over seeds ± standard error over seeds "
+             "(number of seeds).", "",
              *_table(results), "",
-             "Seconds per training iteration (mean over runs): "
-             + ", ".join(f"{m} {t:.4f}" for m, t in times.items()) + ".", "",
+             "Training seconds per run (mean over seeds; seconds per iteration: "
+             + ", ".join(f"{m} {t:.4f}" for m, t in times.items()) + "):", "", *_seconds(results), "",
              "Paired per-image differences of test MSE (mean ± s.e. over images; yes: below zero by more than "
              "two standard errors, no: above zero by more than two):", "", *_claims(results)]
     return "\n".join(lines) + "\n"
