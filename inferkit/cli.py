@@ -581,7 +581,7 @@ def compare_command(
     for run, record in zip(runs[1:], records[1:]):
         rows = paired.compare_records(records[0], record)
         results[str(run)] = rows
-        console.print(paired.format_table(str(runs[0]), str(run), rows), markup=False, highlight=False)
+        console.print(paired.format_table(str(runs[0]), str(run), rows), markup=False, highlight=False, soft_wrap=True)
     if json_out is not None:
         write_json_atomic(json_out, {"a": str(runs[0]), "comparisons": results})
 

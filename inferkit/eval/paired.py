@@ -28,6 +28,9 @@ PER_IMAGE_FILE = "eval_per_image.json"
 HIGHER_IS_BETTER = {"ais_log_likelihood": True, "ais_bits_per_dim": False, "iwae_bound": True,
                     "reconstruction_mse": False}
 
+NOT_MEASURES = ("ais_monte_carlo_error",)
+"""Per-image values saved beside the measures that describe an estimate, not a model: not compared."""
+
 
 def paired_difference(a, b) -> dict[str, Any]:
     """Mean paired difference ``b - a``, its standard error, the t statistic, the two-sided p-value,
@@ -83,7 +86,7 @@ def compare_records(a: dict[str, Any], b: dict[str, Any]) -> dict[str, dict[str,
     index_a, index_b = list(a["indices"]), list(b["indices"])
     out = {}
     flat_a, flat_b = _flatten(a["measures"]), _flatten(b["measures"])
-    for name in sorted(set(flat_a) & set(flat_b)):
+    for name in sorted((set(flat_a) & set(flat_b)) - set(NOT_MEASURES)):
         va, vb = flat_a[name], flat_b[name]
         pos_a = {index: i for i, index in enumerate(index_a[:len(va)])}
         shared = [(pos_a[index], j) for j, index in enumerate(index_b[:len(vb)]) if index in pos_a]
