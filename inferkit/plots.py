@@ -6,8 +6,8 @@ per latent layer or per step), the chosen ``objective`` J(s*), the sampler's lay
 ``history`` of points the tuner tried, each with its ``step_size``, ``J`` and ``invertible``.
 
 - :func:`plot_objective_curves`: ``J(s) = E[log q_s(z) - log p(x, z)]`` against s, one curve per
-  tuning, coloured by t (Figure 7). Points where the flow is not invertible (J is not a KL there)
-  are crosses, never joined. A scalar s gives the curve J(s) (points sorted by s: the tuners fix
+  tuning, coloured by t (Figure 7), one line through every finite point; points where the flow is
+  not invertible (J a lower bound on the KL there) are crosses, the others dots. A scalar s gives the curve J(s) (points sorted by s: the tuners fix
   their ``z_0`` draws, so J is one function of s within a tuning); a vector s (a ``kl-grad`` path)
   gives one panel per entry, J along the path in the order it was taken, against that entry.
 - :func:`plot_chosen_step_size`: the chosen s against t (Figure 6), one line per entry.
@@ -185,10 +185,10 @@ def plot_objective_curves(records: Sequence[dict[str, Any]], path: str | Path, *
             s = curve.step_sizes[:, entry]
             good = curve.invertible
             offset = _reference_J(curve) if relative else 0.0
-            # Join only invertible points: a non-invertible one breaks the line.
-            line_s = np.where(good, s, np.nan)
-            axis.plot(line_s, np.where(good, curve.J - offset, np.nan), "-", marker="o", markersize=3, color=colour,
-                      linewidth=1.2, label=f"t = {curve.iteration}")
+            # One line through every finite point (J decides the choice); dots where the flow is
+            # invertible, crosses where it is not.
+            axis.plot(s, curve.J - offset, "-", color=colour, linewidth=1.2, label=f"t = {curve.iteration}")
+            axis.plot(s[good], curve.J[good] - offset, "o", color=colour, markersize=3, linestyle="none")
             if (~good).any():
                 axis.plot(s[~good], curve.J[~good] - offset, "x", color=colour, markersize=6, linestyle="none")
             if curve.chosen_step_size is not None and entry < curve.chosen_step_size.size \
