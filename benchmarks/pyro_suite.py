@@ -131,38 +131,39 @@ def _train_pyro_svi(iterations: int, seed: int, data_dir: Path):
     return data, model, encoder, seconds
 
 
-def _per_image_mse(model, x: torch.Tensor, infer) -> list[float]:
-    from inferkit.seeding import seeded_generator
-
-    values = []
-    for start in range(0, x.shape[0], 250):
-        chunk = x[start:start + 250]
-        z = infer(chunk, seeded_generator(0, start, chunk.device))
-        with torch.no_grad():
-            values += (model.decode(z) - chunk).pow(2).flatten(1).mean(1).tolist()
-    return values
+def _guide_errors(model, encoder, x: torch.Tensor) -> list[float]:
+    """Per-image MSE of the decoded guide mean ``E[x | z = mu(x)]`` (the guide is not a sampler)."""
+    with torch.no_grad():
+        return [e for start in range(0, x.shape[0], 250)
+                for e in (model.decode((encoder(x[start:start + 250])[0],)) - x[start:start + 250])
+                .pow(2).flatten(1).mean(1).tolist()]
 
 
-def _evaluate(data, model, own, reference_steps: int) -> dict[str, Any]:
+def _evaluate(data, model, own_errors, reference_steps: int) -> dict[str, Any]:
+    """Per-image test MSE by the method's own inference (``own_errors(x)``) and by the common
+    reference inference, batches of 250 seeded by their first row."""
+    from inferkit.eval.reconstruction import reconstruction_errors
     from inferkit.eval.reference import reference_sampler
 
     x = data.test.x
     reference, record = reference_sampler(model, x[:64], num_steps=reference_steps)
-    return {"own": _per_image_mse(model, x, own),
-            "reference": _per_image_mse(model, x, lambda c, g: reference.infer(model, c, generator=g).z),
+    return {"own": own_errors(x),
+            "reference": reconstruction_errors(model, reference, x, batch_size=250).tolist(),
             "reference_inference": record}
 
 
 def run_one(method: str, iterations: int, seed: int, data_dir: Path, run_dir: Path, reference_steps: int) -> None:
+    from inferkit.eval.reconstruction import reconstruction_errors
+
     torch.set_num_threads(1)
     run_dir.mkdir(parents=True, exist_ok=True)
     if method == "pyro-svi":
         data, model, encoder, seconds = _train_pyro_svi(iterations, seed, data_dir)
-        own = lambda chunk, generator: (encoder(chunk)[0].detach(),)  # noqa: E731 - the guide's mean
+        own = lambda x: _guide_errors(model, encoder, x)  # noqa: E731 - the guide's mean
         step_size = math.nan
     else:
         data, model, sampler, seconds = _train_inferkit(method, iterations, seed, data_dir, run_dir)
-        own = lambda chunk, generator: sampler.infer(model, chunk, generator=generator).z  # noqa: E731
+        own = lambda x: reconstruction_errors(model, sampler, x, batch_size=250).tolist()  # noqa: E731
         step_size = float(sampler.hyperparameters()["step_size"].mean()) if method == "shortrun" else math.nan
     result = {"method": method, "iterations": iterations, "seed": seed, "seconds_per_iteration": seconds / iterations,
               "step_size": step_size, **_evaluate(data, model, own, reference_steps)}
