@@ -37,6 +37,10 @@ from inferkit.evaluation import EvalConfig, evaluate
 from inferkit.runs import PluginSpec, RunSpec, TrainConfig, build_objects, resolve_device, write_json_atomic
 from inferkit.trainer import train
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from tables_suite import (Cell, CellRunner, cell_dict, claims, equal_time_iterations, means_table, paired_table,  # noqa: E402
+                          sampler_pairs, table_cells, with_iterations)
+
 SAMPLERS = ("shortrun", "langevin", "abp", "vae", "lvae")
 FLOW_SAMPLERS = ("shortrun", "langevin")  # tuned by kl-grid; the others keep their own settings
 LAYERS = (1, 3, 5)
@@ -58,8 +62,10 @@ class Budget:
     main_eval: EvalConfig
     ablation_eval: EvalConfig
     tuner_options: dict[str, Any] = field(default_factory=dict)
-    sigma_start: float = 0.3
-    sigma_end: float = 0.1
+    sigma_start: float = 0.2
+    sigma_end: float = 0.05
+    """The papers' observation sigma, annealed 0.2 -> 0.05 (over the trainer's default half of the run)."""
+    seeds: tuple[int, ...] = (0,)
 
 
 BUDGETS = {
@@ -69,27 +75,27 @@ BUDGETS = {
                     main_eval=EvalConfig(reference_steps=10, inpaint_examples=16, ais_examples=4, ais_chains=2,
                                          ais_steps=10, iwae_samples=4, iwae_examples=8, fd_samples=64,
                                          classifier_iterations=50, factor_rows=4),
-                    ablation_eval=EvalConfig(reference_steps=0, inpaint_examples=0, ais_examples=0, iwae_samples=0,
+                    ablation_eval=EvalConfig(reference_steps=0, inpaint_examples=0, ais_examples=0, bdmc_examples=0, iwae_samples=0,
                                              fd_samples=64, figures=False),
-                    tuner_options={"batch_size": 2, "grid": (0.01, 0.05)}),
-    # 42.1 min measured alone on 2 CPU cores with all five samplers and the ablations (benchmarks/RESULTS.md).
-    "cpu": Budget(num_layers=3, nf=16, num_steps=20, iterations=200, batch_size=32, tune_every=100,
-                  num_train=0, num_test=0,
-                  main_eval=EvalConfig(num_examples=256, reference_steps=100, inpaint_examples=64,
-                                       ais_examples=16, ais_chains=4, ais_steps=100, ais_leapfrog=5,
-                                       iwae_samples=64, iwae_examples=64, fd_samples=1000,
+                    tuner_options={"batch_size": 2, "grid": (0.01, 0.05), "logdet": "stochastic"}),
+    # Three seeds of every cell; the cells of one seed take about an hour on 2 CPU cores (benchmarks/RESULTS.md).
+    "cpu": Budget(num_layers=3, nf=16, num_steps=20, iterations=300, batch_size=32, tune_every=100,
+                  num_train=0, num_test=0, seeds=(0, 1, 2),
+                  main_eval=EvalConfig(num_examples=2000, reference_steps=100, inpaint_examples=64,
+                                       ais_examples=32, ais_chains=4, ais_steps=200, ais_leapfrog=5,
+                                       bdmc_examples=4, iwae_samples=64, iwae_examples=32, fd_samples=1000,
                                        classifier_iterations=600),
-                  ablation_eval=EvalConfig(num_examples=256, reference_steps=0, inpaint_examples=0, ais_examples=0,
-                                           iwae_samples=0, fd_samples=1000, figures=False),
-                  # stochastic log-determinants: at L=5 one tuning takes 10.8 s instead of stepwise's 50.7 s
-                  tuner_options={"batch_size": 2, "grid": (0.005, 0.01, 0.02, 0.05, 0.1), "logdet": "stochastic"}),
+                  ablation_eval=EvalConfig(num_examples=2000, reference_steps=0, inpaint_examples=0, ais_examples=0,
+                                           bdmc_examples=0, iwae_samples=0, fd_samples=1000, figures=False),
+                  # stochastic log-determinants: at L=5 one tuning takes a fifth of the stepwise time
+                  tuner_options={"batch_size": 2, "grid": (0.01, 0.03, 0.05, 0.08, 0.12), "logdet": "stochastic"}),
     # The papers' scale on one GPU: L=5, K=20, nf=64, full data, long training, full evaluation.
     "gpu": Budget(num_layers=5, nf=64, num_steps=20, iterations=30000, batch_size=128, tune_every=2000,
                   num_train=0, num_test=0,
                   main_eval=EvalConfig(reference_steps=200, inpaint_examples=2000, ais_examples=256, ais_chains=16,
                                        ais_steps=1000, ais_leapfrog=10, iwae_samples=1000, iwae_examples=2000,
                                        fd_samples=2000, classifier_iterations=3000),
-                  ablation_eval=EvalConfig(reference_steps=0, inpaint_examples=0, ais_examples=0, iwae_samples=0,
+                  ablation_eval=EvalConfig(reference_steps=0, inpaint_examples=0, ais_examples=0, bdmc_examples=0, iwae_samples=0,
                                            fd_samples=2000, figures=False),
                   tuner_options={"batch_size": 8}),
 }
@@ -113,20 +119,29 @@ def installed_samplers() -> set[str]:
     return {ep.name for ep in entry_points(group="inferkit.samplers")}
 
 
-def run_spec(budget: Budget, sampler: str, num_layers: int, num_steps: int, args, model: str = "ladder") -> RunSpec:
+def run_spec(budget: Budget, sampler: str, num_layers: int, num_steps: int, args, model: str = "ladder",
+             seed: int | None = None, latent_dims: tuple[int, ...] = (), iterations: int = 0) -> RunSpec:
+    """One cell's run: ``budget``'s training settings for ``sampler`` on the ladder with ``num_layers``
+    layers (``latent_dims``: the plugin's default when empty) and K = ``num_steps`` for flow samplers;
+    ``iterations`` 0: the budget's."""
     flow = sampler in FLOW_SAMPLERS
+    iterations = iterations or budget.iterations
     sampler_options: dict[str, Any] = {"num_steps": num_steps} if flow else {}
     data_options: dict[str, Any] = {"data_dir": str(args.data_dir)}
     if budget.num_train:
         data_options["num_train"] = budget.num_train
     if budget.num_test:
         data_options["num_test"] = budget.num_test
-    train_config = TrainConfig(iterations=budget.iterations, batch_size=budget.batch_size,
-                               tune_every=budget.tune_every if flow else 0, seed=args.seed, device=args.device,
+    train_config = TrainConfig(iterations=iterations, batch_size=budget.batch_size,
+                               tune_every=budget.tune_every if flow else 0,
+                               seed=args.seeds[0] if seed is None else seed, device=args.device,
                                sigma_start=budget.sigma_start, sigma_end=budget.sigma_end,
-                               log_every=max(1, budget.iterations // 20),
-                               checkpoint_every=budget.iterations, image_every=budget.iterations)
-    return RunSpec(model=PluginSpec(model, {"num_layers": num_layers, "nf": budget.nf}),
+                               log_every=max(1, iterations // 20),
+                               checkpoint_every=iterations, image_every=iterations)
+    model_options: dict[str, Any] = {"num_layers": num_layers, "nf": budget.nf}
+    if latent_dims:
+        model_options["latent_dims"] = tuple(latent_dims)
+    return RunSpec(model=PluginSpec(model, model_options),
                    sampler=PluginSpec(sampler, sampler_options),
                    tuner=PluginSpec("kl-grid" if flow else "fixed", dict(budget.tuner_options) if flow else {}),
                    data=PluginSpec("mnist", data_options), train=train_config)
@@ -162,43 +177,43 @@ def _fmt(value: Any, digits: int = 4) -> str:
     return f"{value:.{digits}g}" if isinstance(value, float) else str(value)
 
 
-def _estimate(block: dict | None) -> str:
-    return "-" if not block else f"{block['mean']:.1f} ± {block['standard_error']:.1f}"
+def _cell_label(cell: Cell) -> str:
+    if cell.label:
+        return cell.label
+    dims = "+".join(map(str, cell.latent_dims))
+    steps = f", K={cell.num_steps}" if cell.num_steps else ""
+    return f"{cell.sampler}, L={cell.num_layers} (z {dims}){steps}"
 
 
 def markdown(results: dict[str, Any]) -> str:
-    header = (f"{results['device']}; seed {results['seed']}; generator: ladder L={results['main_layers']}, "
-              f"nf={results['nf']}; {results['iterations']} iterations of batch {results['batch_size']}; "
-              f"total wall time {results['wall_seconds'] / 60:.1f} min.")
+    """Tables 1-3 as means over seeds, and the paired per-image comparisons with their verdicts."""
+    out, seeds = Path(results["out"]), results["seeds"]
+    tables = {key: [Cell(**{**c, "latent_dims": tuple(c["latent_dims"])}) for c in cells]
+              for key, cells in results["tables"].items()}
+    equal_time = next((Cell(**{**r["cell"], "latent_dims": tuple(r["cell"]["latent_dims"])})
+                       for r in results["records"].values() if r["cell"]["label"]), None)
+    header = (f"{results['device']}; seeds {', '.join(map(str, seeds))}; ladder nf={results['nf']}; "
+              f"{results['iterations']} iterations of batch {results['batch_size']}; sigma "
+              f"{results['sigma']}; wall time of this invocation {results['wall_seconds'] / 60:.1f} min.")
     lines = [f"# inferkit comparison on MNIST (`--budget {results['budget']}`)", "", header, ""]
     if results["skipped"]:
         lines += [f"Not installed, skipped: {', '.join(results['skipped'])}.", ""]
-    columns = ("| sampler | MSE (own) | MSE (reference K) | AIS log p(x) | IWAE | classifier FD (not FID) | FID "
-               "| s / iteration |")
-    lines += ["## Table 1: samplers on one generator", "", columns, "|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for record in results["main"]:
-        e = record["eval"]
-        lines.append(f"| {record['sampler']} | {_fmt(e['test_reconstruction_mse'])} | "
-                     f"{_fmt(e.get('test_reconstruction_mse_reference'))} | {_estimate(e.get('ais_log_likelihood'))} | "
-                     f"{_estimate(e.get('iwae_bound'))} | {_fmt(e.get('classifier_frechet_distance'))} | "
-                     f"{_fmt(e.get('fid'))} | {record['seconds_per_iteration']:.3f} |")
-    reference = next((r["eval"].get("classifier_frechet_distance_train_vs_test") for r in results["main"]), None)
-    if reference is not None:
-        floor = f"Fréchet distance between real training and test images in the same features: {_fmt(reference)}."
-        lines += ["", floor]
-    tables = ((f"Table 2: number of layers L (shortrun, K={results['main_steps']})", "layers", LAYERS),
-              (f"Table 3: inference steps K (shortrun, L={results['main_layers']})", "steps", STEPS))
-    for title, key, values in tables:
-        rows = results["ablations"].get(key)
-        if not rows:
-            continue
-        by_value = {r["value"]: r["eval"] for r in rows}
-        symbol = "L" if key == "layers" else "K"
-        lines += ["", f"## {title}", "", f"| | {' | '.join(f'{symbol}={v}' for v in values)} |",
-                  "|---|" + "---:|" * len(values)]
-        for label, metric in (("classifier FD (not FID)", "classifier_frechet_distance"),
-                              ("MSE", "test_reconstruction_mse")):
-            lines.append(f"| {label} | " + " | ".join(_fmt(by_value.get(v, {}).get(metric)) for v in values) + " |")
+    titles = {"samplers": "Table 1: samplers on one generator", "layers-paper": "Table 2: layers L, the papers' dims",
+              "layers-matched": "Table 2: layers L, 28 latent units at every L", "steps": "Table 3: inference steps K"}
+    records = results["records"]
+    for key, cells in tables.items():
+        rows = cells + ([equal_time] if key == "samplers" and equal_time else [])
+        lines += [f"## {titles[key]}", "", "Mean over seeds ± s.e. over seeds (seeds).", "",
+                  *means_table(records, rows, seeds, _cell_label), ""]
+    lines += ["## Paired per-image differences against shortrun", "",
+              "Per seed: mean of (row's run - shortrun) over the same test images ± s.e. (images); * significant "
+              "(paired t-test p < 0.05 and |mean| > 2 s.e.). MSE: negative is better than shortrun; log p(x): "
+              "positive is.", "", *paired_table(out, sampler_pairs(tables, equal_time), seeds, with_verdict=False), ""]
+    pairs = [(c.text, c.better, c.worse, c.measure) for c in claims(tables, equal_time)]
+    lines += ["## The papers' orderings", "",
+              "Per seed: mean of (papers' better - papers' worse) ± s.e. (images); reproduced: significant in the "
+              "papers' direction on every seed; contradicted: significant against it on every seed; otherwise "
+              "inconclusive.", "", *paired_table(out, pairs, seeds, with_verdict=True)]
     return "\n".join(lines) + "\n"
 
 
@@ -230,6 +245,19 @@ def write_results(out: Path, stem: str, results: dict[str, Any], render) -> int:
     return 0
 
 
+def parse_seeds(text: str | None, budget: Budget | None) -> list[int]:
+    """``--seeds 0,1,2`` as integers; without it the budget's seeds (0 for the other suites)."""
+    if text is None:
+        return list(budget.seeds) if budget is not None else [0]
+    try:
+        seeds = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise SystemExit(f"error: --seeds takes comma-separated integers, e.g. 0,1,2; got {text!r}") from None
+    if not seeds:
+        raise SystemExit("error: --seeds is empty; give e.g. 0,1,2")
+    return seeds
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", type=Path, default=None, help="folder with the MNIST IDX files "
@@ -243,12 +271,13 @@ def main(argv: list[str] | None = None) -> int:
                              "benchmarks/discrete.py, budgets smoke and cpu); pyro: short-run inference against "
                              "Pyro's SVI VAE on examples/pyro_mnist.py (benchmarks/pyro_suite.py, budgets smoke and "
                              "cpu)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", default=None, help="comma-separated training seeds [default: the budget's]")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--inception-weights", type=Path, default=None, help="FID weights file (no download)")
     parser.add_argument("--out", type=Path, default=None, help="output folder [default: bench/<budget>]")
     args = parser.parse_args(argv)
+    args.seeds = parse_seeds(args.seeds, BUDGETS.get(args.budget))
     args.data_dir = mnist_folder(args.data_dir)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -262,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.budget not in DISCRETE_BUDGETS:
             raise SystemExit(f"error: --suite discrete has budgets {', '.join(DISCRETE_BUDGETS)}, not {args.budget!r}")
         out = args.out or Path("bench") / f"discrete-{args.budget}"
-        print(discrete_markdown(run_discrete(args.data_dir, out, args.budget, seed=args.seed, device=args.device)))
+        print(discrete_markdown(run_discrete(args.data_dir, out, args.budget, seed=args.seeds[0], device=args.device)))
         return 0
     if args.suite == "pyro":
         sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -294,11 +323,11 @@ def main(argv: list[str] | None = None) -> int:
     began = time.perf_counter()
     device_name = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else (
         f"CPU, {torch.get_num_threads()} torch threads")
-    results: dict[str, Any] = {"budget": args.budget, "budget_settings": asdict(budget), "seed": args.seed,
-                               "device": device_name, "main_layers": budget.num_layers,
+    results: dict[str, Any] = {"budget": args.budget, "budget_settings": asdict(budget), "seeds": args.seeds,
+                               "seed": args.seeds[0], "device": device_name, "main_layers": budget.num_layers,
                                "main_steps": budget.num_steps, "nf": budget.nf, "iterations": budget.iterations,
-                               "batch_size": budget.batch_size, "skipped": skipped, "main": [],
-                               "ablations": {"layers": [], "steps": []}}
+                               "batch_size": budget.batch_size, "skipped": skipped, "out": str(out),
+                               "sigma": f"{budget.sigma_start} -> {budget.sigma_end}", "records": {}}
     if args.suite == "ebm":
         eval_config = replace(main_eval, ais_examples=0, iwae_samples=0)  # no nats for an unnormalised model
         results["ebm"] = []
@@ -309,26 +338,36 @@ def main(argv: list[str] | None = None) -> int:
             results["ebm"].append(record)
         results["wall_seconds"] = time.perf_counter() - began
         return write_results(out, "results_ebm", results, ebm_markdown)
-    print(f"Table 1: {', '.join(samplers) or 'no sampler'} on ladder L={budget.num_layers}", flush=True)
-    for sampler in samplers:
-        spec = run_spec(budget, sampler, budget.num_layers, budget.num_steps, args)
-        results["main"].append(train_and_evaluate(f"{sampler}-L{budget.num_layers}", spec, main_eval, out))
-    if not args.no_ablations and "shortrun" in available:
-        base = next((r for r in results["main"] if r["sampler"] == "shortrun"), None)
-        for key, values in (("layers", LAYERS), ("steps", STEPS)):
-            print(f"ablation over {key}: {values}", flush=True)
-            for value in values:
-                layers = value if key == "layers" else budget.num_layers
-                steps = value if key == "steps" else budget.num_steps
-                if base is not None and layers == budget.num_layers and steps == budget.num_steps:
-                    record = base  # the Table-1 shortrun run is this cell
-                else:
-                    spec = run_spec(budget, "shortrun", layers, steps, args)
-                    record = train_and_evaluate(f"shortrun-L{layers}-K{steps}", spec, ablation_eval, out)
-                results["ablations"][key].append({"value": value, "name": record["name"], "eval": record["eval"],
-                                                  "seconds_per_iteration": record["seconds_per_iteration"]})
+    run_tables(args, budget, samplers, out, main_eval, ablation_eval, results)
     results["wall_seconds"] = time.perf_counter() - began
     return write_results(out, "results", results, markdown)
+
+
+def run_tables(args, budget: Budget, samplers: list[str], out: Path, main_eval: EvalConfig,
+               ablation_eval: EvalConfig, results: dict[str, Any]) -> None:
+    """Every cell of Tables 1-3 (and the equal-time VAE) for every seed, into ``results['records']``."""
+    tables = table_cells(samplers, budget.num_layers, budget.num_steps, FLOW_SAMPLERS)
+    if args.no_ablations:
+        tables = {"samplers": tables["samplers"]}
+    results["tables"] = {key: [cell_dict(c) for c in cells] for key, cells in tables.items()}
+    runner, records = CellRunner(out, train_and_evaluate), results["records"]
+    unique = list(dict.fromkeys(c for cells in tables.values() for c in cells))
+    for seed in args.seeds:
+        print(f"seed {seed}: {len(unique)} cells", flush=True)
+        for cell in unique:
+            eval_config = main_eval if cell in tables["samplers"] else ablation_eval
+            records[cell.name(seed)] = runner.run(cell, seed, cell_spec(budget, cell, seed, args), eval_config)
+        by_sampler = {c.sampler: c for c in tables["samplers"]}
+        if {"shortrun", "vae"} <= set(by_sampler):
+            shortrun, vae = (records[by_sampler[m].name(seed)] for m in ("shortrun", "vae"))
+            iterations = equal_time_iterations(shortrun["train"]["seconds"], vae["seconds_per_iteration"])
+            cell = with_iterations(by_sampler["vae"], iterations)
+            records[cell.name(seed)] = runner.run(cell, seed, cell_spec(budget, cell, seed, args), main_eval)
+
+
+def cell_spec(budget: Budget, cell: Cell, seed: int, args) -> RunSpec:
+    return run_spec(budget, cell.sampler, cell.num_layers, cell.num_steps, args, seed=seed,
+                    latent_dims=cell.latent_dims, iterations=cell.iterations)
 
 
 if __name__ == "__main__":
