@@ -1,0 +1,126 @@
+"""The statistics of ``benchmarks/compare.py``'s tables suite: cells, claims, paired rows and verdicts."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import compare  # noqa: E402
+import tables_suite as ts  # noqa: E402
+
+FLOW = ("shortrun", "langevin")
+
+
+def test_matched_dims_have_one_total_and_the_papers_dims_are_the_presets():
+    assert len({sum(d) for d in ts.MATCHED_DIMS.values()}) == 1
+    assert all(len(d) == L for L, d in {**ts.MATCHED_DIMS}.items())
+    preset = tomllib.loads((ROOT / "configs" / "paper" / "mnist.toml").read_text())
+    assert tuple(preset["model"]["options"]["latent_dims"]) == ts.PAPER_DIMS[5]
+    from inferkit_ladder.config import default_latent_dims
+
+    assert ts.MATCHED_DIMS[3] == default_latent_dims(3)
+
+
+def test_the_main_shortrun_cell_is_one_run_across_tables():
+    tables = ts.table_cells(["shortrun", "vae"], 3, 20, FLOW)
+    main = tables["samplers"][0]
+    assert main in tables["layers-matched"] and main in tables["steps"]
+    unique = set(c for cells in tables.values() for c in cells)
+    assert len(unique) == 2 + 3 + 2 + 3  # samplers, papers' L, matched L=1,5, K=5,10,40
+    assert tables["samplers"][1].num_steps == 0  # K is a flow sampler's option only
+    assert len({c.name(0) for c in unique}) == len(unique)
+
+
+def test_claims_point_the_papers_way():
+    tables = ts.table_cells(["shortrun", "vae", "lvae"], 3, 20, FLOW)
+    equal = ts.with_iterations(tables["samplers"][1], 1234)
+    found = ts.claims(tables, equal)
+    layers = [c for c in found if c.text.startswith("L=")]
+    assert all(c.better.num_layers > c.worse.num_layers for c in layers) and len(layers) == 4
+    steps = [c for c in found if c.text.startswith("K=")]
+    assert [(c.worse.num_steps, c.better.num_steps) for c in steps] == [(5, 10), (10, 20), (20, 40)]
+    timed = [c for c in found if "wall time" in c.text]
+    assert len(timed) == 1 and timed[0].worse.label == "vae-equal-time" and timed[0].better.sampler == "shortrun"
+
+
+def test_equal_time_iterations():
+    assert ts.equal_time_iterations(300.0, 0.1) == 3000
+    assert ts.equal_time_iterations(0.01, 1.0) == 1
+    with pytest.raises(ValueError):
+        ts.equal_time_iterations(math.nan, 0.1)
+    with pytest.raises(ValueError):
+        ts.equal_time_iterations(10.0, 0.0)
+
+
+def _row(mean: float, significant: bool) -> dict:
+    return {"mean_difference": mean, "significant": significant}
+
+
+@given(st.lists(st.tuples(st.floats(-1, 1, allow_nan=False), st.booleans()), min_size=1, max_size=5))
+@settings(max_examples=200, deadline=None)
+def test_verdict_needs_every_seed(rows):
+    result = ts.verdict([_row(m, s) for m, s in rows])
+    below = all(s and m < 0 for m, s in rows)
+    above = all(s and m > 0 for m, s in rows)
+    assert result == ("reproduced" if below else "contradicted" if above else "inconclusive")
+
+
+def test_a_missing_seed_is_inconclusive():
+    assert ts.verdict([_row(-1.0, True), None]) == "inconclusive"
+    assert ts.verdict([]) == "inconclusive"
+
+
+def _fake_run(out: Path, cell: ts.Cell, seed: int, mse: list[float], indices: list[int]) -> None:
+    run = out / "runs" / cell.name(seed)
+    run.mkdir(parents=True)
+    (run / "record.json").write_text(json.dumps({"cell": ts.cell_dict(cell), "seed": seed}))
+    (run / "eval_per_image.json").write_text(json.dumps(
+        {"subset_seed": 0, "indices": indices, "measures": {"reconstruction_mse": mse}}))
+
+
+def test_paired_rows_are_the_per_image_differences(tmp_path):
+    better, worse = ts.Cell("shortrun", 5, (8, 6, 6, 4, 4), 20), ts.Cell("shortrun", 3, (16, 8, 4), 20)
+    rng = np.random.default_rng(0)
+    a = rng.uniform(0.02, 0.1, 50)
+    b = a - 0.01 + rng.normal(0, 0.002, 50)
+    _fake_run(tmp_path, worse, 0, a.tolist(), list(range(50)))
+    _fake_run(tmp_path, better, 0, b.tolist(), list(range(50)))
+    row = ts.paired_row(tmp_path, better, worse, 0, "reconstruction_mse")
+    d = b - a
+    assert row["mean_difference"] == pytest.approx(d.mean())
+    assert row["standard_error"] == pytest.approx(d.std(ddof=1) / math.sqrt(50))
+    assert row["significant"] and row["examples"] == 50
+    assert ts.paired_row(tmp_path, better, worse, 1, "reconstruction_mse") is None  # seed 1 not run
+    lines = ts.paired_table(tmp_path, [("L=5 below L=3", better, worse, "reconstruction_mse")], [0, 1], True)
+    assert lines[-1].endswith("| inconclusive |") and f"{d.mean():+.4g}" in lines[-1]
+    assert ts.paired_table(tmp_path, [("x", better, worse, "reconstruction_mse")], [0], True)[-1].endswith(
+        "| reproduced |")
+
+
+def test_paired_rows_use_only_the_shared_images(tmp_path):
+    """Images are matched by test index, not by position."""
+    first, second = ts.Cell("vae", 3, (16, 8, 4), 0), ts.Cell("shortrun", 3, (16, 8, 4), 20)
+    _fake_run(tmp_path, second, 0, [1.0, 2.0, 3.0], [7, 8, 9])
+    _fake_run(tmp_path, first, 0, [30.0, 10.0], [9, 7])
+    row = ts.paired_row(tmp_path, first, second, 0, "reconstruction_mse")
+    assert row["examples"] == 2 and row["mean_difference"] == pytest.approx(((10 - 1) + (30 - 3)) / 2)
+
+
+def test_seeds_option():
+    assert compare.parse_seeds("0,1, 2", None) == [0, 1, 2]
+    assert compare.parse_seeds(None, compare.BUDGETS["cpu"]) == [0, 1, 2]
+    assert compare.parse_seeds(None, None) == [0]
+    for bad in ("a,b", ","):
+        with pytest.raises(SystemExit, match="error: --seeds"):
+            compare.parse_seeds(bad, None)
