@@ -291,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.budget not in DISCRETE_BUDGETS:
             raise SystemExit(f"error: --suite discrete has budgets {', '.join(DISCRETE_BUDGETS)}, not {args.budget!r}")
         out = args.out or Path("bench") / f"discrete-{args.budget}"
-        print(discrete_markdown(run_discrete(args.data_dir, out, args.budget, seed=args.seeds[0], device=args.device)))
+        print(discrete_markdown(run_discrete(args.data_dir, out, args.budget, seeds=tuple(args.seeds), device=args.device)))
         return 0
     if args.suite == "pyro":
         sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -27,12 +27,13 @@ from typing import Any
 import torch
 
 from inferkit.devices import module_device
+from inferkit.eval.paired import paired_difference
 from inferkit.eval.rbm import ais_log_partition, base_rate_bias, log_likelihood_ais, log_likelihood_raise
 from inferkit.runs import PluginSpec, RunSpec, TrainConfig, build_objects, write_json_atomic
 from inferkit.trainer import train
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script or imported by compare.py
-from compare import mnist_folder  # noqa: E402
+from compare import mnist_folder, parse_seeds  # noqa: E402
 
 SAMPLERS = ("vimco", "rws")
 
@@ -124,54 +125,89 @@ def evaluate_run(model, sampler, data, budget: Budget, seed: int) -> dict[str, A
             "log_likelihood_ais": {**_mean_se(ais), "samples": budget.eval_samples},
             "log_likelihood_ais_same_examples_as_raise": _mean_se(ais[:budget.raise_examples]),
             "log_likelihood_raise": {**_mean_se(rai), "samples": budget.raise_samples, "steps": budget.raise_steps},
+            "per_image": {"ais": ais.tolist(), "raise": rai.tolist()},
             "eval_seconds": time.perf_counter() - began}
 
 
+def _row(name: str, run: dict[str, Any]) -> str:
+    e = run["eval"]
+    lz, ais, same, rai = (e["log_partition"], e["log_likelihood_ais"],
+                          e["log_likelihood_ais_same_examples_as_raise"], e["log_likelihood_raise"])
+    return (f"| {name} | {run['iterations']} | {run['seconds']:.0f} | {lz['ais']:.2f} ± "
+            f"{lz['standard_error']:.2f} | {-ais['mean']:.2f} ± {ais['standard_error']:.2f} "
+            f"({ais['examples']} images, K={ais['samples']}) | {-same['mean']:.2f} ± "
+            f"{same['standard_error']:.2f} | {-rai['mean']:.2f} ± {rai['standard_error']:.2f} "
+            f"({rai['examples']} images, K={rai['samples']}, {rai['steps']} steps) |")
+
+
+def paired_rows(results: dict[str, Any]) -> list[str]:
+    """Per seed, the paired per-image differences of test NLL, vimco - rws (AIS and RAISE), and, per
+    sampler, RAISE - AIS on RAISE's images (the two estimators on the same images)."""
+    lines = ["| seed | comparison | estimator | mean difference (nats) | s.e. | images | p | significant |",
+             "|---|---|---|---:|---:|---:|---:|---|"]
+    for seed in results["seeds"]:
+        runs = {name: results["runs"].get(f"{name}-seed{seed}") for name in SAMPLERS}
+        pairs = []
+        if all(runs.values()):
+            for estimator in ("ais", "raise"):
+                # NLL difference vimco - rws = log p(x) of rws - log p(x) of vimco
+                pairs.append(("vimco - rws", estimator, runs["vimco"]["eval"]["per_image"][estimator],
+                              runs["rws"]["eval"]["per_image"][estimator]))
+        for name, run in runs.items():
+            if run:
+                per = run["eval"]["per_image"]
+                # NLL difference RAISE - AIS = log p(x) by AIS - log p(x) by RAISE
+                pairs.append((f"{name}: RAISE - AIS", "same images", per["raise"], per["ais"][:len(per["raise"])]))
+        for label, estimator, a, b in pairs:
+            d = paired_difference(a, b)  # mean of b - a in log p(x): the NLL difference first - second
+            lines.append(f"| {seed} | {label} | {estimator} | {d['mean_difference']:+.2f} | {d['standard_error']:.2f} | "
+                         f"{d['examples']} | {d['p_value']:.2g} | {'yes' if d['significant'] else 'no'} |")
+    return lines
+
+
 def markdown(results: dict[str, Any]) -> str:
-    """The results table (negative log-likelihoods in nats, lower is better)."""
+    """The results table (negative log-likelihoods in nats, lower is better) and the paired differences."""
     lines = [f"# rbm-prior on statically binarised MNIST ({results.get('data_source', '?')}), budget "
-             f"`{results['budget_name']}`, seed {results['seed']}", "",
-             ("| sampler | iterations | train s | log Z (AIS) | test NLL, AIS (eq. 6) | NLL, AIS on RAISE's images "
+             f"`{results['budget_name']}`, seeds {', '.join(map(str, results['seeds']))}", "",
+             ("| run | iterations | train s | log Z (AIS) | test NLL, AIS (eq. 6) | NLL, AIS on RAISE's images "
              "| test NLL, RAISE |"), "|---|---|---|---|---|---|---|"]
-    for name, run in results["runs"].items():
-        e = run["eval"]
-        lz, ais, same, rai = (e["log_partition"], e["log_likelihood_ais"],
-                              e["log_likelihood_ais_same_examples_as_raise"], e["log_likelihood_raise"])
-        lines.append(f"| {name} | {run['iterations']} | {run['seconds']:.0f} | {lz['ais']:.2f} ± "
-                     f"{lz['standard_error']:.2f} | {-ais['mean']:.2f} ± {ais['standard_error']:.2f} "
-                     f"({ais['examples']} images, K={ais['samples']}) | {-same['mean']:.2f} ± "
-                     f"{same['standard_error']:.2f} | {-rai['mean']:.2f} ± {rai['standard_error']:.2f} "
-                     f"({rai['examples']} images, K={rai['samples']}, {rai['steps']} steps) |")
+    lines += [_row(name, run) for name, run in results["runs"].items()]
     budget = results["budget"]
     lines += ["", (f"Model: {budget['num_latents']} binary latents, RBM with {budget['num_hidden']} hidden units, "
               f"decoder {budget['decoder_hidden']}, encoder {budget['encoder_hidden']}, K = {budget['num_samples']}; "
               f"{budget['pretrain_iterations']} autoencoder + {budget['rbm_pretrain_iterations']} RBM (CD-1, CD-25, "
-              f"PCD-25) pre-training iterations of {budget['iterations']}. ± is one standard error (over test images; for log Z the "
-              "delta-method error over AIS chains, not included in the NLL's).")]
+              f"PCD-25) pre-training iterations of {budget['iterations']}. ± is one standard error over test images "
+              "(the spread between images; for log Z the delta-method error over AIS chains, not included in the "
+              "NLL's)."),
+              "", "Paired per-image differences of test NLL on the same images (nats; negative: the first is lower; "
+              "significant: paired t-test p < 0.05 and |mean| > 2 s.e.; the shared log Z estimate of each run "
+              "shifts all its images alike):", "", *paired_rows(results)]
     return "\n".join(lines) + "\n"
 
 
-def run_discrete(data_dir: str | Path, out: str | Path, budget: str = "smoke", *, seed: int = 0,
+def run_discrete(data_dir: str | Path, out: str | Path, budget: str = "smoke", *, seeds: tuple[int, ...] = (0,),
                  device: str = "cpu", samplers: tuple[str, ...] = SAMPLERS) -> dict[str, Any]:
-    """Train ``rbm-prior`` with each sampler under the ``budget`` preset, evaluate, write the tables."""
+    """Train ``rbm-prior`` with each sampler and seed under the ``budget`` preset, evaluate, write the tables."""
     if budget not in BUDGETS:
         raise SystemExit(f"error: unknown budget {budget!r}; choose one of {', '.join(BUDGETS)}")
     preset = BUDGETS[budget]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    results: dict[str, Any] = {"budget_name": budget, "budget": asdict(preset), "seed": seed, "runs": {}}
-    for name in samplers:
-        spec = run_spec(preset, name, str(data_dir), seed, device)
-        data, model, sampler, tuner = build_objects(spec)
-        results["data_source"] = ("Larochelle-Murray files" if data.source == "amat"
-                                  else "fixed-seed Bernoulli draw of the IDX files")
-        trained = train(model, sampler, tuner, data, spec, out / "runs" / name, progress=False)
-        evaluation = evaluate_run(trained.model, trained.sampler, data, preset, seed)
-        results["runs"][name] = {"iterations": preset.iterations, "seconds": trained.summary["seconds"],
-                                 "test_mse_end": trained.summary["test_mse_end"], "eval": evaluation}
-        write_json_atomic(out / "results.json", results)
-        print(f"{name}: done in {trained.summary['seconds']:.0f} s + {evaluation['eval_seconds']:.0f} s eval",
-              file=sys.stderr)
+    results: dict[str, Any] = {"budget_name": budget, "budget": asdict(preset), "seeds": list(seeds), "runs": {}}
+    for seed in seeds:
+        for name in samplers:
+            spec = run_spec(preset, name, str(data_dir), seed, device)
+            data, model, sampler, tuner = build_objects(spec)
+            results["data_source"] = ("Larochelle-Murray files" if data.source == "amat"
+                                      else "fixed-seed Bernoulli draw of the IDX files")
+            trained = train(model, sampler, tuner, data, spec, out / "runs" / f"{name}-seed{seed}", progress=False)
+            evaluation = evaluate_run(trained.model, trained.sampler, data, preset, seed)
+            results["runs"][f"{name}-seed{seed}"] = {
+                "iterations": preset.iterations, "seconds": trained.summary["seconds"],
+                "test_mse_end": trained.summary["test_mse_end"], "eval": evaluation}
+            write_json_atomic(out / "results.json", results)
+            print(f"{name} seed {seed}: done in {trained.summary['seconds']:.0f} s + "
+                  f"{evaluation['eval_seconds']:.0f} s eval", file=sys.stderr)
     (out / "results.md").write_text(markdown(results))
     return results
 
@@ -183,13 +219,13 @@ def main(argv: list[str] | None = None) -> int:
                         "fetch mnist`]")
     parser.add_argument("--out", default="bench/discrete")
     parser.add_argument("--budget", default="smoke", choices=sorted(BUDGETS))
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", default="0", help="comma-separated training seeds, e.g. 0,1,2")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--samplers", default=",".join(SAMPLERS), help="comma-separated: vimco,rws")
     args = parser.parse_args(argv)
     samplers = tuple(s for s in args.samplers.split(",") if s)
-    results = run_discrete(mnist_folder(args.data_dir), args.out, args.budget, seed=args.seed, device=args.device,
-                           samplers=samplers)
+    results = run_discrete(mnist_folder(args.data_dir), args.out, args.budget, seeds=tuple(parse_seeds(args.seeds, None)),
+                           device=args.device, samplers=samplers)
     print(markdown(results))
     return 0
 
