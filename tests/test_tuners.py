@@ -501,3 +501,41 @@ def test_fixed_tuner(tiny_linear_gaussian, noisy_data):
             Fixed(step_size=bad)
     with pytest.raises(UserError):
         inferkit.load_tuner("fixed", step_size="fast")
+
+
+@pytest.mark.parametrize("start", [0.02, 0.1, 0.5, 0.9])
+def test_local_search_walks_to_the_grids_argmin_with_fewer_evaluations(tiny_linear_gaussian, noisy_data, start):
+    """On linear-gaussian J is the closed-form KL (minus log p(x)), with one minimum over s: the walk
+    from any starting step size ends at the full grid's choice, evaluating fewer points."""
+    model = tiny_linear_gaussian(data_dim=6)
+    lam = lambda_max(model)
+    grid = tuple(r / lam for r in (0.01, 0.02, 0.04, 0.08, 0.15, 0.3, 0.5, 0.7, 0.9))
+    x = noisy_data(model, 4)
+    options = dict(grid=grid, num_samples=64, batch_size=4, max_extensions=0)
+    sampler = ShortRun(num_steps=4, step_size=start / lam, units="raw")
+    full = KLGrid(**options).tune(model, sampler, x)
+    local = KLGrid(search="local", **options).tune(model, sampler, x)
+    assert local.hyperparameters["step_size"].item() == pytest.approx(full.hyperparameters["step_size"].item())
+    assert local.objective == pytest.approx(full.objective)
+    assert len(local.history) < len(full.history)
+    by_s = {h["step_size"]: h["J"] for h in full.history}
+    assert all(h["J"] == pytest.approx(by_s[h["step_size"]]) for h in local.history)  # the same J values
+    chosen = [h["step_size"] for h in full.history].index(full.hyperparameters["step_size"].item())
+    closed = [float(model.flow_kl(x, torch.full((4,), s, dtype=F64)).detach().mean()) for s in grid]
+    assert closed.index(min(closed)) == chosen
+
+
+def test_local_search_at_a_grid_end_is_extended(tiny_linear_gaussian, noisy_data):
+    model = tiny_linear_gaussian(data_dim=6)
+    lam = lambda_max(model)
+    grid = tuple(r / lam for r in (0.001, 0.002, 0.004))  # all below the optimum
+    sampler = ShortRun(num_steps=4, step_size=0.001 / lam, units="raw")
+    result = KLGrid(search="local", grid=grid, num_samples=64, batch_size=4, extend_factor=2.0).tune(
+        model, sampler, noisy_data(model, 4))
+    assert any(h["extended"] for h in result.history)
+    assert result.hyperparameters["step_size"].item() > grid[-1]
+
+
+def test_unknown_search_is_one_user_error():
+    with pytest.raises(UserError, match="search must be one of grid, local"):
+        KLGrid(search="golden")
