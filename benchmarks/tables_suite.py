@@ -15,8 +15,8 @@ paired t-test. The cells:
   per iteration, both measured in this process).
 
 A claim of the papers is *reproduced* when its paired difference is significant in the papers'
-direction on every seed, *contradicted* when it is significant the other way on every seed, and
-*inconclusive* otherwise. Cells already evaluated (``OUT/runs/NAME/record.json``) are reused, so an
+direction on every seed (at least three), *contradicted* when it is significant the other way on
+every seed, and *inconclusive* otherwise. Cells already evaluated (``OUT/runs/NAME/record.json``) are reused, so an
 interrupted benchmark continues where it stopped.
 """
 
@@ -103,24 +103,31 @@ def claims(tables: dict[str, list[Cell]], equal_time: Cell | None) -> list[Claim
     if equal_time is not None and "shortrun" in by_sampler:
         found.append(Claim("shortrun below vae at equal wall time", by_sampler["shortrun"], equal_time))
     for key, what in (("layers-paper", "papers' dims"), ("layers-matched", "28 latent units")):
-        cells = tables[key]
+        cells = tables.get(key, [])
         found += [Claim(f"L={b.num_layers} below L={a.num_layers} ({what})", b, a) for a, b in zip(cells, cells[1:])]
-    steps = tables["steps"]
+    steps = tables.get("steps", [])
     found += [Claim(f"K={b.num_steps} below K={a.num_steps}", b, a) for a, b in zip(steps, steps[1:])]
     return found
 
 
+MIN_SEEDS = 3
+"""Seeds a verdict needs; with fewer the table says how the seeds there point."""
+
+
 def verdict(differences: list[dict[str, Any] | None]) -> str:
     """``reproduced`` / ``contradicted`` / ``inconclusive`` from per-seed paired rows of
-    ``better - worse`` (lower is better; ``None``: the seed lacks a cell)."""
+    ``better - worse`` (lower is better; ``None``: the seed lacks a cell); with fewer than
+    :data:`MIN_SEEDS` seeds measured, ``too few seeds (k): ...`` and which way they point."""
     present = [d for d in differences if d is not None]
-    if not present or len(present) < len(differences):
+    below = all(d["significant"] and d["mean_difference"] < 0 for d in present)
+    above = all(d["significant"] and d["mean_difference"] > 0 for d in present)
+    if len(present) < MIN_SEEDS:
+        way = ("significant in the papers' direction" if below else "significant against it" if above
+               else "mixed or not significant")
+        return f"too few seeds ({len(present)} of {MIN_SEEDS}): {way}" if present else "not measured"
+    if len(present) < len(differences):
         return "inconclusive"
-    if all(d["significant"] and d["mean_difference"] < 0 for d in present):
-        return "reproduced"
-    if all(d["significant"] and d["mean_difference"] > 0 for d in present):
-        return "contradicted"
-    return "inconclusive"
+    return "reproduced" if below else "contradicted" if above else "inconclusive"
 
 
 class CellRunner:

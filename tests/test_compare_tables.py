@@ -73,12 +73,16 @@ def test_verdict_needs_every_seed(rows):
     result = ts.verdict([_row(m, s) for m, s in rows])
     below = all(s and m < 0 for m, s in rows)
     above = all(s and m > 0 for m, s in rows)
-    assert result == ("reproduced" if below else "contradicted" if above else "inconclusive")
+    if len(rows) < ts.MIN_SEEDS:
+        assert result.startswith(f"too few seeds ({len(rows)} of {ts.MIN_SEEDS})")
+        assert ("papers' direction" in result) == below and ("against" in result) == above
+    else:
+        assert result == ("reproduced" if below else "contradicted" if above else "inconclusive")
 
 
 def test_a_missing_seed_is_inconclusive():
-    assert ts.verdict([_row(-1.0, True), None]) == "inconclusive"
-    assert ts.verdict([]) == "inconclusive"
+    assert ts.verdict([_row(-1.0, True)] * 3 + [None]) == "inconclusive"
+    assert ts.verdict([None, None]) == "not measured"
 
 
 def _fake_run(out: Path, cell: ts.Cell, seed: int, mse: list[float], indices: list[int]) -> None:
@@ -103,9 +107,8 @@ def test_paired_rows_are_the_per_image_differences(tmp_path):
     assert row["significant"] and row["examples"] == 50
     assert ts.paired_row(tmp_path, better, worse, 1, "reconstruction_mse") is None  # seed 1 not run
     lines = ts.paired_table(tmp_path, [("L=5 below L=3", better, worse, "reconstruction_mse")], [0, 1], True)
-    assert lines[-1].endswith("| inconclusive |") and f"{d.mean():+.4g}" in lines[-1]
-    assert ts.paired_table(tmp_path, [("x", better, worse, "reconstruction_mse")], [0], True)[-1].endswith(
-        "| reproduced |")
+    assert lines[-1].endswith("| too few seeds (1 of 3): significant in the papers' direction |")
+    assert f"{d.mean():+.4g}" in lines[-1]
 
 
 def test_paired_rows_use_only_the_shared_images(tmp_path):
@@ -124,3 +127,8 @@ def test_seeds_option():
     for bad in ("a,b", ","):
         with pytest.raises(SystemExit, match="error: --seeds"):
             compare.parse_seeds(bad, None)
+
+
+def test_claims_without_the_ablations():
+    tables = {"samplers": ts.table_cells(["shortrun", "vae"], 3, 20, FLOW)["samplers"]}
+    assert [c.text for c in ts.claims(tables, None)] == ["shortrun below vae (equal iterations)"] * 2
