@@ -272,6 +272,8 @@ def main(argv: list[str] | None = None) -> int:
                              "Pyro's SVI VAE on examples/pyro_mnist.py (benchmarks/pyro_suite.py, budgets smoke and "
                              "cpu)")
     parser.add_argument("--seeds", default=None, help="comma-separated training seeds [default: the budget's]")
+    parser.add_argument("--report", action="store_true", help="train nothing: write the tables from the cells "
+                        "of --out evaluated so far")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--inception-weights", type=Path, default=None, help="FID weights file (no download)")
@@ -323,6 +325,8 @@ def main(argv: list[str] | None = None) -> int:
     began = time.perf_counter()
     device_name = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else (
         f"CPU, {torch.get_num_threads()} torch threads")
+    if args.report:
+        device_name = "tables of the cells evaluated so far (each measured by the invocation that trained it)"
     results: dict[str, Any] = {"budget": args.budget, "budget_settings": asdict(budget), "seeds": args.seeds,
                                "seed": args.seeds[0], "device": device_name, "main_layers": budget.num_layers,
                                "main_steps": budget.num_steps, "nf": budget.nf, "iterations": budget.iterations,
@@ -350,7 +354,8 @@ def run_tables(args, budget: Budget, samplers: list[str], out: Path, main_eval: 
     if args.no_ablations:
         tables = {"samplers": tables["samplers"]}
     results["tables"] = {key: [cell_dict(c) for c in cells] for key, cells in tables.items()}
-    runner, records = CellRunner(out, train_and_evaluate), results["records"]
+    runner = CellRunner(out, None if args.report else train_and_evaluate)
+    records = results["records"]
     ablations = list(dict.fromkeys(c for key in ("layers-matched", "layers-paper", "steps") if key in tables
                                    for c in tables[key] if c not in tables["samplers"]))
     by_sampler = {c.sampler: c for c in tables["samplers"]}
@@ -358,14 +363,19 @@ def run_tables(args, budget: Budget, samplers: list[str], out: Path, main_eval: 
         print(f"seed {seed}: {len(tables['samplers'])} samplers, then {len(ablations)} ablation cells", flush=True)
         equal_time_done = False
         for cell in tables["samplers"]:
-            records[cell.name(seed)] = runner.run(cell, seed, cell_spec(budget, cell, seed, args), main_eval)
+            keep(records, cell.name(seed), runner.run(cell, seed, cell_spec(budget, cell, seed, args), main_eval))
             names = {"shortrun", "vae"}
             if not equal_time_done and names <= set(by_sampler) and all(by_sampler[m].name(seed) in records
                                                                         for m in names):
                 run_equal_time(runner, records, by_sampler, seed, budget, args, main_eval)
                 equal_time_done = True
         for cell in ablations:
-            records[cell.name(seed)] = runner.run(cell, seed, cell_spec(budget, cell, seed, args), ablation_eval)
+            keep(records, cell.name(seed), runner.run(cell, seed, cell_spec(budget, cell, seed, args), ablation_eval))
+
+
+def keep(records: dict[str, Any], name: str, record: dict[str, Any] | None) -> None:
+    if record is not None:
+        records[name] = record
 
 
 def run_equal_time(runner: CellRunner, records: dict[str, Any], by_sampler: dict[str, Cell], seed: int,
@@ -374,7 +384,7 @@ def run_equal_time(runner: CellRunner, records: dict[str, Any], by_sampler: dict
     shortrun, vae = (records[by_sampler[m].name(seed)] for m in ("shortrun", "vae"))
     iterations = equal_time_iterations(shortrun["train"]["seconds"], vae["seconds_per_iteration"])
     cell = with_iterations(by_sampler["vae"], iterations)
-    records[cell.name(seed)] = runner.run(cell, seed, cell_spec(budget, cell, seed, args), eval_config)
+    keep(records, cell.name(seed), runner.run(cell, seed, cell_spec(budget, cell, seed, args), eval_config))
 
 
 def cell_spec(budget: Budget, cell: Cell, seed: int, args) -> RunSpec:

@@ -39,6 +39,9 @@ MATCHED_DIMS = {1: (28,), 3: (16, 8, 4), 5: (8, 6, 6, 4, 4)}
 """28 latent units at every L: L=3 is the plugin's default (16, 8, 4)."""
 MEASURES = (("reconstruction_mse", "MSE (own)"), ("reconstruction_mse_reference", "MSE (reference K)"),
             ("ais_log_likelihood", "AIS log p(x)"))
+"""Per-image measures: in the means tables and paired image by image."""
+SET_MEASURES = (("iwae_bound", "IWAE"), ("classifier_frechet_distance", "classifier FD (not FID)"))
+"""Measures of a whole run, in the means tables only (the Fréchet distance is of a sample set)."""
 
 
 @dataclass(frozen=True)
@@ -131,18 +134,21 @@ def verdict(differences: list[dict[str, Any] | None]) -> str:
 
 
 class CellRunner:
-    """Trains and evaluates cells into ``OUT/runs/NAME``, reusing those already evaluated."""
+    """Trains and evaluates cells into ``OUT/runs/NAME``, reusing those already evaluated; with
+    ``train_and_evaluate=None`` it only reads them (``None`` for a cell not evaluated yet)."""
 
-    def __init__(self, out: Path, train_and_evaluate: Callable[[str, Any, Any, Path], dict[str, Any]]):
+    def __init__(self, out: Path, train_and_evaluate: Callable[[str, Any, Any, Path], dict[str, Any]] | None):
         self.out, self.train_and_evaluate = out, train_and_evaluate
 
-    def run(self, cell: Cell, seed: int, spec, eval_config) -> dict[str, Any]:
+    def run(self, cell: Cell, seed: int, spec, eval_config) -> dict[str, Any] | None:
         name = cell.name(seed)
         run_dir = self.out / "runs" / name
         done = run_dir / "record.json"
         if done.is_file():
             print(f"  {name}: evaluated before, reused", flush=True)
             return json.loads(done.read_text())
+        if self.train_and_evaluate is None:
+            return None
         if run_dir.exists():
             print(f"  {name}: an unfinished earlier attempt is replaced", flush=True)
             shutil.rmtree(run_dir)
@@ -178,21 +184,20 @@ def _mean_se(values: list[float]) -> str:
 
 def _value(record: dict[str, Any], measure: str) -> float | None:
     e = record["eval"]
-    if measure == "reconstruction_mse":
-        return e.get("test_reconstruction_mse")
-    if measure == "reconstruction_mse_reference":
-        return e.get("test_reconstruction_mse_reference")
+    if measure in ("reconstruction_mse", "reconstruction_mse_reference"):
+        return e.get(f"test_{measure}")
     block = e.get(measure)
-    return block.get("mean") if isinstance(block, dict) else None
+    return block.get("mean") if isinstance(block, dict) else block
 
 
 def means_table(records: dict[str, dict[str, Any]], cells: list[Cell], seeds: list[int], label) -> list[str]:
     """Mean over seeds ± standard error over seeds (number of seeds) of each measure, one row per cell."""
-    lines = ["| cell | " + " | ".join(title for _, title in MEASURES) + " | s / iteration |",
-             "|---|" + "---:|" * (len(MEASURES) + 1)]
+    measures = MEASURES + SET_MEASURES
+    lines = ["| cell | " + " | ".join(title for _, title in measures) + " | s / iteration |",
+             "|---|" + "---:|" * (len(measures) + 1)]
     for cell in cells:
         runs = [records[cell.name(s)] for s in seeds if cell.name(s) in records]
-        values = [_mean_se([_value(r, m) for r in runs]) for m, _ in MEASURES]
+        values = [_mean_se([_value(r, m) for r in runs]) for m, _ in measures]
         speed = _mean_se([r["seconds_per_iteration"] for r in runs])
         lines.append(f"| {label(cell)} | " + " | ".join(values) + f" | {speed} |")
     return lines
