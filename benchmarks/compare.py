@@ -265,12 +265,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget", choices=sorted(BUDGETS), default="smoke")
     parser.add_argument("--samplers", default=",".join(SAMPLERS), help="comma-separated sampler names")
     parser.add_argument("--no-ablations", action="store_true", help="skip Tables 2 and 3")
-    parser.add_argument("--suite", choices=("tables", "ebm", "discrete", "pyro"), default="tables",
+    parser.add_argument("--suite", choices=("tables", "ebm", "discrete", "pyro", "ladder-curve"), default="tables",
                         help="tables: the papers' Tables 1-3; ebm: Gaussian vs energy-based top prior; discrete: "
                              "rbm-prior trained by vimco and rws, AIS and RAISE log-likelihoods ("
                              "benchmarks/discrete.py, budgets smoke and cpu); pyro: short-run inference against "
                              "Pyro's SVI VAE on examples/pyro_mnist.py (benchmarks/pyro_suite.py, budgets smoke and "
-                             "cpu)")
+                             "cpu); ladder-curve: the same learning curves on the ladder generator")
     parser.add_argument("--seeds", default=None, help="comma-separated training seeds [default: the budget's]")
     parser.add_argument("--report", action="store_true", help="train nothing: write the tables from the cells "
                         "of --out evaluated so far")
@@ -295,16 +295,17 @@ def main(argv: list[str] | None = None) -> int:
         out = args.out or Path("bench") / f"discrete-{args.budget}"
         print(discrete_markdown(run_discrete(args.data_dir, out, args.budget, seeds=tuple(args.seeds), device=args.device)))
         return 0
-    if args.suite == "pyro":
-        sys.path.insert(0, str(Path(__file__).resolve().parent))
+    if args.suite in ("pyro", "ladder-curve"):
         from pyro_suite import BUDGETS as PYRO_BUDGETS
         from pyro_suite import markdown as pyro_markdown
         from pyro_suite import run_pyro
 
         if args.budget not in PYRO_BUDGETS:
-            raise SystemExit(f"error: --suite pyro has budgets {', '.join(PYRO_BUDGETS)}, not {args.budget!r}")
-        out = args.out or Path("bench") / f"pyro-{args.budget}"
-        return write_results(out, "results_pyro", run_pyro(args.data_dir, out, args.budget), pyro_markdown)
+            raise SystemExit(f"error: --suite {args.suite} has budgets {', '.join(PYRO_BUDGETS)}, not {args.budget!r}")
+        model = "pyro" if args.suite == "pyro" else "ladder"
+        out = args.out or Path("bench") / f"{args.suite}-{args.budget}"
+        stem = "results_pyro" if model == "pyro" else "results_ladder_curve"
+        return write_results(out, stem, run_pyro(args.data_dir, out, args.budget, model), pyro_markdown)
     budget = BUDGETS[args.budget]
     out = args.out or Path("bench") / args.budget
     out.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,11 @@
-"""Short-run inference against Pyro's own SVI VAE on one Pyro model (examples/pyro_mnist.py).
+"""Short-run inference against Pyro's own SVI VAE on one Pyro model (examples/pyro_mnist.py), and the
+same learning curves on the ladder generator.
 
     python benchmarks/compare.py --suite pyro --data-dir DIR --budget cpu --out bench/pyro
+    python benchmarks/compare.py --suite ladder-curve --data-dir DIR --budget cpu --out bench/ladder-curve
+
+``--suite ladder-curve`` runs ``shortrun`` and ``vae`` on the ladder plugin with its defaults (the
+headline command's generator) at the same iteration counts and seeds, with the same tables.
 
 Three ways to learn the same decoder (``z ~ N(0, I_16)``, ``x ~ N(tanh(MLP(z)), 0.3^2 I)``) on the
 same 8,000 / 2,000 MNIST split, each for every iteration count and seed of the budget:
@@ -42,6 +47,9 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 MODEL = "pyro:examples.pyro_mnist:model"
 METHODS = ("shortrun", "vae", "pyro-svi", "vae-constant-lr")
+MODELS = {"pyro": (MODEL, METHODS), "ladder": ("ladder", ("shortrun", "vae"))}
+"""``--model`` of the suite: the model plugin and the methods run on it. ``ladder`` is the ladder
+plugin with its defaults (L=3, latents 16+8+4, nf=12), the generator of the headline command."""
 BUDGETS = {
     "smoke": {"iterations": (4, 8), "seeds": (0,), "reference_steps": 10},
     "cpu": {"iterations": (300, 1200, 4800), "seeds": (0, 1, 2), "reference_steps": 200},
@@ -56,10 +64,12 @@ def _environment() -> dict[str, str]:
     return env
 
 
-def one_run(method: str, iterations: int, seed: int, data_dir: Path, run_dir: Path, reference_steps: int) -> dict:
-    """Train ``method`` in a fresh process and evaluate it there; returns what it wrote."""
+def one_run(method: str, iterations: int, seed: int, data_dir: Path, run_dir: Path, reference_steps: int,
+            model: str = "pyro") -> dict:
+    """Train ``method`` on ``model`` (a key of :data:`MODELS`) in a fresh process and evaluate it there;
+    returns what it wrote."""
     command = [sys.executable, __file__, "--one", method, str(iterations), str(seed), str(data_dir), str(run_dir),
-               str(reference_steps)]
+               str(reference_steps), model]
     subprocess.run(command, check=True, env=_environment(), cwd=REPO)
     return json.loads((run_dir / "result.json").read_text())
 
@@ -71,13 +81,13 @@ def _data(data_dir: Path):
     return plugin_class("dataset", "mnist")(data_dir=str(data_dir))
 
 
-def _train_inferkit(method: str, iterations: int, seed: int, data_dir: Path, run_dir: Path):
+def _train_inferkit(method: str, iterations: int, seed: int, data_dir: Path, run_dir: Path, model_key: str):
     from inferkit.runs import PluginSpec, RunSpec, TrainConfig, build_objects
     from inferkit.trainer import train
 
     tuner = PluginSpec("kl-grid") if method == "shortrun" else PluginSpec("fixed")
     schedule = {"lr_milestones": ()} if method == "vae-constant-lr" else {}
-    spec = RunSpec(model=PluginSpec(MODEL), sampler=PluginSpec(method.removesuffix("-constant-lr")), tuner=tuner,
+    spec = RunSpec(model=PluginSpec(MODELS[model_key][0]), sampler=PluginSpec(method.removesuffix("-constant-lr")), tuner=tuner,
                    data=PluginSpec("mnist", {"data_dir": str(data_dir)}),
                    train=TrainConfig(iterations=iterations, batch_size=BATCH_SIZE, learning_rate=LEARNING_RATE,
                                      seed=seed, tune_every=100 if method == "shortrun" else 0,
@@ -152,7 +162,8 @@ def _evaluate(data, model, own_errors, reference_steps: int) -> dict[str, Any]:
             "reference_inference": record}
 
 
-def run_one(method: str, iterations: int, seed: int, data_dir: Path, run_dir: Path, reference_steps: int) -> None:
+def run_one(method: str, iterations: int, seed: int, data_dir: Path, run_dir: Path, reference_steps: int,
+            model_key: str = "pyro") -> None:
     from inferkit.eval.reconstruction import reconstruction_errors
 
     torch.set_num_threads(1)
@@ -162,10 +173,11 @@ def run_one(method: str, iterations: int, seed: int, data_dir: Path, run_dir: Pa
         own = lambda x: _guide_errors(model, encoder, x)  # noqa: E731 - the guide's mean
         step_size = math.nan
     else:
-        data, model, sampler, seconds = _train_inferkit(method, iterations, seed, data_dir, run_dir)
+        data, model, sampler, seconds = _train_inferkit(method, iterations, seed, data_dir, run_dir, model_key)
         own = lambda x: reconstruction_errors(model, sampler, x, batch_size=250).tolist()  # noqa: E731
         step_size = float(sampler.hyperparameters()["step_size"].mean()) if method == "shortrun" else math.nan
-    result = {"method": method, "iterations": iterations, "seed": seed, "seconds_per_iteration": seconds / iterations,
+    result = {"model": model_key, "method": method, "iterations": iterations, "seed": seed,
+              "seconds_per_iteration": seconds / iterations,
               "step_size": step_size, **_evaluate(data, model, own, reference_steps)}
     (run_dir / "result.json").write_text(json.dumps(result, allow_nan=True))
 
@@ -184,29 +196,33 @@ def paired(a: list[float], b: list[float]) -> tuple[float, float]:
     return _mean_se([u - v for u, v in zip(a, b)])
 
 
-def run_pyro(data_dir: Path, out: Path, budget: str) -> dict[str, Any]:
+def run_pyro(data_dir: Path, out: Path, budget: str, model: str = "pyro") -> dict[str, Any]:
     settings = BUDGETS[budget]
     runs = []
     for seed in settings["seeds"]:
         for iterations in settings["iterations"]:
-            for method in METHODS:
+            for method in MODELS[model][1]:
                 run_dir = out / "runs" / f"{method}-{iterations}-seed{seed}"
                 done = run_dir / "result.json"
                 result = json.loads(done.read_text()) if done.is_file() else one_run(
-                    method, iterations, seed, data_dir, run_dir, settings["reference_steps"])
+                    method, iterations, seed, data_dir, run_dir, settings["reference_steps"], model)
                 mean_own = sum(result["own"]) / len(result["own"])
                 print(f"  {method} {iterations} seed {seed}: MSE own {mean_own:.4f}, "
                       f"{result['seconds_per_iteration']:.4f} s/iteration", flush=True)
                 runs.append(result)
-    return {"budget": budget, "settings": settings, "runs": runs,
+    return {"budget": budget, "model": model, "settings": settings, "runs": runs,
             "machine": f"CPU, {torch.get_num_threads()} torch threads in this process, 1 per run"}
+
+
+def _methods(results: dict[str, Any]) -> tuple[str, ...]:
+    return MODELS[results.get("model", "pyro")][1]
 
 
 def _table(results: dict[str, Any]) -> list[str]:
     iterations = results["settings"]["iterations"]
     lines = ["| method | inference | " + " | ".join(f"T={t}" for t in iterations) + " |",
              "|---|---|" + "---:|" * len(iterations)]
-    for method in METHODS:
+    for method in _methods(results):
         for which in ("own", "reference"):
             cells = []
             for t in iterations:
@@ -230,10 +246,11 @@ def _claims(results: dict[str, Any]) -> list[str]:
     """Paired per-image differences (per seed): training longer, and method against method."""
     iterations, seeds = results["settings"]["iterations"], results["settings"]["seeds"]
     lines = ["| claim | inference | " + " | ".join(f"seed {s}" for s in seeds) + " |", "|---|---|" + "---:|" * len(seeds)]
-    pairs = [(f"{m}: T={b} below T={a}", (m, b), (m, a)) for m in METHODS for a, b in zip(iterations, iterations[1:])]
+    methods = _methods(results)
+    pairs = [(f"{m}: T={b} below T={a}", (m, b), (m, a)) for m in methods for a, b in zip(iterations, iterations[1:])]
     pairs += [(f"{m} below {o} at T={t}", (m, t), (o, t)) for t in iterations
               for m, o in (("shortrun", "pyro-svi"), ("shortrun", "vae"), ("vae", "pyro-svi"),
-                           ("vae-constant-lr", "vae"), ("vae-constant-lr", "pyro-svi"))]
+                           ("vae-constant-lr", "vae"), ("vae-constant-lr", "pyro-svi")) if {m, o} <= set(methods)]
     for label, (m1, t1), (m2, t2) in pairs:
         for which in ("own", "reference"):
             cells = []
@@ -253,7 +270,7 @@ def _seconds(results: dict[str, Any]) -> list[str]:
     """Training seconds per run (mean over seeds): the cost axis for comparisons at equal wall time."""
     iterations = results["settings"]["iterations"]
     lines = ["| method | " + " | ".join(f"T={t}" for t in iterations) + " |", "|---|" + "---:|" * len(iterations)]
-    for method in METHODS:
+    for method in _methods(results):
         cells = []
         for t in iterations:
             seconds = [r["seconds_per_iteration"] * t for r in results["runs"]
@@ -264,9 +281,11 @@ def _seconds(results: dict[str, Any]) -> list[str]:
 
 
 def markdown(results: dict[str, Any]) -> str:
-    times = {m: _mean_se(ts)[0] for m in METHODS
+    times = {m: _mean_se(ts)[0] for m in _methods(results)
              if (ts := [r["seconds_per_iteration"] for r in results["runs"] if r["method"] == m])}
-    lines = [f"# Short-run inference against Pyro SVI on `{MODEL}` (`--budget {results['budget']}`)", "",
+    model = MODELS[results.get("model", "pyro")][0]
+    title = "Short-run inference against Pyro SVI" if results.get("model", "pyro") == "pyro" else "Learning curves"
+    lines = [f"# {title} on `{model}` (`--budget {results['budget']}`)", "",
              f"{results['machine']}. Test MSE on all test images: mean over seeds ± standard error over seeds "
              "(number of seeds).", "",
              *_table(results), "",
@@ -278,5 +297,5 @@ def markdown(results: dict[str, Any]) -> str:
 
 
 if __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] == "--one":
-    method_, iterations_, seed_, data_dir_, run_dir_, steps_ = sys.argv[2:8]
-    run_one(method_, int(iterations_), int(seed_), Path(data_dir_), Path(run_dir_), int(steps_))
+    method_, iterations_, seed_, data_dir_, run_dir_, steps_, model_ = sys.argv[2:9]
+    run_one(method_, int(iterations_), int(seed_), Path(data_dir_), Path(run_dir_), int(steps_), model_)

@@ -132,3 +132,15 @@ def test_seeds_option():
 def test_claims_without_the_ablations():
     tables = {"samplers": ts.table_cells(["shortrun", "vae"], 3, 20, FLOW)["samplers"]}
     assert [c.text for c in ts.claims(tables, None)] == ["shortrun below vae (equal iterations)"] * 2
+
+
+def test_learning_curve_tables_name_only_the_suites_methods():
+    import pyro_suite
+
+    runs = [{"method": m, "iterations": t, "seed": 0, "seconds_per_iteration": 0.1, "own": [0.2, 0.1 * t / 8],
+             "reference": [0.1, 0.05]} for m in ("shortrun", "vae") for t in (4, 8)]
+    results = {"budget": "smoke", "model": "ladder", "settings": pyro_suite.BUDGETS["smoke"], "runs": runs,
+               "machine": "CPU"}
+    text = pyro_suite.markdown(results)
+    assert "pyro-svi" not in text and "vae-constant-lr" not in text
+    assert "| shortrun: T=8 below T=4 | own |" in text and "| shortrun below vae at T=8 | own |" in text
