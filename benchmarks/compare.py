@@ -285,7 +285,6 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     resolve_device(args.device)
     if args.suite == "discrete":
-        sys.path.insert(0, str(Path(__file__).resolve().parent))
         from discrete import BUDGETS as DISCRETE_BUDGETS
         from discrete import markdown as discrete_markdown
         from discrete import run_discrete
