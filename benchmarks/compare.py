@@ -38,8 +38,9 @@ from inferkit.runs import PluginSpec, RunSpec, TrainConfig, build_objects, resol
 from inferkit.trainer import train
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from tables_suite import (Cell, CellRunner, cell_dict, claims, equal_time_iterations, means_table, paired_table,  # noqa: E402
-                          sampler_pairs, table_cells, with_iterations)
+from tables_suite import (Cell, CellRunner, cell_dict, cell_from_dict, claims,  # noqa: E402
+                          equal_time_iterations, means_table, paired_table, sampler_pairs, table_cells,
+                          with_iterations)
 
 SAMPLERS = ("shortrun", "vae", "lvae", "langevin", "abp")  # the papers' comparison first
 FLOW_SAMPLERS = ("shortrun", "langevin")  # tuned by kl-grid; the others keep their own settings
@@ -78,7 +79,8 @@ BUDGETS = {
                     ablation_eval=EvalConfig(reference_steps=0, inpaint_examples=0, ais_examples=0, bdmc_examples=0, iwae_samples=0,
                                              fd_samples=64, figures=False),
                     tuner_options={"batch_size": 2, "grid": (0.01, 0.05), "logdet": "stochastic"}),
-    # Three seeds of every cell; the cells of one seed take about an hour on 2 CPU cores (benchmarks/RESULTS.md).
+    # Three seeds of every cell; one Table-1 cell took 25-35 min on one CPU thread with the machine shared, most
+    # of it the K=100 reference inference on 2,000 test images (benchmarks/RESULTS.md).
     "cpu": Budget(num_layers=3, nf=16, num_steps=20, iterations=300, batch_size=32, tune_every=100,
                   num_train=0, num_test=0, seeds=(0, 1, 2),
                   main_eval=EvalConfig(num_examples=2000, reference_steps=100, inpaint_examples=64,
@@ -188,10 +190,8 @@ def _cell_label(cell: Cell) -> str:
 def markdown(results: dict[str, Any]) -> str:
     """Tables 1-3 as means over seeds, and the paired per-image comparisons with their verdicts."""
     out, seeds = Path(results["out"]), results["seeds"]
-    tables = {key: [Cell(**{**c, "latent_dims": tuple(c["latent_dims"])}) for c in cells]
-              for key, cells in results["tables"].items()}
-    equal_time = next((Cell(**{**r["cell"], "latent_dims": tuple(r["cell"]["latent_dims"])})
-                       for r in results["records"].values() if r["cell"]["label"]), None)
+    tables = {key: [cell_from_dict(c) for c in cells] for key, cells in results["tables"].items()}
+    equal_time = next((cell_from_dict(r["cell"]) for r in results["records"].values() if r["cell"]["label"]), None)
     header = (f"{results['device']}; seeds {', '.join(map(str, seeds))}; ladder nf={results['nf']}; "
               f"{results['iterations']} iterations of batch {results['batch_size']}; sigma "
               f"{results['sigma']}; wall time of this invocation {results['wall_seconds'] / 60:.1f} min.")

@@ -163,6 +163,11 @@ def cell_dict(cell: Cell) -> dict[str, Any]:
             "num_steps": cell.num_steps, "iterations": cell.iterations, "label": cell.label}
 
 
+def cell_from_dict(record: dict[str, Any]) -> Cell:
+    """The inverse of :func:`cell_dict` (as read back from JSON)."""
+    return Cell(**{**record, "latent_dims": tuple(record["latent_dims"])})
+
+
 def paired_row(out: Path, better: Cell, worse: Cell, seed: int, measure: str) -> dict[str, Any] | None:
     """The paired difference ``better - worse`` of ``measure`` on seed ``seed`` (``None``: not both run)."""
     paths = [out / "runs" / c.name(seed) for c in (worse, better)]

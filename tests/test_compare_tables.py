@@ -24,7 +24,7 @@ FLOW = ("shortrun", "langevin")
 
 def test_matched_dims_have_one_total_and_the_papers_dims_are_the_presets():
     assert len({sum(d) for d in ts.MATCHED_DIMS.values()}) == 1
-    assert all(len(d) == L for L, d in {**ts.MATCHED_DIMS}.items())
+    assert all(len(d) == L for L, d in ts.MATCHED_DIMS.items())
     preset = tomllib.loads((ROOT / "configs" / "paper" / "mnist.toml").read_text())
     assert tuple(preset["model"]["options"]["latent_dims"]) == ts.PAPER_DIMS[5]
     from inferkit_ladder.config import default_latent_dims
@@ -40,6 +40,7 @@ def test_the_main_shortrun_cell_is_one_run_across_tables():
     assert len(unique) == 2 + 3 + 2 + 3  # samplers, papers' L, matched L=1,5, K=5,10,40
     assert tables["samplers"][1].num_steps == 0  # K is a flow sampler's option only
     assert len({c.name(0) for c in unique}) == len(unique)
+    assert all(ts.cell_from_dict(json.loads(json.dumps(ts.cell_dict(c)))) == c for c in unique)
 
 
 def test_claims_point_the_papers_way():
