@@ -147,6 +147,27 @@ class HasObservationNoise(Protocol):
     def set_observation_sigma(self, sigma: float) -> None: ...
 
 
+@dataclass(frozen=True)
+class SGDGroup:
+    """Parameters a model learns by plain SGD instead of the run's Adam:
+    ``theta <- theta - eta'_t grad`` (plus ``momentum``), ``eta'_t = learning_rate * eta_t / eta_0`` with
+    ``eta_t`` the run's step-wise schedule (:func:`inferkit.trainer.learning_rate`): the run's decay,
+    from the group's own rate."""
+
+    parameters: tuple[torch.nn.Parameter, ...]
+    learning_rate: float
+    momentum: float = 0.0
+
+
+@runtime_checkable
+class HasSGDGroups(Protocol):
+    """Optional: a model some of whose parameters the trainer steps with SGD (the RBM prior: the
+    discrete-latent paper's "SGD with learning rate decay for learning RBMs"); the rest, and the
+    sampler's, keep the run's Adam. An empty sequence leaves everything to Adam."""
+
+    def sgd_groups(self) -> Sequence[SGDGroup]: ...
+
+
 class DataSplit(abc.ABC):
     """One split of a data set: ``x`` ``[N, *data_shape]`` (a tensor, or tensor-like for splits read from
     storage), optional per-item ``labels`` ``[N]`` and ``factors`` ``[N, F]``, and batches by index."""

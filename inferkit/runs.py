@@ -28,6 +28,7 @@ import torch
 from inferkit.acceleration import check_precision
 from inferkit.errors import UserError
 from inferkit.interfaces import require_compatible
+from inferkit.optimizers import RunOptimizer
 from inferkit.options import Bounds, build, coerce, option_types, suggest
 from inferkit.registry import plugin_class
 
@@ -317,7 +318,7 @@ def load_checkpoint(path: Path, map_location: Any = "cpu") -> dict[str, Any]:
 
 
 def restore_checkpoint(path: Path, map_location: Any, model: torch.nn.Module, sampler: torch.nn.Module,
-                       optimizer: torch.optim.Optimizer | None = None) -> dict[str, Any]:
+                       optimizer: RunOptimizer | None = None) -> dict[str, Any]:
     """Load the checkpoint at ``path`` into ``model``, ``sampler`` (built and set up as the run's) and
     ``optimizer``; returns the checkpoint."""
     state = load_checkpoint(path, map_location)

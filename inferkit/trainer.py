@@ -43,6 +43,7 @@ from inferkit.errors import UserError
 from inferkit.eval.reconstruction import reconstruction_mse
 from inferkit.interfaces import HasObservationNoise, Model, Sampler, Tuner, UnnormalizedModel, require_compatible
 from inferkit.loggers import check_logger, make_logger
+from inferkit.optimizers import RunOptimizer, model_sgd_groups
 from inferkit.run_folder import (
     METRICS_FILE,
     TUNER_FILE,
@@ -183,7 +184,7 @@ class Run:
     my_shards: list[int]
     owned: torch.Tensor
     parameters: list[torch.Tensor]
-    optimizer: torch.optim.Optimizer
+    optimizer: RunOptimizer
     training_step: TrainingStep
     step: torch.nn.Module
     mixed_precision: Any
@@ -277,8 +278,7 @@ def run_iterations(run: Run, stop: StopRequest, callbacks: CallbackHandler) -> N
 
 def _apply_schedules(run: Run, t: int) -> None:
     """Iteration ``t``'s learning rate and observation sigma, and the sampler's ``begin_iteration``."""
-    for group in run.optimizer.param_groups:
-        group["lr"] = learning_rate(run.config, t)
+    run.optimizer.set_learning_rate(learning_rate(run.config, t))
     if run.anneal:
         run.model.set_observation_sigma(observation_sigma(run.config, t))
     run.sampler.begin_iteration(t, run.config.iterations)
@@ -386,7 +386,8 @@ def _prepare(model: Model, sampler: Sampler, tuner: Tuner, data, spec: RunSpec, 
     return Run(model=model, sampler=sampler, tuner=tuner, spec=spec, run_dir=run_dir, device=device,
                train_split=train_split, x_test=test_split.x[: config.eval_examples], my_shards=my_shards,
                owned=distributed.owned_examples(len(train_split), config.shards, my_shards), parameters=parameters,
-               optimizer=torch.optim.Adam(parameters, lr=config.learning_rate, betas=tuple(config.adam_betas)),
+               optimizer=RunOptimizer(parameters, model_sgd_groups(model), learning_rate=config.learning_rate,
+                                      betas=tuple(config.adam_betas)),
                training_step=training_step,
                step=_data_parallel(training_step, device, config.find_unused_parameters),
                mixed_precision=autocast(device, config.precision))

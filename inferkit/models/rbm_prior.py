@@ -33,11 +33,14 @@ import torch
 from torch import Tensor, nn
 
 from inferkit.errors import UserError
-from inferkit.interfaces import Latents, RBMPriorModel
+from inferkit.interfaces import Latents, RBMPriorModel, SGDGroup
 from inferkit.models.gibbs import gibbs_sweeps
 from inferkit.models.rbm import RBM
 
 BINARIZATIONS = ("bernoulli", "threshold")
+RBM_OPTIMIZERS = ("sgd", "adam")
+RBM_LEARNING_RATE = 0.01
+"""eta' of the RBM's SGD (the paper uses SGD with decay for the RBM and states no rate; a choice)."""
 
 
 def _positive_int(name: str, value, minimum: int = 1) -> int:
@@ -59,17 +62,29 @@ class RBMPrior(RBMPriorModel):
         gibbs_steps: block-Gibbs sweeps :meth:`sample_prior` runs from uniform random states.
         binarize: ``"bernoulli"`` (data statically binarised by a Bernoulli draw; grey levels refused)
             or ``"threshold"`` (grey levels thresholded at the midpoint); see the module docstring.
+        rbm_optimizer: ``"sgd"`` (the paper's "SGD with learning rate decay for learning RBMs": the RBM's
+            ``a, b, W`` by SGD at ``rbm_learning_rate`` times the run's decay, :meth:`sgd_groups`) or
+            ``"adam"`` (the run's Adam, like every other parameter).
+        rbm_learning_rate: ``eta'``, the RBM's SGD rate before the run's decay (the paper states none).
     """
 
     def __init__(self, num_latents: int = 200, num_hidden: int = 400,
                  decoder_hidden: tuple[int, ...] = (100, 100, 200, 200),
                  data_shape: tuple[int, ...] = (1, 28, 28), pixel_range: tuple[float, float] = (-1.0, 1.0),
-                 gibbs_steps: int = 1000, binarize: str = "bernoulli"):
+                 gibbs_steps: int = 1000, binarize: str = "bernoulli", rbm_optimizer: str = "sgd",
+                 rbm_learning_rate: float = RBM_LEARNING_RATE):
         super().__init__()
         if binarize not in BINARIZATIONS:
             raise UserError(f"rbm-prior: binarize must be one of {', '.join(BINARIZATIONS)}, "
                             f"got {binarize!r}")
+        if rbm_optimizer not in RBM_OPTIMIZERS:
+            raise UserError(f"rbm-prior: rbm_optimizer must be one of {', '.join(RBM_OPTIMIZERS)}, "
+                            f"got {rbm_optimizer!r}")
+        if not (isinstance(rbm_learning_rate, (int, float)) and math.isfinite(rbm_learning_rate)
+                and rbm_learning_rate > 0):
+            raise UserError(f"rbm-prior: rbm_learning_rate must be a positive number, got {rbm_learning_rate!r}")
         self.binarization = binarize
+        self.rbm_optimizer, self.rbm_learning_rate = rbm_optimizer, float(rbm_learning_rate)
         num_latents = _positive_int("num_latents", num_latents)
         num_hidden = _positive_int("num_hidden", num_hidden)
         self.gibbs_steps = _positive_int("gibbs_steps", gibbs_steps, 0)
@@ -104,7 +119,14 @@ class RBMPrior(RBMPriorModel):
     def extra_repr(self) -> str:
         return (f"num_latents={self.num_latents}, num_hidden={self.num_hidden}, "
                 f"decoder_hidden={self.decoder_hidden}, data_shape={self.data_shape}, "
-                f"binarize={self.binarization!r}")
+                f"binarize={self.binarization!r}, rbm_optimizer={self.rbm_optimizer!r}")
+
+    def sgd_groups(self) -> list[SGDGroup]:
+        """The RBM's parameters as one SGD group at ``rbm_learning_rate`` (none with ``rbm_optimizer="adam"``);
+        the decoder keeps the run's Adam (:class:`~inferkit.interfaces.HasSGDGroups`)."""
+        if self.rbm_optimizer != "sgd":
+            return []
+        return [SGDGroup(tuple(self.rbm.parameters()), learning_rate=self.rbm_learning_rate)]
 
     # -- pieces ---------------------------------------------------------------------------------
     def binarize(self, x: Tensor) -> Tensor:
