@@ -1,4 +1,4 @@
-"""A long training run in segments, with its test-MSE learning curve: resumable across sessions.
+"""A long training run in segments, with its test-MSE learning curve; it can stop and continue any time.
 
     python benchmarks/long_run.py --out bench/long-mnist --data-dir DIR --planned 300000 --segment 500 \\
         -- --config configs/paper/mnist.toml [more `inferkit run` options]
