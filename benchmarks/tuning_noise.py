@@ -1,0 +1,85 @@
+"""How much the step size ``kl-grid`` chooses varies with the training batch it is estimated on.
+
+    python benchmarks/tuning_noise.py RUN [--model SPEC] [--batch-sizes 4,16,64] [--repeats 20]
+
+For the run's trained model and sampler, ``kl-grid`` with its defaults except ``batch_size`` tunes
+``--repeats`` times for each batch size, each time on a different seeded draw of training images
+(the trainer hands the tuner one training batch; ``kl-grid`` uses its first ``batch_size`` rows).
+Every chosen s is then scored by the test MSE of the run's K-step inference at that s (the first
+``--examples`` test images, one seeded evaluation per grid point). It reports, per batch size, the
+chosen step sizes (how often each), the mean and spread of their test MSEs, and the seconds per
+tuning, and writes ``RUN/tuning_noise.json``. It answers: is the choice decided by the batch, and
+what does a larger tuning batch buy against its cost?
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from inferkit.eval.reconstruction import reconstruction_mse
+from inferkit.runs import CHECKPOINT_FILE, RunSpec, build_objects, restore_checkpoint
+from inferkit.tuners.kl_grid import KLGrid
+
+
+def test_mse_at(model, sampler, x_test: torch.Tensor, cache: dict[float, float], s: float) -> float:
+    """Test MSE of the sampler at step size ``s`` (computed once per s)."""
+    if s not in cache:
+        original = sampler.hyperparameters()["step_size"].clone()
+        sampler.set_hyperparameters({"step_size": torch.full_like(original, s)})
+        cache[s] = reconstruction_mse(model, sampler, x_test, seed=0)
+        sampler.set_hyperparameters({"step_size": original})
+    return cache[s]
+
+
+def noise(run: Path, model_name: str | None, batch_sizes: list[int], repeats: int, examples: int) -> dict:
+    spec = RunSpec.load(run, model=model_name)
+    data, model, sampler, _ = build_objects(spec)
+    restore_checkpoint(run / CHECKPOINT_FILE, "cpu", model, sampler)
+    model.eval()
+    x_train, x_test = data.train.x, data.test.x[:examples]
+    cache: dict[float, float] = {}
+    rows = []
+    for batch_size in batch_sizes:
+        tuner = KLGrid(batch_size=batch_size)
+        chosen, seconds = [], []
+        for repeat in range(repeats):
+            index = torch.randperm(len(x_train), generator=torch.Generator().manual_seed(repeat))[:batch_size]
+            began = time.perf_counter()
+            result = tuner.tune(model, sampler, x_train[index])
+            seconds.append(time.perf_counter() - began)
+            chosen.append(round(float(result.hyperparameters["step_size"].mean()), 6))
+        mses = [test_mse_at(model, sampler, x_test, cache, s) for s in chosen]
+        rows.append({"batch_size": batch_size, "chosen": dict(sorted(collections.Counter(chosen).items())),
+                     "test_mse_mean": statistics.mean(mses), "test_mse_sd": statistics.pstdev(mses),
+                     "test_mse_max": max(mses), "seconds_per_tuning": statistics.mean(seconds)})
+        print(json.dumps(rows[-1]), flush=True)
+    grid = {s: test_mse_at(model, sampler, x_test, cache, s) for s in KLGrid().grid}
+    return {"rows": rows, "test_mse_on_grid": grid, "best_on_grid": min(grid, key=grid.get),
+            "test_mse_at": dict(sorted(cache.items())), "examples": examples, "repeats": repeats}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("run", type=Path)
+    parser.add_argument("--model", default=None, help="model spec when config.json names a Pyro model")
+    parser.add_argument("--batch-sizes", default="4,16,64")
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--examples", type=int, default=500)
+    args = parser.parse_args(argv)
+    sizes = [int(b) for b in args.batch_sizes.split(",") if b]
+    result = noise(args.run, args.model, sizes, args.repeats, args.examples)
+    (args.run / "tuning_noise.json").write_text(json.dumps(result, indent=1))
+    print(f"test MSE is lowest on the grid at s = {result['best_on_grid']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,36 @@
+"""``benchmarks/tuning_noise.py``: every chosen step size is scored by the test MSE at that step size,
+and the summary statistics are those of the scored choices."""
+
+from __future__ import annotations
+
+import statistics
+import sys
+from pathlib import Path
+
+from cli_helpers import run_cli
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import tuning_noise  # noqa: E402
+
+TINY = ["run", "--model", "ladder", "--sampler", "shortrun", "--tuner", "fixed", "--model-opt", "num_layers=2",
+        "--model-opt", "latent_dims=4,2", "--model-opt", "nf=8", "--sampler-opt", "num_steps=3",
+        "--data-opt", "num_train=32", "--data-opt", "num_test=8", "--data-opt", "image_size=16",
+        "--batch-size", "8", "--iterations", "2", "--quiet"]
+
+
+def test_choices_are_scored_by_the_test_mse_at_the_chosen_step_size(tmp_path, capsys):
+    run = tmp_path / "run"
+    code, _, err = run_cli([*TINY, "--out", run], capsys)
+    assert code == 0, err
+    result = tuning_noise.noise(run, None, [2, 4], repeats=3, examples=8)
+    grid, scored = result["test_mse_on_grid"], result["test_mse_at"]
+    assert len(result["rows"]) == 2 and result["best_on_grid"] == min(grid, key=grid.get)
+    assert all(scored[s] == grid[s] for s in grid)
+    for row in result["rows"]:
+        chosen = [s for s, count in row["chosen"].items() for _ in range(count)]
+        assert len(chosen) == 3
+        scores = [scored[s] for s in chosen]
+        assert abs(row["test_mse_mean"] - statistics.mean(scores)) < 1e-12
+        assert abs(row["test_mse_max"] - max(scores)) < 1e-12
