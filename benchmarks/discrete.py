@@ -29,6 +29,7 @@ import torch
 from inferkit.devices import module_device
 from inferkit.eval.paired import paired_difference
 from inferkit.eval.rbm import ais_log_partition, base_rate_bias, log_likelihood_ais, log_likelihood_raise
+from inferkit.models.rbm_prior import RBM_OPTIMIZERS
 from inferkit.runs import PluginSpec, RunSpec, TrainConfig, build_objects, write_json_atomic
 from inferkit.trainer import train
 
@@ -229,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", default="0", help="comma-separated training seeds, e.g. 0,1,2")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--samplers", default=",".join(SAMPLERS), help="comma-separated: vimco,rws")
-    parser.add_argument("--rbm-optimizer", default="sgd", choices=("sgd", "adam"),
+    parser.add_argument("--rbm-optimizer", default="sgd", choices=RBM_OPTIMIZERS,
                         help="the RBM's optimiser: the paper's SGD with learning-rate decay, or the run's Adam")
     args = parser.parse_args(argv)
     samplers = tuple(s for s in args.samplers.split(",") if s)
