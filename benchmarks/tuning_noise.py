@@ -1,8 +1,9 @@
 """How much the step size ``kl-grid`` chooses varies with the training batch it is estimated on.
 
-    python benchmarks/tuning_noise.py RUN [--model SPEC] [--batch-sizes 4,16,64] [--repeats 20]
+    python benchmarks/tuning_noise.py RUN [--model SPEC] [--batch-sizes 4,16,64] [--repeats 20] [--search local]
 
-For the run's trained model and sampler, ``kl-grid`` with its defaults except ``batch_size`` tunes
+For the run's trained model and sampler, ``kl-grid`` with its defaults except ``batch_size`` (and
+``search``: with ``local`` every tuning starts from the run's own step size) tunes
 ``--repeats`` times for each batch size, each time on a different seeded draw of training images
 (the trainer hands the tuner one training batch; ``kl-grid`` uses its first ``batch_size`` rows).
 Every chosen s is then scored by the test MSE of the run's K-step inference at that s (the first
@@ -26,7 +27,7 @@ import torch
 
 from inferkit.eval.reconstruction import reconstruction_mse
 from inferkit.runs import CHECKPOINT_FILE, RunSpec, build_objects, restore_checkpoint
-from inferkit.tuners.kl_grid import KLGrid
+from inferkit.tuners.kl_grid import SEARCHES, KLGrid
 
 
 def test_mse_at(model, sampler, x_test: torch.Tensor, cache: dict[float, float], s: float) -> float:
@@ -39,7 +40,8 @@ def test_mse_at(model, sampler, x_test: torch.Tensor, cache: dict[float, float],
     return cache[s]
 
 
-def noise(run: Path, model_name: str | None, batch_sizes: list[int], repeats: int, examples: int) -> dict:
+def noise(run: Path, model_name: str | None, batch_sizes: list[int], repeats: int, examples: int,
+          search: str = "grid") -> dict:
     spec = RunSpec.load(run, model=model_name)
     data, model, sampler, _ = build_objects(spec)
     restore_checkpoint(run / CHECKPOINT_FILE, "cpu", model, sampler)
@@ -48,7 +50,7 @@ def noise(run: Path, model_name: str | None, batch_sizes: list[int], repeats: in
     cache: dict[float, float] = {}
     rows = []
     for batch_size in batch_sizes:
-        tuner = KLGrid(batch_size=batch_size)
+        tuner = KLGrid(batch_size=batch_size, search=search)
         chosen, seconds = [], []
         for repeat in range(repeats):
             index = torch.randperm(len(x_train), generator=torch.Generator().manual_seed(repeat))[:batch_size]
@@ -57,13 +59,14 @@ def noise(run: Path, model_name: str | None, batch_sizes: list[int], repeats: in
             seconds.append(time.perf_counter() - began)
             chosen.append(round(float(result.hyperparameters["step_size"].mean()), 6))
         mses = [test_mse_at(model, sampler, x_test, cache, s) for s in chosen]
-        rows.append({"batch_size": batch_size, "chosen": dict(sorted(collections.Counter(chosen).items())),
+        rows.append({"batch_size": batch_size, "search": search, "chosen": dict(sorted(collections.Counter(chosen).items())),
                      "test_mse_mean": statistics.mean(mses), "test_mse_sd": statistics.pstdev(mses),
                      "test_mse_max": max(mses), "seconds_per_tuning": statistics.mean(seconds)})
         print(json.dumps(rows[-1]), flush=True)
     grid = {s: test_mse_at(model, sampler, x_test, cache, s) for s in KLGrid().grid}
     return {"rows": rows, "test_mse_on_grid": grid, "best_on_grid": min(grid, key=grid.get),
-            "test_mse_at": dict(sorted(cache.items())), "examples": examples, "repeats": repeats}
+            "test_mse_at": dict(sorted(cache.items())), "examples": examples, "repeats": repeats,
+            "run_step_size": float(sampler.hyperparameters()["step_size"].mean())}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,10 +76,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-sizes", default="4,16,64")
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--examples", type=int, default=500)
+    parser.add_argument("--search", choices=SEARCHES, default="grid", help="kl-grid's search")
     args = parser.parse_args(argv)
     sizes = [int(b) for b in args.batch_sizes.split(",") if b]
-    result = noise(args.run, args.model, sizes, args.repeats, args.examples)
-    (args.run / "tuning_noise.json").write_text(json.dumps(result, indent=1))
+    result = noise(args.run, args.model, sizes, args.repeats, args.examples, args.search)
+    name = "tuning_noise.json" if args.search == "grid" else f"tuning_noise_{args.search}.json"
+    (args.run / name).write_text(json.dumps(result, indent=1))
     print(f"test MSE is lowest on the grid at s = {result['best_on_grid']}")
     return 0
 
