@@ -15,14 +15,14 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import pyro_suite  # noqa: E402
 
 
-@pytest.mark.parametrize("method", ["shortrun", "shortrun-local"])
+@pytest.mark.parametrize("method", ["shortrun", "shortrun-full-grid"])
 def test_each_short_run_method_tunes_as_its_name_says(method, mnist_dir, tmp_path):
     result = pyro_suite.one_run(method, 2, 0, Path(mnist_dir), tmp_path / method, reference_steps=2)
     config = json.loads((tmp_path / method / "config.json").read_text())
     (tuning,) = [json.loads(line) for line in (tmp_path / method / "tuner.jsonl").read_text().splitlines()]
     options = config["tuner"]["options"]
     evaluated = [p for p in tuning["history"] if p["evaluated"] and not p["extended"]]
-    if method == "shortrun":
+    if method == "shortrun-full-grid":
         assert options["search"] == "grid" and options["batch_size"] == 4
         assert sorted(p["step_size"] for p in evaluated) == pytest.approx(list(options["grid"]))
     else:

@@ -147,16 +147,17 @@ def test_the_default_grid_is_the_papers_in_their_units():
 
 
 def test_the_tuned_step_size_of_a_short_mnist_run_lies_inside_the_papers_grid(mnist_dir, tmp_path, capsys):
-    """The ladder generator on real MNIST, tuned by the default kl-grid: the chosen s is an interior
-    point of the papers' 0.01..0.15 (J rises on both sides), not an end of the grid nor an extension
-    beyond it."""
+    """The ladder generator on real MNIST, tuned by kl-grid on the whole of the papers' grid: the
+    argmin of J in the authors' units is an interior point of 0.01..0.15 (J rises on both sides), not
+    an end of the grid nor an extension beyond it."""
     import json
 
     from cli_helpers import run_cli
 
     out = tmp_path / "run"
     code, _, err = run_cli(["run", "--model", "ladder", "--sampler", "shortrun", "--tuner", "kl-grid",
-                            "--data", "mnist", "--data-dir", mnist_dir, "--data-opt", "num_train=256",
+                            "--tuner-opt", "search=grid", "--tuner-opt", "batch_size=4", "--data", "mnist",
+                            "--data-dir", mnist_dir, "--data-opt", "num_train=256",
                             "--data-opt", "num_test=32", "--iterations", 1, "--tune-every", 1,
                             "--train-opt", "eval_examples=8", "--quiet", "--out", out], capsys)
     assert code == 0, err

@@ -464,7 +464,7 @@ def test_kl_grid_defaults_and_options_by_name():
     assert KLGrid().grid == PAPER_GRID
     default = KLGrid()
     assert default.require_invertible is False and default.stop_at_singular is False
-    assert default.search == "grid" and default.objective.batch_size == 4
+    assert default.search == "local" and default.objective.batch_size == 16
     assert default.max_extensions == 8 and default.extension_factors() == pytest.approx((0.5, 0.15 / 0.14))
     assert KLGrid(require_invertible=True).stop_at_singular is True
     assert KLGrid(require_invertible=True, stop_at_singular=False).stop_at_singular is False

@@ -42,10 +42,24 @@ cuts s at every tuning and the generator's reconstructions get worse with traini
 argmin of J and the step size with the lowest reconstruction error agree (benchmarks/RESULTS.md).
 That is why J alone decides by default.
 
-``search="local"`` evaluates the grid point nearest the sampler's current step size and walks to a
-lower neighbour while there is one: a local minimum of J on the grid (then extended at the ends as
-above), in about three evaluations where J changes little between tunings instead of one per grid
-point. Where J has one minimum on the grid, both searches choose the same point.
+How J is estimated decides how much the choice is worth. J is a mean over the tuning images, and
+near its minimum J is flat in s while each image's own minimum lies elsewhere, so the argmin on a
+few images follows the images more than the generator. By default J is estimated on 16 images of
+the training batch the trainer hands over (``batch_size=16``) and the search is local
+(``search="local"``): from the grid point nearest the sampler's current step size (the last
+tuning's choice, or the sampler's starting s) it walks to a lower neighbour while there is one, a
+local minimum of J on the grid, then extended at the ends as above. Where J changes little between
+tunings that takes three to five evaluations instead of one per grid point, which pays for the
+larger batch, and a choice moves away from the last one only where J on the new images says so.
+On the Pyro MNIST decoder after 4,800 iterations, tuning on 20 different training batches, the
+whole grid on 4 images chooses anywhere in 0.05-0.15 (test MSE at the choice 0.067 +- 0.010 sd),
+the local walk on 16 images mostly 0.07-0.11 (0.056 +- 0.006) in less time per tuning; trained
+with it, that model's own-inference test MSE after 4,800 iterations is 0.052 against 0.068 (3
+seeds, benchmarks/RESULTS.md). J is the KL criterion, not the reconstruction error: their argmins
+can differ by a grid step or two (on that model after 1,200 iterations J is lowest at 0.05, the test
+MSE at 0.07), and a more exact estimate of J then reconstructs worse. ``search="grid"`` evaluates every grid point, as the papers' grid search
+does (Figure 6); where J has one minimum on the grid both searches choose the same point, and where
+it has several the walk stays with the one nearest the current s.
 """
 
 from __future__ import annotations
@@ -69,7 +83,8 @@ class KLGrid(Tuner):
     Args:
         grid: candidate step sizes in the sampler's units (default the papers' 0.01, 0.02, ..., 0.15).
         num_samples, batch_size, logdet, seed, num_probes, lanczos_steps: the estimate of J
-            (:class:`~inferkit.tuners.kl_common.KLObjectiveOptions`).
+            (:class:`~inferkit.tuners.kl_common.KLObjectiveOptions`); ``batch_size`` defaults to 16
+            (module docstring).
         require_invertible: ``False`` (default): the smallest finite J among all evaluated points,
             invertible or not, with the grid extended at its ends; ``True``: choose only points where
             the flow is invertible (every eigenvalue of every ``I + S H_k`` > 0), with the grid shrunk
@@ -87,16 +102,16 @@ class KLGrid(Tuner):
             for the negative curvature that makes F singular, so they would not be usable either.
             Defaults to ``require_invertible``; it applies only with ``require_invertible`` (without it
             the skipped points are where the argmin of J usually is, so asking for it is an error).
-        search: ``grid`` (default): J at every grid point; ``local``: from the grid point nearest the
-            sampler's step size, downhill to a local minimum (module docstring); without a finite J
-            there, the whole grid.
+        search: ``local`` (default): from the grid point nearest the sampler's step size, downhill to a
+            local minimum (module docstring); without a finite J there, the whole grid; ``grid``: J at
+            every grid point.
     """
 
-    def __init__(self, grid: tuple[float, ...] = PAPER_GRID, num_samples: int = 1, batch_size: int = 4,
+    def __init__(self, grid: tuple[float, ...] = PAPER_GRID, num_samples: int = 1, batch_size: int = 16,
                  logdet: str = "stepwise", seed: int = 0, require_invertible: bool = False,
                  extend_factor: float | None = None, max_extensions: int = 8, shrink: float = 0.25,
                  max_shrinks: int = 4, stop_at_singular: bool | None = None, num_probes: int = 4,
-                 lanczos_steps: int = 4, search: str = "grid"):
+                 lanczos_steps: int = 4, search: str = "local"):
         grid = tuple(sorted(float(s) for s in grid))
         if not grid or not all(math.isfinite(s) and s > 0 for s in grid):
             raise UserError(f"kl-grid: grid must be positive, finite step sizes, got {grid}")
