@@ -111,7 +111,8 @@ def main() -> None:
         chosen = {}
         for name in ("exact", "stochastic"):
             tuned = inferkit.load_sampler("shortrun", num_steps=args.steps, step_size=args.step_size)
-            result = KLGrid(grid=grid, logdet=name, batch_size=args.batch, **options).tune(model, tuned, x)
+            result = KLGrid(grid=grid, logdet=name, batch_size=args.batch, search="grid", **options).tune(
+                model, tuned, x)
             chosen[name] = result.hyperparameters["step_size"].item()
         row["grid"] = {"grid": grid, "chosen": chosen, "same": chosen["exact"] == chosen["stochastic"]}
         print(f"kl-grid over {[round(g, 5) for g in grid]}: exact picks {chosen['exact']:.4g}, "
