@@ -59,7 +59,8 @@ def noise(run: Path, model_name: str | None, batch_sizes: list[int], repeats: in
             seconds.append(time.perf_counter() - began)
             chosen.append(round(float(result.hyperparameters["step_size"].mean()), 6))
         mses = [test_mse_at(model, sampler, x_test, cache, s) for s in chosen]
-        rows.append({"batch_size": batch_size, "search": search, "chosen": dict(sorted(collections.Counter(chosen).items())),
+        rows.append({"batch_size": batch_size, "search": search,
+                     "chosen": dict(sorted(collections.Counter(chosen).items())),
                      "test_mse_mean": statistics.mean(mses), "test_mse_sd": statistics.pstdev(mses),
                      "test_mse_max": max(mses), "seconds_per_tuning": statistics.mean(seconds)})
         print(json.dumps(rows[-1]), flush=True)

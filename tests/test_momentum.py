@@ -132,7 +132,7 @@ def test_tuners_on_momentum_and_the_stochastic_estimator_refuses(tiny_linear_gau
     model = tiny_linear_gaussian(sigma=0.6).requires_grad_(False)
     x = model.sample(4, generator=torch.Generator().manual_seed(0))
     sampler = inferkit.load_sampler("shortrun-momentum", num_steps=4, step_size="0.01", momentum="0.3")
-    result = KLGrid(grid=(0.005, 0.01, 0.02, 0.04)).tune(model, sampler, x)
+    result = KLGrid(grid=(0.005, 0.01, 0.02, 0.04), search="grid").tune(model, sampler, x)
     assert [h["step_size"] for h in result.history[:4]] == [0.005, 0.01, 0.02, 0.04]
     assert result.hyperparameters["step_size"].item() in [h["step_size"] for h in result.history]
     with pytest.raises(UserError, match="stochastic does not apply"):
