@@ -101,7 +101,8 @@ def _train_inferkit(method: str, iterations: int, seed: int, data_dir: Path, run
     tuned = method in TUNERS
     tuner = PluginSpec("kl-grid", dict(TUNERS[method])) if tuned else PluginSpec("fixed")
     schedule = {"lr_milestones": ()} if method == "vae-constant-lr" else {}
-    spec = RunSpec(model=PluginSpec(MODELS[model_key][0]), sampler=PluginSpec(SAMPLERS.get(method, method)), tuner=tuner,
+    spec = RunSpec(model=PluginSpec(MODELS[model_key][0]), sampler=PluginSpec(SAMPLERS.get(method, method)),
+                   tuner=tuner,
                    data=PluginSpec("mnist", {"data_dir": str(data_dir)}),
                    train=TrainConfig(iterations=iterations, batch_size=BATCH_SIZE, learning_rate=LEARNING_RATE,
                                      seed=seed, tune_every=100 if tuned else 0,

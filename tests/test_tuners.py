@@ -4,6 +4,7 @@ Tuners return values and never change the sampler; the caller applies them."""
 
 from __future__ import annotations
 
+import functools
 import math
 
 import pytest
@@ -19,6 +20,8 @@ from inferkit.tuners.kl_grad import KLGrad
 from inferkit.tuners.kl_grid import PAPER_GRID
 
 F64 = torch.float64
+WholeGrid = functools.partial(KLGrid, search="grid")
+"""``kl-grid`` evaluating every grid point (the tests below reason about the whole grid)."""
 
 
 def lambda_max(model) -> float:
@@ -45,7 +48,7 @@ def test_kl_grid_records_every_point_exactly_and_picks_the_closed_form_argmin(
     grid = tuple(r / lam for r in (0.02, 0.08, 0.3, 0.7))
     x = noisy_data(model, 10)
     sampler = ShortRun(num_steps=num_steps, step_size=0.5 / lam, units="raw")
-    tuner = KLGrid(search="grid", require_invertible=False, grid=grid, num_samples=num_samples, batch_size=batch, seed=seed)
+    tuner = WholeGrid(require_invertible=False, grid=grid, num_samples=num_samples, batch_size=batch, seed=seed)
     result = tuner.tune(model, sampler, x)
     assert isinstance(result, TuneResult)
     assert [h["step_size"] for h in result.history] == list(grid)
@@ -87,7 +90,7 @@ def test_with_require_invertible_non_invertible_points_are_recorded_and_never_ch
     x = noisy_data(model, 4)
     for logdet in ("stepwise", "exact"):
         sampler = ShortRun(num_steps=2, step_size=0.5 / lam, units="raw")
-        result = KLGrid(search="grid", grid=grid, num_samples=4, logdet=logdet, require_invertible=True).tune(model, sampler, x)
+        result = WholeGrid(grid=grid, num_samples=4, logdet=logdet, require_invertible=True).tune(model, sampler, x)
         assert [h["invertible"] for h in result.history] == [True, False, False]
         assert [h["step_size"] for h in result.history] == list(grid)  # never extended
         assert result.history[1]["J"] < result.history[0]["J"]  # would have won on J alone
@@ -101,12 +104,12 @@ def test_all_non_invertible_grid_raises_and_leaves_the_step_size(tiny_linear_gau
     lam = lambda_max(model)
     sampler = ShortRun(num_steps=3, step_size=0.123, units="raw")
     with pytest.raises(UserError, match="not invertible"):
-        KLGrid(search="grid", grid=(2.5 / lam, 4.0 / lam), max_shrinks=0, require_invertible=True).tune(
+        WholeGrid(grid=(2.5 / lam, 4.0 / lam), max_shrinks=0, require_invertible=True).tune(
             model, sampler, noisy_data(model, 4))
     assert sampler.step_size.item() == pytest.approx(0.123)
     # Shrinking cannot rescue a grid that stays above 1 / lambda_max: still an error, step size kept.
     with pytest.raises(UserError, match="not invertible"):
-        KLGrid(search="grid", grid=(400 / lam,), shrink=0.5, max_shrinks=2, require_invertible=True).tune(
+        WholeGrid(grid=(400 / lam,), shrink=0.5, max_shrinks=2, require_invertible=True).tune(
             model, sampler, noisy_data(model, 4))
     assert sampler.step_size.item() == pytest.approx(0.123)
 
@@ -119,7 +122,7 @@ def test_with_require_invertible_a_grid_beyond_the_posterior_is_shrunk_until_som
     lam = lambda_max(model)
     grid = (1.5 / lam, 3.0 / lam)
     sampler = ShortRun(num_steps=3, step_size=0.5 / lam, units="raw")
-    result = KLGrid(search="grid", grid=grid, shrink=0.25, max_shrinks=3, require_invertible=True).tune(
+    result = WholeGrid(grid=grid, shrink=0.25, max_shrinks=3, require_invertible=True).tune(
         model, sampler, noisy_data(model, 4))
     rounds = [h["round"] for h in result.history]
     assert rounds == [0, 0, 1, 1]  # 1.5/4 and 3/4 of 1/lambda_max are invertible: stop after round 1
@@ -154,9 +157,9 @@ def test_without_the_veto_a_lower_j_at_a_non_invertible_point_is_chosen_and_is_t
     grid = (0.001 / lam, 1.2 / lam, 2.5 / lam)
     x = noisy_data(model, 4)
     num_samples, seed = 4, 0
-    vetoed = KLGrid(search="grid", grid=grid, num_samples=num_samples, require_invertible=True).tune(
+    vetoed = WholeGrid(grid=grid, num_samples=num_samples, require_invertible=True).tune(
         model, ShortRun(num_steps=2, units="raw"), x)
-    result = KLGrid(search="grid", require_invertible=False, grid=grid, num_samples=num_samples).tune(model, ShortRun(num_steps=2, units="raw"), x)
+    result = WholeGrid(require_invertible=False, grid=grid, num_samples=num_samples).tune(model, ShortRun(num_steps=2, units="raw"), x)
     assert vetoed.hyperparameters["step_size"].item() == pytest.approx(grid[0])
     assert result.hyperparameters["step_size"].item() == pytest.approx(grid[1])
     assert [h["invertible"] for h in result.history] == [True, False, False]  # recorded, not a veto
@@ -176,9 +179,9 @@ def test_stop_at_singular_follows_require_invertible(tiny_linear_gaussian, noisy
     lam = lambda_max(model)
     grid = (0.3 / lam, 1.2 / lam, 1.5 / lam, 1.7 / lam)
     x = noisy_data(model, 4)
-    invertible_only = KLGrid(search="grid", grid=grid, require_invertible=True, max_extensions=0).tune(model, ShortRun(num_steps=3, units="raw"), x)
+    invertible_only = WholeGrid(grid=grid, require_invertible=True, max_extensions=0).tune(model, ShortRun(num_steps=3, units="raw"), x)
     assert [h["evaluated"] for h in invertible_only.history] == [True, True, False, False]
-    new = KLGrid(search="grid", require_invertible=False, grid=grid, max_extensions=0).tune(model, ShortRun(num_steps=3, units="raw"), x)
+    new = WholeGrid(require_invertible=False, grid=grid, max_extensions=0).tune(model, ShortRun(num_steps=3, units="raw"), x)
     assert all(h["evaluated"] and math.isfinite(h["J"]) for h in new.history)
     assert [h["invertible"] for h in new.history] == [True, False, False, False]
 
@@ -195,7 +198,7 @@ def test_a_grid_entirely_above_the_optimum_is_extended_down_until_the_argmin_is_
     optimum = closed_form_optimum(model, x[:batch], num_steps, lam)
     grid = tuple(r / lam for r in (0.7, 0.8, 0.9))
     assert optimum < grid[0] * (0.7 / 0.8) ** 2  # at least two extensions away
-    result = KLGrid(search="grid", require_invertible=False, grid=grid, num_samples=64, batch_size=batch).tune(model, ShortRun(num_steps=num_steps, units="raw"), x)
+    result = WholeGrid(require_invertible=False, grid=grid, num_samples=64, batch_size=batch).tune(model, ShortRun(num_steps=num_steps, units="raw"), x)
     history = result.history
     added = [h for h in history if h["extended"]]
     assert [h["step_size"] for h in history[:3]] == list(grid) and not any(h["extended"] for h in history[:3])
@@ -208,11 +211,11 @@ def test_a_grid_entirely_above_the_optimum_is_extended_down_until_the_argmin_is_
     assert below is not None and above is not None  # interior
     assert below < optimum < above
     # The invertible-only rule on the same grid stops at its end: no extension, the grid's smallest point.
-    invertible_only = KLGrid(search="grid", grid=grid, num_samples=64, batch_size=batch, require_invertible=True).tune(
+    invertible_only = WholeGrid(grid=grid, num_samples=64, batch_size=batch, require_invertible=True).tune(
         model, ShortRun(num_steps=num_steps, units="raw"), x)
     assert len(invertible_only.history) == 3 and invertible_only.hyperparameters["step_size"].item() == pytest.approx(grid[0])
     # max_extensions bounds the search: two points, the last of them chosen (still at the end).
-    bounded = KLGrid(search="grid", require_invertible=False, grid=grid, num_samples=64, batch_size=batch, max_extensions=2).tune(
+    bounded = WholeGrid(require_invertible=False, grid=grid, num_samples=64, batch_size=batch, max_extensions=2).tune(
         model, ShortRun(num_steps=num_steps, units="raw"), x)
     assert bounded.history == history[:5]
     assert bounded.hyperparameters["step_size"].item() == pytest.approx(history[4]["step_size"])
@@ -225,7 +228,7 @@ def test_a_grid_entirely_below_the_optimum_is_extended_up_by_extend_factor(tiny_
     x = noisy_data(model, 10)
     optimum = closed_form_optimum(model, x[:batch], num_steps, lam)
     grid = (0.02 / lam, 0.03 / lam)
-    result = KLGrid(search="grid", require_invertible=False, grid=grid, num_samples=64, batch_size=batch, extend_factor=2.0).tune(
+    result = WholeGrid(require_invertible=False, grid=grid, num_samples=64, batch_size=batch, extend_factor=2.0).tune(
         model, ShortRun(num_steps=num_steps, units="raw"), x)
     added = [h["step_size"] for h in result.history if h["extended"]]
     assert added == pytest.approx([grid[1] * 2 ** (i + 1) for i in range(len(added))])
@@ -246,7 +249,7 @@ def test_a_valley_beyond_the_small_end_is_found_when_the_grids_own_argmin_is_int
     x = noisy_data(model, 10)
     optimum = closed_form_optimum(model, x[:batch], num_steps, lam)
     grid = tuple(r / lam for r in (0.9, 1.05, 1.2, 1.5, 1.8, 2.2))
-    result = KLGrid(search="grid", require_invertible=False, grid=grid, num_samples=64, batch_size=batch).tune(model, ShortRun(num_steps=num_steps, units="raw"), x)
+    result = WholeGrid(require_invertible=False, grid=grid, num_samples=64, batch_size=batch).tune(model, ShortRun(num_steps=num_steps, units="raw"), x)
     on_grid = result.history[:len(grid)]
     assert min(on_grid, key=lambda h: h["J"])["step_size"] == pytest.approx(1.8 / lam)
     added = [h["step_size"] for h in result.history if h["extended"]]
@@ -273,7 +276,7 @@ def test_the_choice_is_the_argmin_of_finite_j_over_every_recorded_point(
     model = tiny_linear_gaussian()
     lam = lambda_max(model)
     grid = tuple(r / lam for r in ratios)
-    tuner = KLGrid(search="grid", grid=grid, num_samples=2, max_extensions=max_extensions, extend_factor=extend_factor,
+    tuner = WholeGrid(grid=grid, num_samples=2, max_extensions=max_extensions, extend_factor=extend_factor,
                    require_invertible=require_invertible, max_shrinks=1)
     result = tuner.tune(model, ShortRun(num_steps=num_steps, units="raw"), noisy_data(model, 4))  # 0.25 * 2.6 < 1: never refused
     history = result.history
@@ -323,7 +326,7 @@ def test_diverging_grid_point_on_a_nonlinear_model_is_skipped():
     model = Cubic()
     sampler = ShortRun(num_steps=10, step_size=0.5, units="raw")
     for require_invertible in (True, False):
-        result = KLGrid(search="grid", grid=(1e-4, 10.0), require_invertible=require_invertible).tune(
+        result = WholeGrid(grid=(1e-4, 10.0), require_invertible=require_invertible).tune(
             model, sampler, torch.ones(3, 2, dtype=F64))
         assert [h["invertible"] for h in result.history[:2]] == [True, False]
         assert not math.isfinite(result.history[1]["J"])
@@ -338,7 +341,7 @@ def test_a_grid_where_the_flow_diverges_everywhere_is_shrunk_and_then_extended()
     round (the diverged round's points do not stop it) until J is no longer finite above the argmin."""
     model = Cubic()
     sampler = ShortRun(num_steps=10, step_size=0.5, units="raw")
-    result = KLGrid(search="grid", require_invertible=False, grid=(10.0, 20.0), shrink=1e-4, max_shrinks=2).tune(model, sampler, torch.ones(3, 2, dtype=F64))
+    result = WholeGrid(require_invertible=False, grid=(10.0, 20.0), shrink=1e-4, max_shrinks=2).tune(model, sampler, torch.ones(3, 2, dtype=F64))
     history = result.history
     assert [h["round"] for h in history] == [0, 0, 1, 1, 1, 1]
     assert [h["extended"] for h in history] == [False] * 4 + [True] * 2
@@ -348,7 +351,7 @@ def test_a_grid_where_the_flow_diverges_everywhere_is_shrunk_and_then_extended()
     assert result.hyperparameters["step_size"].item() == pytest.approx(4e-3)
     assert history[4]["invertible"] is False and result.objective == history[4]["J"]
     with pytest.raises(UserError, match="not finite at any grid step size"):
-        KLGrid(search="grid", require_invertible=False, grid=(10.0, 20.0), max_shrinks=0).tune(model, sampler, torch.ones(3, 2, dtype=F64))
+        WholeGrid(require_invertible=False, grid=(10.0, 20.0), max_shrinks=0).tune(model, sampler, torch.ones(3, 2, dtype=F64))
 
 
 def test_the_sampler_is_untouched_when_an_evaluation_fails(tiny_linear_gaussian, noisy_data, monkeypatch):
@@ -367,11 +370,11 @@ def test_the_sampler_is_untouched_when_an_evaluation_fails(tiny_linear_gaussian,
     model = tiny_linear_gaussian(data_dim=6)
     sampler = ShortRun(num_steps=2, step_size=0.0123, units="raw")
     with pytest.raises(RuntimeError, match="boom"):
-        KLGrid(search="grid", require_invertible=False, grid=(0.01, 0.02, 0.03)).tune(model, sampler, noisy_data(model, 2))
+        WholeGrid(require_invertible=False, grid=(0.01, 0.02, 0.03)).tune(model, sampler, noisy_data(model, 2))
     assert sampler.step_size.item() == pytest.approx(0.0123)
 
 
-@pytest.mark.parametrize("make_tuner", [lambda: KLGrid(search="grid", require_invertible=False, grid=(0.01, 0.02, 0.04)),
+@pytest.mark.parametrize("make_tuner", [lambda: WholeGrid(require_invertible=False, grid=(0.01, 0.02, 0.04)),
                                         lambda: KLGrad(max_iterations=3), lambda: Fixed(step_size=0.02)])
 def test_tuners_change_nothing_and_take_the_reduction_they_are_given(make_tuner, tiny_linear_gaussian, noisy_data):
     """No tuner writes into, or swaps, the sampler's buffers. `reduce` sums over processes: two processes
@@ -407,8 +410,8 @@ def test_kl_grid_with_a_mask_uses_the_observed_coordinates(tiny_linear_gaussian,
     x = noisy_data(model, 20)
     mask = {"vector": observed, "row": observed[None], "batch": observed.expand(20, -1).clone()}[mask_shape]
     grid = (0.01, 0.03, 0.05)
-    masked = KLGrid(search="grid", require_invertible=False, grid=grid, batch_size=16).tune(model, ShortRun(num_steps=3, units="raw"), x, mask=mask)
-    direct = KLGrid(search="grid", require_invertible=False, grid=grid, batch_size=16).tune(sub, ShortRun(num_steps=3, units="raw"), x[:, observed.bool()])
+    masked = WholeGrid(require_invertible=False, grid=grid, batch_size=16).tune(model, ShortRun(num_steps=3, units="raw"), x, mask=mask)
+    direct = WholeGrid(require_invertible=False, grid=grid, batch_size=16).tune(sub, ShortRun(num_steps=3, units="raw"), x[:, observed.bool()])
     for h_masked, h_direct in zip(masked.history, direct.history):
         assert h_masked["J"] == pytest.approx(h_direct["J"], abs=1e-9)
 
@@ -417,13 +420,13 @@ def test_kl_grid_on_per_step_and_langevin_samplers(tiny_linear_gaussian, noisy_d
     model = tiny_linear_gaussian(data_dim=6)
     x = noisy_data(model, 4)
     per_step = ShortRun(num_steps=3, step_size=(0.01, 0.02, 0.03), per="step", units="raw")
-    result = KLGrid(search="grid", require_invertible=False, grid=(0.01, 0.02)).tune(model, per_step, x)
+    result = WholeGrid(require_invertible=False, grid=(0.01, 0.02)).tune(model, per_step, x)
     chosen = result.hyperparameters["step_size"]
     assert chosen.shape == (3,) and torch.all(chosen == chosen[0]) and result.per == "step"
     per_step.set_hyperparameters(result.hyperparameters)
     assert torch.equal(per_step.step_size, chosen)
     langevin = Langevin(num_steps=3, step_size=0.05, units="raw")
-    result = KLGrid(search="grid", require_invertible=False, grid=(0.01, 0.02, 0.04)).tune(model, langevin, x)
+    result = WholeGrid(require_invertible=False, grid=(0.01, 0.02, 0.04)).tune(model, langevin, x)
     assert [h["step_size"] for h in result.history[:3]] == [0.01, 0.02, 0.04]
     assert all(math.isfinite(h["J"]) for h in result.history[:3])
     assert result.hyperparameters["step_size"].item() in [h["step_size"] for h in result.history]
@@ -437,7 +440,7 @@ def test_kl_grid_does_not_build_a_graph_or_warn(tiny_linear_gaussian, noisy_data
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        result = KLGrid(search="grid", require_invertible=False, grid=(0.01, 0.02)).tune(model, ShortRun(num_steps=2, units="raw"), x)
+        result = WholeGrid(require_invertible=False, grid=(0.01, 0.02)).tune(model, ShortRun(num_steps=2, units="raw"), x)
     assert all(isinstance(h["J"], float) for h in result.history)
     assert model.weight.grad is None
 
@@ -450,7 +453,7 @@ class NoStepSize(Sampler):
 def test_kl_grid_errors(tiny_linear_gaussian, noisy_data):
     model = tiny_linear_gaussian(data_dim=6)
     with pytest.raises(UserError, match="does not apply to sampler NoStepSize.*--tuner fixed"):
-        KLGrid(search="grid", require_invertible=False).tune(model, NoStepSize(), noisy_data(model, 2))
+        WholeGrid(require_invertible=False).tune(model, NoStepSize(), noisy_data(model, 2))
     for kwargs in ({"grid": ()}, {"grid": (0.1, -0.1)}, {"grid": (math.nan,)}, {"num_samples": 0},
                    {"batch_size": -1}, {"logdet": "approx"}, {"shrink": 1.0}, {"shrink": 0.0},
                    {"max_shrinks": -1}, {"num_probes": 0}, {"lanczos_steps": 0}, {"extend_factor": 1.0},
@@ -514,7 +517,7 @@ def test_local_search_walks_to_the_grids_argmin_with_fewer_evaluations(tiny_line
     x = noisy_data(model, 4)
     options = dict(grid=grid, num_samples=64, batch_size=4, max_extensions=0)
     sampler = ShortRun(num_steps=4, step_size=start / lam, units="raw")
-    full = KLGrid(search="grid", **options).tune(model, sampler, x)
+    full = WholeGrid(**options).tune(model, sampler, x)
     local = KLGrid(search="local", **options).tune(model, sampler, x)
     assert local.hyperparameters["step_size"].item() == pytest.approx(full.hyperparameters["step_size"].item())
     assert local.objective == pytest.approx(full.objective)
