@@ -540,6 +540,36 @@ def test_local_search_at_a_grid_end_is_extended(tiny_linear_gaussian, noisy_data
     assert result.hyperparameters["step_size"].item() > grid[-1]
 
 
+class ScriptedJ(KLGrid):
+    """``kl-grid`` whose J at each grid point is given (a table), to test the search's logic alone."""
+
+    def __init__(self, table: dict[float, float], off_grid: float = 0.0, **options):
+        super().__init__(grid=tuple(table), **options)
+        self.table, self.off_grid = table, off_grid
+
+    def _evaluate(self, model, sampler, step_size, x, mask, s, reduce):
+        return {"step_size": s, "J": self.table.get(s, self.off_grid), "invertible": True, "min_eigenvalue": 1.0,
+                "evaluated": True}
+
+
+def test_a_local_walk_extends_only_at_the_grids_own_ends(tiny_linear_gaussian, noisy_data):
+    """From 0.04 the walk evaluates 0.03 and 0.05, moves to 0.03 and stops there (0.02 is higher). Its
+    outermost point 0.05 is below its neighbour 0.04 but interior to the grid, so nothing is added beyond
+    it (0.06 is on the grid, higher); off the grid, any point would be lower (J = 0 there). A walk that
+    ends at the grid's end 0.07, below its neighbour, is extended there, once (J is higher beyond)."""
+    table = {0.01: 5.0, 0.02: 3.0, 0.03: 1.0, 0.04: 2.0, 0.05: 1.5, 0.06: 4.0, 0.07: 6.0}
+    model = tiny_linear_gaussian(data_dim=6)
+    sampler = ShortRun(num_steps=4, step_size=0.04)
+    result = ScriptedJ(table, batch_size=4).tune(model, sampler, noisy_data(model, 4))
+    assert [h["step_size"] for h in result.history] == [0.02, 0.03, 0.04, 0.05]
+    assert not any(h["extended"] for h in result.history)
+    assert result.hyperparameters["step_size"].item() == pytest.approx(0.03)
+    at_the_end = ScriptedJ({**table, 0.06: 1.2, 0.07: 1.1}, off_grid=1.15, batch_size=4, extend_factor=2.0).tune(
+        model, ShortRun(num_steps=4, step_size=0.06), noisy_data(model, 4))  # 0.14 is above 0.07
+    assert [h["step_size"] for h in at_the_end.history if h["extended"]] == pytest.approx([0.14])  # 0.07 is an end
+    assert at_the_end.hyperparameters["step_size"].item() == pytest.approx(0.07)
+
+
 def test_unknown_search_is_one_user_error():
     with pytest.raises(UserError, match="search must be one of grid, local"):
         KLGrid(search="golden")

@@ -239,14 +239,15 @@ class KLGrid(Tuner):
 
     def _extend(self, model: Model, sampler: Sampler, step_size: Tensor, x: Tensor, mask: Tensor | None,
                 history: list[dict], reduce: Reduce | None) -> list[dict]:
-        """Points added beyond the ends of the last round's points (``extended: True``, the ``round`` of
-        the grid they extend) while J at an end is finite and below J at its neighbour, so that a
+        """Points added beyond the ends of the last round's grid (``extended: True``, the ``round`` of the
+        grid they extend) while J at an end of the grid is finite and below J at its neighbour, so that a
         minimum of J may lie beyond it (always the case when the argmin is at an end); the small-s end
         first. Stops when neither end is such a point (a non-finite J ends that side), or after
         ``max_extensions`` points."""
         below, above = self.extension_factors()
         round_ = history[-1]["round"]  # earlier rounds have no finite J: the search goes on from this one
         evaluated = [h for h in history if h["evaluated"] and h["round"] == round_]
+        smallest, largest = self.grid[0] * self.shrink**round_, self.grid[-1] * self.shrink**round_
         added: list[dict] = []
 
         def descends_to(end: dict, neighbour: dict | None) -> bool:
@@ -254,9 +255,11 @@ class KLGrid(Tuner):
 
         while len(added) < self.max_extensions:
             points = sorted(evaluated, key=lambda h: h["step_size"])
-            if descends_to(points[0], points[1] if len(points) > 1 else None):
+            # only at the grid's own ends: a local walk's outermost points can be interior to the grid
+            if points[0]["step_size"] <= smallest and descends_to(points[0], points[1] if len(points) > 1 else None):
                 s = points[0]["step_size"] * below
-            elif descends_to(points[-1], points[-2] if len(points) > 1 else None):
+            elif points[-1]["step_size"] >= largest and descends_to(points[-1], points[-2] if len(points) > 1
+                                                                       else None):
                 s = points[-1]["step_size"] * above
             else:
                 break
