@@ -1,4 +1,4 @@
-"""``benchmarks/pyro_suite.py``: each short-run method is tuned the way its name says, in its own
+"""``benchmarks/pyro_suite.py``: each short-run method is tuned (or not) the way its name says, in its own
 process, and its result holds one error per test image under both inferences."""
 
 from __future__ import annotations
@@ -30,3 +30,13 @@ def test_each_short_run_method_tunes_as_its_name_says(method, mnist_dir, tmp_pat
         assert len(evaluated) < len(options["grid"])  # a walk, not the whole grid
     assert result["method"] == method and result["step_size"] == tuning["hyperparameters"]["step_size"]
     assert len(result["own"]) == len(result["reference"]) == 2000
+
+
+def test_the_fixed_step_size_control_is_never_tuned(mnist_dir, tmp_path):
+    run_dir = tmp_path / "shortrun-fixed"
+    result = pyro_suite.one_run("shortrun-fixed", 2, 0, Path(mnist_dir), run_dir, reference_steps=2)
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["tuner"]["name"] == "fixed" and config["sampler"]["name"] == "shortrun"
+    assert not (run_dir / "tuner.jsonl").exists()
+    assert result["step_size"] == pytest.approx(0.05)  # the authors' z_step_size, in their units
+    assert len(result["own"]) == 2000
