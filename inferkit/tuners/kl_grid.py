@@ -48,7 +48,7 @@ few images follows the images more than the generator. By default J is estimated
 the training batch the trainer hands over (``batch_size=16``) and the search is local
 (``search="local"``): from the grid point nearest the sampler's current step size (the last
 tuning's choice, or the sampler's starting s) it walks to a lower neighbour while there is one, a
-local minimum of J on the grid, then extended at the ends as above. Where J changes little between
+local minimum of J on the grid, then extended as above where the walk reached an end of the grid. Where J changes little between
 tunings that takes three to five evaluations instead of one per grid point, which pays for the
 larger batch, and a choice moves away from the last one only where J on the new images says so.
 On the Pyro MNIST decoder after 4,800 iterations, tuning on 20 different training batches, the
