@@ -7,6 +7,7 @@ import statistics
 import sys
 from pathlib import Path
 
+import pytest
 from cli_helpers import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -20,11 +21,14 @@ TINY = ["run", "--model", "ladder", "--sampler", "shortrun", "--tuner", "fixed",
         "--batch-size", "8", "--iterations", "2", "--quiet"]
 
 
-def test_choices_are_scored_by_the_test_mse_at_the_chosen_step_size(tmp_path, capsys):
+@pytest.mark.parametrize("tuner", tuning_noise.TUNERS)
+def test_choices_are_scored_by_the_test_mse_at_the_chosen_step_size(tuner, tmp_path, capsys):
     run = tmp_path / "run"
     code, _, err = run_cli([*TINY, "--out", run], capsys)
     assert code == 0, err
-    result = tuning_noise.noise(run, None, [2, 4], repeats=3, examples=8)
+    budget = {"max_iterations": 4} if tuner == "kl-grad" else {}
+    result = tuning_noise.noise(run, None, [2, 4], repeats=3, examples=8, tuner_name=tuner, **budget)
+    assert all(row["tuner"] == tuner for row in result["rows"])
     grid, scored = result["test_mse_on_grid"], result["test_mse_at"]
     assert len(result["rows"]) == 2 and result["best_on_grid"] == min(grid, key=grid.get)
     assert all(scored[s] == grid[s] for s in grid)
