@@ -4,6 +4,7 @@ test-MSE point per segment, and a second invocation that continues where the fir
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -33,3 +34,11 @@ def test_segments_follow_the_planned_schedule_and_a_second_call_continues(mnist_
     rates = {m["iteration"]: m["learning_rate"] for m in metrics}
     assert rates[3] == 1e-3 and abs(rates[4] - 1e-4) < 1e-12  # the decay at half of 8, not of a segment
     assert "| 8 |" in (out / "curve.md").read_text()
+
+
+def test_a_bad_run_option_is_the_childs_one_line_error_and_its_exit_code(mnist_dir, tmp_path):
+    command = [sys.executable, str(ROOT / "benchmarks" / "long_run.py"), "--out", str(tmp_path / "long"),
+               "--data-dir", mnist_dir, "--planned", "4", "--segment", "2", "--", *TINY, "--tuner-opt", "logdet=exact"]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == ["error: tuner 'fixed' has no option 'logdet'; its options are: step_size"]
