@@ -12,8 +12,8 @@ Every chosen s is then scored by the test MSE of the run's K-step inference at t
 chosen step sizes (how often each), the mean and spread of their test MSEs, and the seconds per
 tuning, and writes ``RUN/tuning_noise.json``. With ``--tuner kl-grad`` the tuner is ``kl-grad``
 with its defaults except ``batch_size``, starting from the run's own step size (its choices are
-continuous: most are counted once). It answers:
-is the choice decided by the batch, and what does a larger tuning batch buy against its cost?
+continuous: most are counted once). It answers: is the choice decided by the batch, and what does
+a larger tuning batch buy against its cost?
 """
 
 from __future__ import annotations

@@ -38,7 +38,9 @@ def test_segments_follow_the_planned_schedule_and_a_second_call_continues(mnist_
 
 def test_a_bad_run_option_is_the_childs_one_line_error_and_its_exit_code(mnist_dir, tmp_path):
     command = [sys.executable, str(ROOT / "benchmarks" / "long_run.py"), "--out", str(tmp_path / "long"),
-               "--data-dir", mnist_dir, "--planned", "4", "--segment", "2", "--", *TINY, "--tuner-opt", "logdet=exact"]
+               "--data-dir", mnist_dir, "--planned", "4", "--segment", "2", "--", *TINY,
+               "--tuner-opt", "logdet=exact"]
     done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 2
-    assert done.stderr.strip().splitlines() == ["error: tuner 'fixed' has no option 'logdet'; its options are: step_size"]
+    expected = "error: tuner 'fixed' has no option 'logdet'; its options are: step_size"
+    assert done.stderr.strip().splitlines() == [expected]

@@ -548,8 +548,8 @@ class ScriptedJ(KLGrid):
         self.table, self.off_grid = table, off_grid
 
     def _evaluate(self, model, sampler, step_size, x, mask, s, reduce):
-        return {"step_size": s, "J": self.table.get(s, self.off_grid), "invertible": True, "min_eigenvalue": 1.0,
-                "evaluated": True}
+        return {"step_size": s, "J": self.table.get(s, self.off_grid), "invertible": True,
+                "min_eigenvalue": 1.0, "evaluated": True}
 
 
 def test_a_local_walk_extends_only_at_the_grids_own_ends(tiny_linear_gaussian, noisy_data):
@@ -564,9 +564,10 @@ def test_a_local_walk_extends_only_at_the_grids_own_ends(tiny_linear_gaussian, n
     assert [h["step_size"] for h in result.history] == [0.02, 0.03, 0.04, 0.05]
     assert not any(h["extended"] for h in result.history)
     assert result.hyperparameters["step_size"].item() == pytest.approx(0.03)
-    at_the_end = ScriptedJ({**table, 0.06: 1.2, 0.07: 1.1}, off_grid=1.15, batch_size=4, extend_factor=2.0).tune(
-        model, ShortRun(num_steps=4, step_size=0.06), noisy_data(model, 4))  # 0.14 is above 0.07
-    assert [h["step_size"] for h in at_the_end.history if h["extended"]] == pytest.approx([0.14])  # 0.07 is an end
+    at_the_end = ScriptedJ({**table, 0.06: 1.2, 0.07: 1.1}, off_grid=1.15, batch_size=4, extend_factor=2.0)
+    at_the_end = at_the_end.tune(model, ShortRun(num_steps=4, step_size=0.06), noisy_data(model, 4))
+    # 0.07 is the grid's end: extended once, to 0.14, whose J (1.15) is above 0.07's
+    assert [h["step_size"] for h in at_the_end.history if h["extended"]] == pytest.approx([0.14])
     assert at_the_end.hyperparameters["step_size"].item() == pytest.approx(0.07)
 
 
