@@ -26,19 +26,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 
 
-class ChildFailed(Exception):
-    """An ``inferkit`` child process exited non-zero (it printed its own error)."""
-
-    def __init__(self, returncode: int):
-        super().__init__(returncode)
-        self.returncode = returncode
-
-
 def inferkit(*args: str) -> None:
-    """``inferkit ARGS`` in a child process (``python -m inferkit``); :class:`ChildFailed` when it fails."""
-    returncode = subprocess.run([sys.executable, "-m", "inferkit", *args], cwd=REPO).returncode
-    if returncode:
-        raise ChildFailed(returncode)
+    """``inferkit ARGS`` in a child process (``python -m inferkit``), failing loudly."""
+    subprocess.run([sys.executable, "-m", "inferkit", *args], check=True, cwd=REPO)
 
 
 def measured_iteration(run_dir: Path) -> int:
@@ -103,5 +93,5 @@ if __name__ == "__main__":
     os.environ.setdefault("PYTHONPATH", str(REPO))
     try:
         sys.exit(main())
-    except ChildFailed as failed:  # its one-line error is already on stderr
+    except subprocess.CalledProcessError as failed:  # the child's one-line error is already on stderr
         sys.exit(failed.returncode)

@@ -30,8 +30,8 @@ import torch
 
 from inferkit.eval.reconstruction import reconstruction_mse
 from inferkit.runs import CHECKPOINT_FILE, RunSpec, build_objects, restore_checkpoint
-from inferkit.tuners.kl_grad import KLGrad
-from inferkit.tuners.kl_grid import SEARCHES, KLGrid
+from inferkit.registry import load_tuner
+from inferkit.tuners.kl_grid import PAPER_GRID, SEARCHES
 
 TUNERS = ("kl-grid", "kl-grad")
 
@@ -57,8 +57,8 @@ def noise(run: Path, model_name: str | None, batch_sizes: list[int], repeats: in
     cache: dict[float, float] = {}
     rows = []
     for batch_size in batch_sizes:
-        tuner = (KLGrid(batch_size=batch_size, search=search, **tuner_options) if tuner_name == "kl-grid"
-                 else KLGrad(batch_size=batch_size, **tuner_options))
+        searched = {"search": search} if tuner_name == "kl-grid" else {}
+        tuner = load_tuner(tuner_name, batch_size=batch_size, **searched, **tuner_options)
         chosen, seconds = [], []
         for repeat in range(repeats):
             index = torch.randperm(len(x_train), generator=torch.Generator().manual_seed(repeat))[:batch_size]
@@ -73,7 +73,7 @@ def noise(run: Path, model_name: str | None, batch_sizes: list[int], repeats: in
                      "test_mse_mean": statistics.mean(mses), "test_mse_sd": statistics.pstdev(mses),
                      "test_mse_max": max(mses), "seconds_per_tuning": statistics.mean(seconds)})
         print(json.dumps(rows[-1]), flush=True)
-    grid = {s: test_mse_at(model, sampler, x_test, cache, s) for s in KLGrid().grid}
+    grid = {s: test_mse_at(model, sampler, x_test, cache, s) for s in PAPER_GRID}
     return {"rows": rows, "test_mse_on_grid": grid, "best_on_grid": min(grid, key=grid.get),
             "test_mse_at": dict(sorted(cache.items())), "examples": examples, "repeats": repeats,
             "run_step_size": float(sampler.hyperparameters()["step_size"].mean())}

@@ -50,7 +50,8 @@ the training batch the trainer hands over (``batch_size=16``) and the search is 
 tuning's choice, or the sampler's starting s) it walks to a lower neighbour while there is one, a
 local minimum of J on the grid, then extended as above where the walk reached an end of the grid.
 Where J changes little between tunings that takes three to five evaluations instead of one per grid
-point, which pays for the larger batch, and a choice moves away from the last one only where J on the new images says so.
+point, which pays for the larger batch, and a choice moves away from the last one only where J on the
+new images says so.
 On the Pyro MNIST decoder after 4,800 iterations, tuning on 20 different training batches, the
 whole grid on 4 images chooses anywhere in 0.05-0.15 (test MSE at the choice 0.067 +- 0.010 sd),
 the local walk on 16 images mostly 0.07-0.11 (0.056 +- 0.006) in less time per tuning; trained
