@@ -1,15 +1,19 @@
 """J(s) against the test error of a trained generator's short-run inference, over a range of s.
 
     python benchmarks/step_size_probe.py RUN [--model SPEC] [--examples 256] [--j-examples 16]
+        [--step-sizes 0.01,0.02,...] [--logdet stepwise|exact|stochastic] [--j-split test|train]
 
-For the run's trained model and a noise-free short-run sampler with the run's K, for every step size
-s of a geometric range (the authors' units, gradient coefficient s^2 / 2) it reports:
+For the run's trained model (at the observation sigma it was checkpointed with) and a noise-free
+short-run sampler with the run's K, for every step size s of a geometric range, or of
+``--step-sizes`` (the authors' units, gradient coefficient s^2 / 2), it reports:
 
 - the test MSE of the reconstruction from ``z_K`` (the first ``--examples`` test images);
-- ``J(s)``, mean and median over ``--j-examples`` test images (``--draws`` draws of ``z_0`` each,
-  the same draws at every s), with the stepwise float64 log-determinant;
+- ``J(s)``, mean and median over the first ``--j-examples`` images of ``--j-split`` (``--draws``
+  draws of ``z_0`` each, the same draws at every s), with the ``--logdet`` log-determinant
+  (default the stepwise float64 one; ``stochastic`` for generators too large for it);
 - the smallest eigenvalue of any step map ``I + S H_k`` on those paths (the flow is invertible where
-  it is positive), which is what ``kl-grid``'s ``require_invertible=true`` rule decides by.
+  it is positive), which is what ``kl-grid``'s ``require_invertible=true`` rule decides by; with
+  ``--logdet stochastic`` the smallest Lanczos Ritz value, which can only overstate it.
 
 It prints a table and the argmins, and writes ``RUN/step_size_probe.json``. It answers: does the
 step size that minimises J reconstruct well, and where does the invertibility rule put s?
@@ -27,26 +31,26 @@ from pathlib import Path
 import torch
 
 from inferkit.eval.reconstruction import reconstruction_mse
-from inferkit.objective import LogDetEstimator, kl_objective
+from inferkit.objective import LOGDET_METHODS, LogDetEstimator, kl_objective
 from inferkit.runs import CHECKPOINT_FILE, RunSpec, build_objects, restore_checkpoint
 from inferkit.samplers.shortrun import ShortRun
 
 
 def probe(run: Path, model_name: str | None, step_sizes: list[float], examples: int, j_examples: int,
-          draws: int) -> list[dict]:
+          draws: int, logdet: str = "stepwise", j_split: str = "test") -> list[dict]:
     spec = RunSpec.load(run, model=model_name)
     data, model, sampler, _ = build_objects(spec)
     restore_checkpoint(run / CHECKPOINT_FILE, "cpu", model, sampler)
     model.eval()
     x = data.test.x[:examples]
-    x_j = data.test.x[:j_examples]
+    x_j = {"test": data.test, "train": data.train}[j_split].x[:j_examples]
     rows = []
     for s in step_sizes:
         flow = ShortRun(num_steps=sampler.num_steps, step_size=s)
         mse = reconstruction_mse(model, flow, x)
         with torch.no_grad():
             result = kl_objective(model, flow, x_j, num_samples=draws,
-                                  estimator=LogDetEstimator("stepwise"),
+                                  estimator=LogDetEstimator(logdet),
                                   generator=torch.Generator().manual_seed(0))
         values = [float(v) for v in result.objective]
         finite = [v for v in values if math.isfinite(v)]
@@ -69,10 +73,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--examples", type=int, default=256)
     parser.add_argument("--j-examples", type=int, default=16)
     parser.add_argument("--draws", type=int, default=1)
+    parser.add_argument("--step-sizes", default=None, help="comma-separated step sizes instead of the range")
+    parser.add_argument("--logdet", choices=LOGDET_METHODS, default="stepwise")
+    parser.add_argument("--j-split", choices=("test", "train"), default="test", help="the images J is estimated on")
     args = parser.parse_args(argv)
-    ratio = (args.largest / args.smallest) ** (1 / (args.points - 1))
-    grid = [args.smallest * ratio ** i for i in range(args.points)]
-    rows = probe(args.run, args.model, grid, args.examples, args.j_examples, args.draws)
+    if args.step_sizes:
+        grid = [float(s) for s in args.step_sizes.split(",")]
+    else:
+        ratio = (args.largest / args.smallest) ** (1 / (args.points - 1))
+        grid = [args.smallest * ratio ** i for i in range(args.points)]
+    rows = probe(args.run, args.model, grid, args.examples, args.j_examples, args.draws, args.logdet, args.j_split)
     best = {key: min((r for r in rows if math.isfinite(r[key])), key=lambda r: r[key])["step_size"]
             for key in ("test_mse", "J_mean", "J_median")}
     invertible = [r["step_size"] for r in rows if r["invertible"]]

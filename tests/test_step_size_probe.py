@@ -1,0 +1,55 @@
+"""``benchmarks/step_size_probe.py``: each row is the test MSE and J of K noise-free steps at its step
+size, on the images and with the log-determinant asked for."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from cli_helpers import run_cli
+
+from inferkit.eval.reconstruction import reconstruction_mse
+from inferkit.objective import LogDetEstimator, kl_objective
+from inferkit.runs import CHECKPOINT_FILE, RunSpec, build_objects, restore_checkpoint
+from inferkit.samplers.shortrun import ShortRun
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import step_size_probe  # noqa: E402
+
+TINY = ["run", "--model", "ladder", "--sampler", "shortrun", "--tuner", "fixed", "--model-opt", "num_layers=2",
+        "--model-opt", "latent_dims=4,2", "--model-opt", "nf=8", "--sampler-opt", "num_steps=3",
+        "--data-opt", "num_train=32", "--data-opt", "num_test=8", "--data-opt", "image_size=16",
+        "--batch-size", "8", "--iterations", "2", "--quiet"]
+
+
+@pytest.fixture
+def trained_run(tmp_path, capsys):
+    run = tmp_path / "run"
+    code, _, err = run_cli([*TINY, "--out", run], capsys)
+    assert code == 0, err
+    return run
+
+
+@pytest.mark.parametrize("logdet, split", [("stepwise", "test"), ("stochastic", "train")])
+def test_rows_are_the_mse_and_j_of_the_flow_at_each_step_size(trained_run, logdet, split):
+    step_sizes = [0.02, 0.2]
+    rows = step_size_probe.probe(trained_run, None, step_sizes, examples=4, j_examples=3, draws=1,
+                                 logdet=logdet, j_split=split)
+    data, model, sampler, _ = build_objects(RunSpec.load(trained_run))
+    restore_checkpoint(trained_run / CHECKPOINT_FILE, "cpu", model, sampler)
+    model.eval()
+    assert model.observation_sigma != 0.3  # the checkpoint's sigma, not the model's default
+    x_j = (data.train if split == "train" else data.test).x[:3]
+    assert [row["step_size"] for row in rows] == step_sizes
+    for row, s in zip(rows, step_sizes):
+        flow = ShortRun(num_steps=3, step_size=s)
+        assert row["test_mse"] == pytest.approx(reconstruction_mse(model, flow, data.test.x[:4]), rel=1e-6)
+        with torch.no_grad():
+            expected = kl_objective(model, flow, x_j, estimator=LogDetEstimator(logdet),
+                                    generator=torch.Generator().manual_seed(0))
+        assert row["J_mean"] == pytest.approx(float(expected.objective.mean()), rel=1e-9)
+        assert row["min_eigenvalue"] == pytest.approx(expected.info.min_eigenvalue, rel=1e-9)
