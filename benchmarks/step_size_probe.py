@@ -75,14 +75,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--draws", type=int, default=1)
     parser.add_argument("--step-sizes", default=None, help="comma-separated step sizes instead of the range")
     parser.add_argument("--logdet", choices=LOGDET_METHODS, default="stepwise")
-    parser.add_argument("--j-split", choices=("test", "train"), default="test", help="the images J is estimated on")
+    parser.add_argument("--j-split", choices=("test", "train"), default="test",
+                        help="the images J is estimated on")
     args = parser.parse_args(argv)
     if args.step_sizes:
         grid = [float(s) for s in args.step_sizes.split(",")]
     else:
         ratio = (args.largest / args.smallest) ** (1 / (args.points - 1))
         grid = [args.smallest * ratio ** i for i in range(args.points)]
-    rows = probe(args.run, args.model, grid, args.examples, args.j_examples, args.draws, args.logdet, args.j_split)
+    rows = probe(args.run, args.model, grid, args.examples, args.j_examples, args.draws,
+                 logdet=args.logdet, j_split=args.j_split)
     best = {key: min((r for r in rows if math.isfinite(r[key])), key=lambda r: r[key])["step_size"]
             for key in ("test_mse", "J_mean", "J_median")}
     invertible = [r["step_size"] for r in rows if r["invertible"]]

@@ -20,8 +20,9 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import step_size_probe  # noqa: E402
 
-TINY = ["run", "--model", "ladder", "--sampler", "shortrun", "--tuner", "fixed", "--model-opt", "num_layers=2",
-        "--model-opt", "latent_dims=4,2", "--model-opt", "nf=8", "--sampler-opt", "num_steps=3",
+TINY = ["run", "--model", "ladder", "--sampler", "shortrun", "--tuner", "fixed",
+        "--model-opt", "num_layers=2", "--model-opt", "latent_dims=4,2", "--model-opt", "nf=8",
+        "--sampler-opt", "num_steps=3",
         "--data-opt", "num_train=32", "--data-opt", "num_test=8", "--data-opt", "image_size=16",
         "--batch-size", "8", "--iterations", "2", "--quiet"]
 
