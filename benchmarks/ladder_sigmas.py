@@ -6,9 +6,8 @@ For each run folder of a ``ladder`` model: the top-down pass of ``--draws`` seed
 and for each layer ``l = 1..L-1`` (bottom first) the median and the largest ``sigma_l`` over all
 units and draws and, with the code's head (``sigma_head="log-variance"``, ``sigma_l =
 exp(0.5 clamp(softplus(v) + 1e-8, 0, 10))``), the fraction that sits at the clamp ``e^5``, where
-the clamp passes no gradient back to the head. A sigma head running to its clamp is how the
-MNIST preset's generator collapses (benchmarks/RESULTS.md, "A long MNIST run with the papers'
-preset").
+the clamp passes no gradient back to the head. In the MNIST preset's collapsed runs most units of
+the lowest layers sit there (benchmarks/RESULTS.md, "A long MNIST run with the papers' preset").
 """
 
 from __future__ import annotations

@@ -63,6 +63,17 @@ def probe(run: Path, model_name: str | None, step_sizes: list[float], examples: 
     return rows
 
 
+def step_size_list(text: str) -> list[float]:
+    """``"0.01,0.02"`` -> ``[0.01, 0.02]``: positive, finite step sizes, or an argparse error."""
+    try:
+        values = [float(part) for part in text.split(",")]
+    except ValueError:
+        values = []
+    if not values or not all(math.isfinite(s) and s > 0 for s in values):
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive step sizes, got {text!r}")
+    return values
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run", type=Path)
@@ -73,13 +84,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--examples", type=int, default=256)
     parser.add_argument("--j-examples", type=int, default=16)
     parser.add_argument("--draws", type=int, default=1)
-    parser.add_argument("--step-sizes", default=None, help="comma-separated step sizes instead of the range")
+    parser.add_argument("--step-sizes", type=step_size_list, default=None,
+                        help="comma-separated step sizes instead of the range")
     parser.add_argument("--logdet", choices=LOGDET_METHODS, default="stepwise")
     parser.add_argument("--j-split", choices=("test", "train"), default="test",
                         help="the images J is estimated on")
     args = parser.parse_args(argv)
     if args.step_sizes:
-        grid = [float(s) for s in args.step_sizes.split(",")]
+        grid = args.step_sizes
     else:
         ratio = (args.largest / args.smallest) ** (1 / (args.points - 1))
         grid = [args.smallest * ratio ** i for i in range(args.points)]

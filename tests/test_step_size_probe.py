@@ -54,3 +54,14 @@ def test_rows_are_the_mse_and_j_of_the_flow_at_each_step_size(trained_run, logde
                                     generator=torch.Generator().manual_seed(0))
         assert row["J_mean"] == pytest.approx(float(expected.objective.mean()), rel=1e-9)
         assert row["min_eigenvalue"] == pytest.approx(expected.info.min_eigenvalue, rel=1e-9)
+
+
+@pytest.mark.parametrize("text", ["0.1,abc", "0.1,-0.2", "", "nan"])
+def test_bad_step_sizes_are_refused_by_the_parser(text):
+    with pytest.raises(SystemExit) as refused:
+        step_size_probe.main(["run", "--step-sizes", text])
+    assert refused.value.code == 2
+
+
+def test_step_sizes_are_parsed_in_order():
+    assert step_size_probe.step_size_list("0.05,0.01,0.2") == [0.05, 0.01, 0.2]
