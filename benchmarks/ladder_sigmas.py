@@ -47,8 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     for run in args.runs:
         _, model, sampler, _ = build_objects(RunSpec.load(run))
         if not isinstance(model, LadderModel):
-            print(f"error: {run} is not a ladder run (its model is {type(model).__name__})", file=sys.stderr)
-            return 2
+            raise UserError(f"{run} is not a ladder run (its model is {type(model).__name__})")
         state = restore_checkpoint(run / CHECKPOINT_FILE, "cpu", model, sampler)
         model.eval()
         rows = sigma_stats(model, args.draws, args.seed)
@@ -61,6 +60,6 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     try:
         sys.exit(main())
-    except UserError as error:  # a folder that is not a run, or a checkpoint that does not load
+    except UserError as error:  # not a (ladder) run folder, or a checkpoint that does not load
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)

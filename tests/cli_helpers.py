@@ -2,6 +2,12 @@
 
 from inferkit.cli import main
 
+# a two-layer ladder trained 2 iterations on tiny `shapes` data, for tools that read a run folder
+TINY_LADDER_RUN = ["run", "--model", "ladder", "--sampler", "shortrun", "--tuner", "fixed",
+                   "--model-opt", "num_layers=2", "--model-opt", "latent_dims=4,2", "--model-opt", "nf=8",
+                   "--sampler-opt", "num_steps=3", "--data-opt", "num_train=32", "--data-opt", "num_test=8",
+                   "--data-opt", "image_size=16", "--batch-size", "8", "--iterations", "2", "--quiet"]
+
 
 def run_cli(args, capsys):
     """``(exit code, stdout, stderr)`` of ``inferkit ARGS`` (paths and numbers are stringified)."""

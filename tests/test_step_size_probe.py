@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from cli_helpers import run_cli
+from cli_helpers import TINY_LADDER_RUN, run_cli
 
 from inferkit.eval.reconstruction import reconstruction_mse
 from inferkit.objective import LogDetEstimator, kl_objective
@@ -20,17 +20,11 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import step_size_probe  # noqa: E402
 
-TINY = ["run", "--model", "ladder", "--sampler", "shortrun", "--tuner", "fixed",
-        "--model-opt", "num_layers=2", "--model-opt", "latent_dims=4,2", "--model-opt", "nf=8",
-        "--sampler-opt", "num_steps=3",
-        "--data-opt", "num_train=32", "--data-opt", "num_test=8", "--data-opt", "image_size=16",
-        "--batch-size", "8", "--iterations", "2", "--quiet"]
-
 
 @pytest.fixture
 def trained_run(tmp_path, capsys):
     run = tmp_path / "run"
-    code, _, err = run_cli([*TINY, "--out", run], capsys)
+    code, _, err = run_cli([*TINY_LADDER_RUN, "--out", run], capsys)
     assert code == 0, err
     return run
 

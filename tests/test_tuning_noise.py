@@ -8,23 +8,18 @@ import sys
 from pathlib import Path
 
 import pytest
-from cli_helpers import run_cli
+from cli_helpers import TINY_LADDER_RUN, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import tuning_noise  # noqa: E402
 
-TINY = ["run", "--model", "ladder", "--sampler", "shortrun", "--tuner", "fixed", "--model-opt", "num_layers=2",
-        "--model-opt", "latent_dims=4,2", "--model-opt", "nf=8", "--sampler-opt", "num_steps=3",
-        "--data-opt", "num_train=32", "--data-opt", "num_test=8", "--data-opt", "image_size=16",
-        "--batch-size", "8", "--iterations", "2", "--quiet"]
-
 
 @pytest.mark.parametrize("tuner", tuning_noise.TUNERS)
 def test_choices_are_scored_by_the_test_mse_at_the_chosen_step_size(tuner, tmp_path, capsys):
     run = tmp_path / "run"
-    code, _, err = run_cli([*TINY, "--out", run], capsys)
+    code, _, err = run_cli([*TINY_LADDER_RUN, "--out", run], capsys)
     assert code == 0, err
     budget = {"max_iterations": 4} if tuner == "kl-grad" else {}
     result = tuning_noise.noise(run, None, [2, 4], repeats=3, examples=8, tuner_name=tuner, **budget)
