@@ -260,6 +260,18 @@ def parse_seeds(text: str | None, budget: Budget | None) -> list[int]:
     return seeds
 
 
+def parse_methods(text: str | None, allowed: tuple[str, ...], suite: str) -> tuple[str, ...] | None:
+    """``--methods`` as a tuple of names from ``allowed`` (``None``: the suite's own), or exit with one line."""
+    if text is None:
+        return None
+    methods = tuple(part.strip() for part in text.split(",") if part.strip())
+    unknown = [m for m in methods if m not in allowed]
+    if not methods or unknown:
+        raise SystemExit(f"error: --methods for --suite {suite} takes comma-separated names from "
+                         f"{', '.join(allowed)}; got {text!r}")
+    return methods
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", type=Path, default=None, help="folder with the MNIST IDX files "
@@ -273,6 +285,8 @@ def main(argv: list[str] | None = None) -> int:
                              "benchmarks/discrete.py, budgets smoke and cpu); pyro: short-run inference against "
                              "Pyro's SVI VAE on examples/pyro_mnist.py (benchmarks/pyro_suite.py, budgets smoke and "
                              "cpu); ladder-curve: the same learning curves on the ladder generator")
+    parser.add_argument("--methods", default=None, help="--suite pyro / ladder-curve: comma-separated methods "
+                        "[default: the suite's]")
     parser.add_argument("--seeds", default=None, help="comma-separated training seeds [default: the budget's]")
     parser.add_argument("--report", action="store_true", help="train nothing: write the tables from the cells "
                         "of --out evaluated so far")
@@ -281,6 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--inception-weights", type=Path, default=None, help="FID weights file (no download)")
     parser.add_argument("--out", type=Path, default=None, help="output folder [default: bench/<budget>]")
     args = parser.parse_args(argv)
+    seeds_given = args.seeds is not None
     args.seeds = parse_seeds(args.seeds, BUDGETS.get(args.budget))
     args.data_dir = mnist_folder(args.data_dir)
     if args.threads:
@@ -299,14 +314,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.suite in ("pyro", "ladder-curve"):
         from pyro_suite import BUDGETS as PYRO_BUDGETS
         from pyro_suite import markdown as pyro_markdown
-        from pyro_suite import run_pyro
+        from pyro_suite import allowed_methods, run_pyro
 
         if args.budget not in PYRO_BUDGETS:
             raise SystemExit(f"error: --suite {args.suite} has budgets {', '.join(PYRO_BUDGETS)}, not {args.budget!r}")
         model = "pyro" if args.suite == "pyro" else "ladder"
+        methods = parse_methods(args.methods, allowed_methods(model), args.suite)
         out = args.out or Path("bench") / f"{args.suite}-{args.budget}"
         stem = "results_pyro" if model == "pyro" else "results_ladder_curve"
-        return write_results(out, stem, run_pyro(args.data_dir, out, args.budget, model), pyro_markdown)
+        seeds = tuple(args.seeds) if seeds_given else None
+        return write_results(out, stem, run_pyro(args.data_dir, out, args.budget, model, methods, seeds),
+                             pyro_markdown)
     budget = BUDGETS[args.budget]
     out = args.out or Path("bench") / args.budget
     out.mkdir(parents=True, exist_ok=True)

@@ -16,6 +16,8 @@ same 8,000 / 2,000 MNIST split, each for every iteration count and seed of the b
   what the default's local walk on 16 images does to learning;
 - ``shortrun-batch32``: the whole grid on all 32 images of the training batch (``search=grid``,
   ``batch_size=32``);
+- ``shortrun-one-se``: the default walk, choosing among the step sizes whose J is within one standard
+  error (paired over the tuning images) of the smallest the one with the lowest energy (``tie_se=1``);
 - ``shortrun-fixed``: the same K steps at the authors' fixed step size s = 0.05 (their code's
   ``z_step_size``), never tuned: the control that separates what the decoder learns from where the
   tuner moves s;
@@ -54,21 +56,23 @@ import torch
 
 REPO = Path(__file__).resolve().parent.parent
 MODEL = "pyro:examples.pyro_mnist:model"
-METHODS = ("shortrun", "shortrun-full-grid", "shortrun-batch32", "shortrun-fixed", "vae", "pyro-svi",
-           "vae-constant-lr")
+METHODS = ("shortrun", "shortrun-full-grid", "shortrun-batch32", "shortrun-one-se", "shortrun-fixed", "vae",
+           "pyro-svi", "vae-constant-lr")
 TUNERS = {"shortrun": {}, "shortrun-full-grid": {"search": "grid", "batch_size": 4},
-          "shortrun-batch32": {"search": "grid", "batch_size": 32}}
+          "shortrun-batch32": {"search": "grid", "batch_size": 32}, "shortrun-one-se": {"tie_se": 1.0}}
 """``kl-grid``'s options per short-run method (the others keep their sampler's step size)."""
-SAMPLERS = {"shortrun-full-grid": "shortrun", "shortrun-batch32": "shortrun", "shortrun-fixed": "shortrun",
-            "vae-constant-lr": "vae"}
+SAMPLERS = {"shortrun-full-grid": "shortrun", "shortrun-batch32": "shortrun", "shortrun-one-se": "shortrun",
+            "shortrun-fixed": "shortrun", "vae-constant-lr": "vae"}
 """The sampler of each method whose name is not a sampler's."""
 COMPARED = (("shortrun", "shortrun-full-grid"), ("shortrun-batch32", "shortrun-full-grid"),
-            ("shortrun", "shortrun-fixed"), ("shortrun", "pyro-svi"), ("shortrun", "vae"), ("vae", "pyro-svi"),
-            ("vae-constant-lr", "vae"), ("vae-constant-lr", "pyro-svi"))
+            ("shortrun-one-se", "shortrun"), ("shortrun", "shortrun-fixed"), ("shortrun", "pyro-svi"),
+            ("shortrun", "vae"), ("vae", "pyro-svi"), ("vae-constant-lr", "vae"), ("vae-constant-lr", "pyro-svi"),
+            ("shortrun-one-se", "pyro-svi"), ("shortrun-one-se", "vae"))
 """The pairs ``(m, o)`` the claims table tests as "m below o" at every iteration count."""
 MODELS = {"pyro": (MODEL, METHODS), "ladder": ("ladder", ("shortrun", "vae"))}
-"""``--model`` of the suite: the model plugin and the methods run on it. ``ladder`` is the ladder
-plugin with its defaults (L=3, latents 16+8+4, nf=12), the generator of the headline command."""
+"""``--model`` of the suite: the model plugin and the methods run on it by default. ``ladder`` is the
+ladder plugin with its defaults (L=3, latents 16+8+4, nf=12), the generator of the headline command,
+and can run every method but ``pyro-svi`` (``--methods``)."""
 BUDGETS = {
     "smoke": {"iterations": (4, 8), "seeds": (0,), "reference_steps": 10},
     "cpu": {"iterations": (300, 1200, 4800), "seeds": (0, 1, 2), "reference_steps": 200},
@@ -217,12 +221,23 @@ def paired(a: list[float], b: list[float]) -> tuple[float, float]:
     return _mean_se([u - v for u, v in zip(a, b)])
 
 
-def run_pyro(data_dir: Path, out: Path, budget: str, model: str = "pyro") -> dict[str, Any]:
-    settings = BUDGETS[budget]
+def allowed_methods(model: str) -> tuple[str, ...]:
+    """The methods ``--methods`` may name on ``model``."""
+    return METHODS if model == "pyro" else tuple(m for m in METHODS if m != "pyro-svi")
+
+
+def run_pyro(data_dir: Path, out: Path, budget: str, model: str = "pyro", methods: tuple[str, ...] | None = None,
+             seeds: tuple[int, ...] | None = None) -> dict[str, Any]:
+    """Every run of ``budget`` (its seeds, or ``seeds``) for ``methods`` (default the model's), reusing the
+    runs under ``out/runs`` that have a ``result.json``."""
+    settings = dict(BUDGETS[budget])
+    if seeds is not None:
+        settings["seeds"] = tuple(seeds)
+    methods = tuple(methods or MODELS[model][1])
     runs = []
     for seed in settings["seeds"]:
         for iterations in settings["iterations"]:
-            for method in MODELS[model][1]:
+            for method in methods:
                 run_dir = out / "runs" / f"{method}-{iterations}-seed{seed}"
                 done = run_dir / "result.json"
                 result = json.loads(done.read_text()) if done.is_file() else one_run(
@@ -231,12 +246,12 @@ def run_pyro(data_dir: Path, out: Path, budget: str, model: str = "pyro") -> dic
                 print(f"  {method} {iterations} seed {seed}: MSE own {mean_own:.4f}, "
                       f"{result['seconds_per_iteration']:.4f} s/iteration", flush=True)
                 runs.append(result)
-    return {"budget": budget, "model": model, "settings": settings, "runs": runs,
+    return {"budget": budget, "model": model, "methods": methods, "settings": settings, "runs": runs,
             "machine": f"CPU, {torch.get_num_threads()} torch threads in this process, 1 per run"}
 
 
 def _methods(results: dict[str, Any]) -> tuple[str, ...]:
-    return MODELS[results.get("model", "pyro")][1]
+    return tuple(results.get("methods") or MODELS[results.get("model", "pyro")][1])
 
 
 def _table(results: dict[str, Any]) -> list[str]:

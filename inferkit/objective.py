@@ -77,12 +77,15 @@ class ObjectiveInfo:
     ``stochastic`` reports the smallest Lanczos Ritz value; a sampler with its own
     ``step_log_det``, such as momentum, reports its own signed margin);
     ``invertible`` is False when some step map has a non-positive (or non-finite) eigenvalue, i.e.
-    F is not a diffeomorphism there and ``J`` is not a KL.
+    F is not a diffeomorphism there and ``J`` is not a KL. ``log_det`` and ``energy``, the
+    reconstruction part of J, ``E[-log p(x, F(z_0))]``, are per example (float64 ``[batch]``, mean
+    over the draws; ``energy`` without a graph).
     """
 
     invertible: bool
     min_eigenvalue: float
     log_det: Tensor
+    energy: Tensor
 
 
 @dataclass(frozen=True)
@@ -420,5 +423,6 @@ def kl_objective(model: Model, sampler: Sampler, x: Tensor, *, mask: Tensor | No
     if math.isinf(smallest):  # exact without the per-step check: only the sign of det is known
         smallest = math.nan
     info = ObjectiveInfo(invertible=invertible, min_eigenvalue=smallest,
-                         log_det=log_det.view(batch, num_samples).mean(1))
+                         log_det=log_det.view(batch, num_samples).mean(1),
+                         energy=energy.detach().view(batch, num_samples).mean(1))
     return KLObjective(objective=per_draw.view(batch, num_samples).mean(1), info=info)

@@ -11,6 +11,7 @@ processes with the ``reduce`` they are given (:func:`mean_over_processes`).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -84,6 +85,20 @@ def mean_over_processes(objective: Tensor, invertible: bool, reduce: Reduce | No
     packed = torch.cat([objective.detach().to(torch.float64).reshape(1), flags])
     total, singular, processes = reduce(packed).tolist()
     return total / processes, singular == 0
+
+
+def paired_mean_over_processes(difference: Tensor, reduce: Reduce | None) -> tuple[float, float]:
+    """Mean and standard error of per-example differences ``d`` pooled over every process's examples:
+    ``mean = sum d / n``, ``se = sqrt((sum d^2 - n mean^2) / (n - 1) / n)`` (``nan`` for ``n < 2``), from one
+    call of ``reduce`` on this process's ``(n, sum d, sum d^2)``; the same on every process."""
+    d = difference.detach().to(torch.float64).reshape(-1)
+    packed = torch.stack([torch.tensor(float(d.numel()), dtype=torch.float64, device=d.device), d.sum(),
+                          (d * d).sum()])
+    n, total, squares = (packed if reduce is None else reduce(packed)).tolist()
+    mean = total / n
+    if n < 2:
+        return mean, math.nan
+    return mean, math.sqrt(max(squares - n * mean * mean, 0.0) / (n - 1) / n)
 
 
 def count_processes(reduce: Reduce | None, device: torch.device) -> int:

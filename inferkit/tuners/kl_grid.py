@@ -74,10 +74,13 @@ from torch import Tensor
 
 from inferkit.errors import UserError
 from inferkit.interfaces import Model, Reduce, Sampler, Tuner, TuneResult, require_real_latents
-from inferkit.tuners.kl_common import KLObjectiveOptions, mean_over_processes, require_step_size
+from inferkit.tuners.kl_common import (KLObjectiveOptions, mean_over_processes, paired_mean_over_processes,
+                                       require_step_size)
 
 PAPER_GRID = tuple(round(0.01 * i, 2) for i in range(1, 16))  # 0.01, 0.02, ..., 0.15
 SEARCHES = ("grid", "local")
+PER_EXAMPLE = "_J_per_example"
+"""The key of a point's per-example J while the search runs (dropped from the history it returns)."""
 
 
 class KLGrid(Tuner):
@@ -108,13 +111,17 @@ class KLGrid(Tuner):
         search: ``local`` (default): from the grid point nearest the sampler's step size, downhill to a
             local minimum (module docstring); without a finite J there, the whole grid; ``grid``: J at
             every grid point.
+        tie_se: ``0`` (default): the argmin of J. ``c > 0``: among the evaluated usable points whose J
+            is above the smallest by at most ``c`` standard errors of the paired per-image difference
+            (points J cannot tell apart on this batch), the one with the lowest energy
+            ``E_q[-log p(x, z_K)]`` (module docstring, "Ties").
     """
 
     def __init__(self, grid: tuple[float, ...] = PAPER_GRID, num_samples: int = 1, batch_size: int = 16,
                  logdet: str = "stepwise", seed: int = 0, require_invertible: bool = False,
                  extend_factor: float | None = None, max_extensions: int = 8, shrink: float = 0.25,
                  max_shrinks: int = 4, stop_at_singular: bool | None = None, num_probes: int = 4,
-                 lanczos_steps: int = 4, search: str = "local"):
+                 lanczos_steps: int = 4, search: str = "local", tie_se: float = 0.0):
         grid = tuple(sorted(float(s) for s in grid))
         if not grid or not all(math.isfinite(s) and s > 0 for s in grid):
             raise UserError(f"kl-grid: grid must be positive, finite step sizes, got {grid}")
@@ -135,7 +142,10 @@ class KLGrid(Tuner):
                             "the argmin of J)")
         if search not in SEARCHES:
             raise UserError(f"kl-grid: search must be one of {', '.join(SEARCHES)}, got {search!r}")
+        if not (math.isfinite(tie_se) and tie_se >= 0):
+            raise UserError(f"kl-grid: tie_se must be a finite number >= 0, got {tie_se}")
         self.search = search
+        self.tie_se = float(tie_se)
         self.require_invertible = bool(require_invertible)
         self.stop_at_singular = bool(stop_at_singular)
         self.extend_factor = extend_factor
@@ -184,19 +194,40 @@ class KLGrid(Tuner):
                             "with --tuner-opt grid=... or a larger max_shrinks")
         if not self.require_invertible:
             history += self._extend(model, sampler, step_size, x, mask, history, reduce)
-        best = min((h for h in history if self.usable(h)), key=lambda h: h["J"])
+        usable = [h for h in history if self.usable(h)]
+        best = min(usable, key=lambda h: h["J"])
+        if self.tie_se > 0:
+            best = self._break_tie(best, usable, reduce)
+        history = [{k: v for k, v in h.items() if k != PER_EXAMPLE} for h in history]
         return TuneResult(hyperparameters={"step_size": torch.full_like(step_size, best["step_size"])},
                           objective=best["J"], history=history, per=sampler.per)
 
     def _evaluate(self, model: Model, sampler: Sampler, step_size: Tensor, x: Tensor, mask: Tensor | None,
                   s: float, reduce: Reduce | None) -> dict:
-        """J at ``s`` (the sampler's ``step_size`` filled with ``s``), averaged over processes, and the
-        invertibility of the flow there."""
+        """J and its energy part at ``s`` (the sampler's ``step_size`` filled with ``s``), averaged over
+        processes, and the invertibility of the flow there; this process's per-example values of both
+        under :data:`PER_EXAMPLE`, for :meth:`_break_tie`."""
         result = self.objective.evaluate(model, sampler, x, mask, {"step_size": torch.full_like(step_size, s)},
                                          differentiable=False)
         value, invertible = mean_over_processes(result.objective.mean(), result.info.invertible, reduce)
-        return {"step_size": s, "J": value, "invertible": invertible,
-                "min_eigenvalue": result.info.min_eigenvalue, "evaluated": True}
+        energy, _ = mean_over_processes(result.info.energy.mean(), True, reduce)
+        return {"step_size": s, "J": value, "energy": energy, "invertible": invertible,
+                "min_eigenvalue": result.info.min_eigenvalue, "evaluated": True,
+                PER_EXAMPLE: result.objective.detach()}
+
+    def _break_tie(self, best: dict, usable: list[dict], reduce: Reduce | None) -> dict:
+        """The lowest-energy point among ``usable`` whose J is within ``tie_se`` standard errors of
+        ``best``'s: ``mean_i d_i <= tie_se * sd(d) / sqrt(n)`` with ``d_i = J_i(s) - J_i(s*)`` over the
+        ``n`` tuning images of all processes (the same ``z_0`` at every s, so the difference is paired)."""
+        tied = [best]
+        for point in usable:
+            if point is best or PER_EXAMPLE not in point:
+                continue
+            difference = (point[PER_EXAMPLE] - best[PER_EXAMPLE]).to(torch.float64)
+            mean, standard_error = paired_mean_over_processes(difference, reduce)
+            if mean <= self.tie_se * standard_error:
+                tied.append(point)
+        return min(tied, key=lambda h: (h["energy"], h["J"]))
 
     def _search(self, model: Model, sampler: Sampler, step_size: Tensor, x: Tensor, mask: Tensor | None,
                 round_: int, reduce: Reduce | None) -> list[dict]:
