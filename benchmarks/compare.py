@@ -272,6 +272,19 @@ def parse_methods(text: str | None, allowed: tuple[str, ...], suite: str) -> tup
     return methods
 
 
+def parse_iterations(text: str | None) -> tuple[int, ...] | None:
+    """``--iterations`` as increasing positive integers (``None``: the budget's), or exit with one line."""
+    if text is None:
+        return None
+    try:
+        counts = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        counts = ()
+    if not counts or any(c < 1 for c in counts) or list(counts) != sorted(set(counts)):
+        raise SystemExit(f"error: --iterations takes increasing positive integers, e.g. 300,1200; got {text!r}")
+    return counts
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", type=Path, default=None, help="folder with the MNIST IDX files "
@@ -287,6 +300,8 @@ def main(argv: list[str] | None = None) -> int:
                              "cpu); ladder-curve: the same learning curves on the ladder generator")
     parser.add_argument("--methods", default=None, help="--suite pyro / ladder-curve: comma-separated methods "
                         "[default: the suite's]")
+    parser.add_argument("--iterations", default=None, help="--suite pyro / ladder-curve: comma-separated "
+                        "iteration counts [default: the budget's]")
     parser.add_argument("--seeds", default=None, help="comma-separated training seeds [default: the budget's]")
     parser.add_argument("--report", action="store_true", help="train nothing: write the tables from the cells "
                         "of --out evaluated so far")
@@ -323,7 +338,8 @@ def main(argv: list[str] | None = None) -> int:
         out = args.out or Path("bench") / f"{args.suite}-{args.budget}"
         stem = "results_pyro" if model == "pyro" else "results_ladder_curve"
         seeds = tuple(args.seeds) if seeds_given else None
-        return write_results(out, stem, run_pyro(args.data_dir, out, args.budget, model, methods, seeds),
+        iterations = parse_iterations(args.iterations)
+        return write_results(out, stem, run_pyro(args.data_dir, out, args.budget, model, methods, seeds, iterations),
                              pyro_markdown)
     budget = BUDGETS[args.budget]
     out = args.out or Path("bench") / args.budget

@@ -227,12 +227,14 @@ def allowed_methods(model: str) -> tuple[str, ...]:
 
 
 def run_pyro(data_dir: Path, out: Path, budget: str, model: str = "pyro", methods: tuple[str, ...] | None = None,
-             seeds: tuple[int, ...] | None = None) -> dict[str, Any]:
-    """Every run of ``budget`` (its seeds, or ``seeds``) for ``methods`` (default the model's), reusing the
-    runs under ``out/runs`` that have a ``result.json``."""
+             seeds: tuple[int, ...] | None = None, iterations: tuple[int, ...] | None = None) -> dict[str, Any]:
+    """Every run of ``budget`` (its seeds and iteration counts, or ``seeds`` and ``iterations``) for
+    ``methods`` (default the model's), reusing the runs under ``out/runs`` that have a ``result.json``."""
     settings = dict(BUDGETS[budget])
     if seeds is not None:
         settings["seeds"] = tuple(seeds)
+    if iterations is not None:
+        settings["iterations"] = tuple(iterations)
     methods = tuple(methods or MODELS[model][1])
     runs = []
     for seed in settings["seeds"]:

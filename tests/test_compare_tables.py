@@ -130,6 +130,39 @@ def test_seeds_option():
             compare.parse_seeds(bad, None)
 
 
+def test_methods_option():
+    import pyro_suite
+
+    assert compare.parse_methods(None, pyro_suite.METHODS, "pyro") is None
+    assert compare.parse_methods("shortrun-one-se, vae", pyro_suite.METHODS, "pyro") == ("shortrun-one-se", "vae")
+    assert "pyro-svi" not in pyro_suite.allowed_methods("ladder")
+    for bad in ("", ",", "shortrun,hmc"):
+        with pytest.raises(SystemExit, match="error: --methods for --suite pyro"):
+            compare.parse_methods(bad, pyro_suite.METHODS, "pyro")
+    with pytest.raises(SystemExit, match="error: --methods for --suite ladder-curve"):
+        compare.parse_methods("pyro-svi", pyro_suite.allowed_methods("ladder"), "ladder-curve")
+
+
+def test_iterations_option():
+    assert compare.parse_iterations(None) is None
+    assert compare.parse_iterations("300, 1200") == (300, 1200)
+    for bad in ("", "a", "0,5", "1200,300", "300,300"):
+        with pytest.raises(SystemExit, match="error: --iterations takes increasing positive integers"):
+            compare.parse_iterations(bad)
+
+
+def test_a_methods_subset_names_only_its_methods_and_their_pairs():
+    import pyro_suite
+
+    runs = [{"method": m, "iterations": t, "seed": 0, "seconds_per_iteration": 0.1, "own": [0.2, 0.1 * t / 8],
+             "reference": [0.1, 0.05]} for m in ("shortrun-one-se", "shortrun") for t in (4, 8)]
+    results = {"budget": "smoke", "model": "pyro", "methods": ("shortrun-one-se", "shortrun"),
+               "settings": pyro_suite.BUDGETS["smoke"], "runs": runs, "machine": "CPU"}
+    text = pyro_suite.markdown(results)
+    assert "vae" not in text and "pyro-svi" not in text
+    assert "| shortrun-one-se below shortrun at T=8 | own | +0.0000 ± 0.0000 (inconclusive) |" in text
+
+
 def test_claims_without_the_ablations():
     tables = {"samplers": ts.table_cells(["shortrun", "vae"], 3, 20, FLOW)["samplers"]}
     assert [c.text for c in ts.claims(tables, None)] == ["shortrun below vae (equal iterations)"] * 2

@@ -17,7 +17,8 @@ from inferkit import Inference, Model, Sampler, TuneResult, UserError
 from inferkit.samplers import Langevin, ShortRun
 from inferkit.tuners import Fixed, KLGrid
 from inferkit.tuners.kl_grad import KLGrad
-from inferkit.tuners.kl_grid import PAPER_GRID
+from inferkit.tuners.kl_common import paired_mean_over_processes
+from inferkit.tuners.kl_grid import PAPER_GRID, PER_EXAMPLE
 
 F64 = torch.float64
 WholeGrid = functools.partial(KLGrid, search="grid")
@@ -574,3 +575,81 @@ def test_a_local_walk_extends_only_at_the_grids_own_ends(tiny_linear_gaussian, n
 def test_unknown_search_is_one_user_error():
     with pytest.raises(UserError, match="search must be one of grid, local"):
         KLGrid(search="golden")
+
+
+class ScriptedPerImageJ(KLGrid):
+    """``kl-grid`` whose per-image J and mean energy at each grid point are given, to test the tie rule."""
+
+    def __init__(self, table: dict[float, tuple[list[float], float]], **options):
+        super().__init__(grid=tuple(table), max_extensions=0, **options)
+        self.table = table
+
+    def _evaluate(self, model, sampler, step_size, x, mask, s, reduce):
+        per_image, energy = self.table[s]
+        values = torch.tensor(per_image, dtype=F64)
+        return {"step_size": s, "J": float(values.mean()), "energy": energy, "invertible": True,
+                "min_eigenvalue": 1.0, "evaluated": True, PER_EXAMPLE: values}
+
+
+TIE_TABLE = {0.03: ([13.0, 15.0, 17.0, 19.0], 25.0),
+             0.04: ([10.0, 12.0, 14.0, 16.0], 20.0),   # the argmin of J (mean 13.0)
+             0.05: ([11.2, 11.0, 15.2, 15.0], 18.0),   # mean difference +0.1, s.e. 0.635: a tie
+             0.06: ([10.5, 12.5, 14.5, 16.5], 15.0)}   # +0.5 on every image (s.e. 0): no tie, however low
+
+
+@pytest.mark.parametrize("search", ["grid", "local"])
+def test_tie_se_chooses_the_lowest_energy_point_that_j_cannot_tell_from_its_argmin(
+        search, tiny_linear_gaussian, noisy_data):
+    model = tiny_linear_gaussian(data_dim=6)
+    x = noisy_data(model, 4)
+
+    def choose(tie_se):
+        result = ScriptedPerImageJ(TIE_TABLE, search=search, tie_se=tie_se).tune(
+            model, ShortRun(num_steps=4, step_size=0.04), x)
+        assert all(PER_EXAMPLE not in h and "energy" in h for h in result.history)
+        return result.hyperparameters["step_size"].item(), result.objective
+
+    assert choose(0.0) == pytest.approx((0.04, 13.0))  # the default: the argmin of J
+    assert choose(1.0) == pytest.approx((0.05, 13.1))
+    assert choose(0.1) == pytest.approx((0.04, 13.0))  # +0.1 > 0.1 x 0.635: no longer a tie
+    assert choose(1e6) == pytest.approx((0.05, 13.1))  # 0.06's difference has no spread: never a tie
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.floats(-100, 100), min_size=2, max_size=12), st.integers(1, 11))
+def test_the_paired_standard_error_pools_every_processs_images(values, cut):
+    """Two processes holding the two halves of the images give the mean and standard error of all of them."""
+    cut = min(cut, len(values) - 1)
+    first, second = torch.tensor(values[:cut], dtype=F64), torch.tensor(values[cut:], dtype=F64)
+    alone = paired_mean_over_processes(torch.tensor(values, dtype=F64), None)
+    other = torch.stack([torch.tensor(float(second.numel()), dtype=F64), second.sum(), (second * second).sum()])
+    pooled = paired_mean_over_processes(first, lambda packed: packed + other)
+    reference = torch.tensor(values, dtype=F64)
+    assert alone[0] == pytest.approx(float(reference.mean()), abs=1e-9)
+    assert alone[1] == pytest.approx(float(reference.std() / math.sqrt(len(values))), rel=1e-6, abs=1e-6)
+    assert pooled == pytest.approx(alone, rel=1e-6, abs=1e-6)
+    assert math.isnan(paired_mean_over_processes(torch.tensor([1.0], dtype=F64), None)[1])
+
+
+def test_tie_se_is_validated_and_read_by_name():
+    assert inferkit.load_tuner("kl-grid", tie_se="1.5").tie_se == 1.5 and KLGrid().tie_se == 0.0
+    for bad in (-1.0, math.inf, math.nan):
+        with pytest.raises(UserError, match="tie_se must be a finite number >= 0"):
+            KLGrid(tie_se=bad)
+
+
+def test_kl_grid_records_the_energy_part_of_j(tiny_linear_gaussian, noisy_data):
+    """Each point's ``energy`` is J without its entropy term: the mode-seeking objective at that s."""
+    from inferkit import kl_objective
+
+    model = tiny_linear_gaussian(data_dim=6)
+    x = noisy_data(model, 4)
+    sampler = ShortRun(num_steps=3, step_size=0.05)
+    result = WholeGrid(grid=(0.02, 0.05), batch_size=4, max_extensions=0).tune(model, sampler, x)
+    for point in result.history:
+        at_s = {"step_size": torch.tensor(point["step_size"], dtype=F64)}
+        with torch.no_grad():
+            mode_seeking = kl_objective(model, sampler, x, hyperparameters=at_s,
+                                        generator=torch.Generator().manual_seed(0), entropy=False)
+        assert point["energy"] == pytest.approx(float(mode_seeking.objective.mean()), rel=1e-12)
+        assert point["energy"] == pytest.approx(float(mode_seeking.info.energy.mean()), rel=1e-12)

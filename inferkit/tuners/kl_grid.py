@@ -63,6 +63,15 @@ lowest at 0.05, the test MSE at 0.07, and there the walk, which found 0.05, reco
 the whole grid on 4 images). ``search="grid"`` evaluates every grid point, as the papers' grid
 search does (Figure 6); where J has one minimum on the grid both searches choose the same point,
 and where it has several the walk stays with the one nearest the current s.
+
+Ties (``tie_se``). Where J is flat, the step sizes the tuning batch cannot tell apart are ties, and
+the argmin among them follows the batch. With ``tie_se=c > 0`` a point ``s`` is a tie with the argmin
+``s*`` when the paired per-image difference ``d_i = J_i(s) - J_i(s*)`` (the same ``z_0`` at both) has
+``mean(d) <= c * sd(d) / sqrt(n)`` over the ``n`` tuning images, the one-standard-error rule of model
+selection; among the ties (the evaluated points: with ``search="local"`` the argmin's neighbours at
+least) the one with the lowest energy ``E_q[-log p(x, z_K)]``, J's reconstruction part, is chosen.
+J itself is unchanged, and so is the choice wherever J's minimum is sharp on the batch; ``c = 0``
+(the default) is the argmin. Every point's ``energy`` is recorded in the history.
 """
 
 from __future__ import annotations
