@@ -28,6 +28,7 @@ def test_each_short_run_method_tunes_as_its_name_says(method, mnist_dir, tmp_pat
     else:
         assert options["search"] == "local" and options["batch_size"] == 16
         assert options["tie_se"] == (1.0 if method == "shortrun-one-se" else 0.0)
+        assert options["tie_se"] == (1.0 if method == "shortrun-one-se" else 0.0)
         assert len(evaluated) < len(options["grid"])  # a walk, not the whole grid
     assert result["method"] == method and result["step_size"] == tuning["hyperparameters"]["step_size"]
     assert len(result["own"]) == len(result["reference"]) == 2000

@@ -21,8 +21,9 @@ from inferkit.tuners.kl_common import paired_mean_over_processes
 from inferkit.tuners.kl_grid import PAPER_GRID, PER_EXAMPLE
 
 F64 = torch.float64
-WholeGrid = functools.partial(KLGrid, search="grid")
-"""``kl-grid`` evaluating every grid point (the tests below reason about the whole grid)."""
+WholeGrid = functools.partial(KLGrid, search="grid", tie_se=0.0)
+"""``kl-grid`` evaluating every grid point and choosing J's argmin (the tests below reason about the
+whole grid and its argmin; the tie rule has tests of its own)."""
 
 
 def lambda_max(model) -> float:
@@ -545,7 +546,7 @@ class ScriptedJ(KLGrid):
     """``kl-grid`` whose J at each grid point is given (a table), to test the search's logic alone."""
 
     def __init__(self, table: dict[float, float], off_grid: float = 0.0, **options):
-        super().__init__(grid=tuple(table), **options)
+        super().__init__(grid=tuple(table), tie_se=0.0, **options)  # J's argmin: no per-image values here
         self.table, self.off_grid = table, off_grid
 
     def _evaluate(self, model, sampler, step_size, x, mask, s, reduce):
