@@ -339,8 +339,8 @@ def main(argv: list[str] | None = None) -> int:
         stem = "results_pyro" if model == "pyro" else "results_ladder_curve"
         seeds = tuple(args.seeds) if seeds_given else None
         iterations = parse_iterations(args.iterations)
-        return write_results(out, stem, run_pyro(args.data_dir, out, args.budget, model, methods, seeds, iterations),
-                             pyro_markdown)
+        results = run_pyro(args.data_dir, out, args.budget, model, methods, seeds, iterations, report=args.report)
+        return write_results(out, stem, results, pyro_markdown)
     budget = BUDGETS[args.budget]
     out = args.out or Path("bench") / args.budget
     out.mkdir(parents=True, exist_ok=True)

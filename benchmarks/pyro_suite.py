@@ -227,9 +227,11 @@ def allowed_methods(model: str) -> tuple[str, ...]:
 
 
 def run_pyro(data_dir: Path, out: Path, budget: str, model: str = "pyro", methods: tuple[str, ...] | None = None,
-             seeds: tuple[int, ...] | None = None, iterations: tuple[int, ...] | None = None) -> dict[str, Any]:
+             seeds: tuple[int, ...] | None = None, iterations: tuple[int, ...] | None = None,
+             report: bool = False) -> dict[str, Any]:
     """Every run of ``budget`` (its seeds and iteration counts, or ``seeds`` and ``iterations``) for
-    ``methods`` (default the model's), reusing the runs under ``out/runs`` that have a ``result.json``."""
+    ``methods`` (default the model's), reusing the runs under ``out/runs`` that have a ``result.json``;
+    with ``report``, only those (the missing ones are ``-`` in the tables)."""
     settings = dict(BUDGETS[budget])
     if seeds is not None:
         settings["seeds"] = tuple(seeds)
@@ -242,6 +244,8 @@ def run_pyro(data_dir: Path, out: Path, budget: str, model: str = "pyro", method
             for method in methods:
                 run_dir = out / "runs" / f"{method}-{iterations}-seed{seed}"
                 done = run_dir / "result.json"
+                if report and not done.is_file():
+                    continue
                 result = json.loads(done.read_text()) if done.is_file() else one_run(
                     method, iterations, seed, data_dir, run_dir, settings["reference_steps"], model)
                 mean_own = sum(result["own"]) / len(result["own"])

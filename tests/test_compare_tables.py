@@ -151,6 +151,21 @@ def test_iterations_option():
             compare.parse_iterations(bad)
 
 
+def test_a_learning_curve_report_trains_nothing_and_shows_the_missing_runs_as_dashes(tmp_path):
+    import pyro_suite
+
+    done = tmp_path / "runs" / "vae-8-seed0"
+    done.mkdir(parents=True)
+    (done / "result.json").write_text(json.dumps({"model": "pyro", "method": "vae", "iterations": 8, "seed": 0,
+                                                 "seconds_per_iteration": 0.1, "own": [0.2, 0.4],
+                                                 "reference": [0.1, 0.3]}))
+    results = pyro_suite.run_pyro(tmp_path / "no-data", tmp_path, "smoke", methods=("vae", "pyro-svi"), report=True)
+    assert [(r["method"], r["iterations"]) for r in results["runs"]] == [("vae", 8)]
+    text = pyro_suite.markdown(results)
+    assert "| vae | own | - | 0.3000 ± nan (1) |" in text and "| pyro-svi | own | - | - |" in text
+    assert not (tmp_path / "runs" / "pyro-svi-8-seed0").exists()
+
+
 def test_a_methods_subset_names_only_its_methods_and_their_pairs():
     import pyro_suite
 
