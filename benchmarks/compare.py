@@ -38,9 +38,19 @@ from inferkit.runs import PluginSpec, RunSpec, TrainConfig, build_objects, resol
 from inferkit.trainer import train
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from tables_suite import (Cell, CellRunner, cell_dict, cell_from_dict, claims,  # noqa: E402
-                          equal_time_iterations, means_table, paired_table, sampler_pairs, table_cells,
-                          with_iterations)
+from tables_suite import (
+    Cell,
+    CellRunner,
+    cell_dict,
+    cell_from_dict,
+    claims,
+    equal_time_iterations,
+    means_table,
+    paired_table,
+    sampler_pairs,
+    table_cells,
+    with_iterations,
+)
 
 SAMPLERS = ("shortrun", "vae", "lvae", "langevin", "abp")  # the papers' comparison first
 FLOW_SAMPLERS = ("shortrun", "langevin")  # tuned by kl-grid; the others keep their own settings
@@ -208,14 +218,14 @@ def markdown(results: dict[str, Any]) -> str:
         lines += [f"## {titles[key]}", "", "Mean over seeds ± s.e. over seeds (seeds).", "",
                   *means_table(records, rows, seeds, _cell_label), ""]
     lines += ["## Paired per-image differences against shortrun", "",
-              "Per seed: mean of (row's run - shortrun) over the same test images ± s.e. (images); * significant "
-              "(paired t-test p < 0.05 and |mean| > 2 s.e.). MSE: negative is better than shortrun; log p(x): "
-              "positive is.", "", *paired_table(out, sampler_pairs(tables, equal_time), seeds, with_verdict=False), ""]
+              ("Per seed: mean of (row's run - shortrun) over the same test images ± s.e. (images); * significant "
+               "(paired t-test p < 0.05 and |mean| > 2 s.e.). MSE: negative is better than shortrun; log p(x): "
+               "positive is."), "", *paired_table(out, sampler_pairs(tables, equal_time), seeds, with_verdict=False), ""]
     pairs = [(c.text, c.better, c.worse, c.measure) for c in claims(tables, equal_time)]
     lines += ["## The papers' orderings", "",
-              "Per seed: mean of (papers' better - papers' worse) ± s.e. (images); reproduced: significant in the "
-              "papers' direction on every seed (at least three); contradicted: significant against it on every "
-              "seed; otherwise inconclusive.", "", *paired_table(out, pairs, seeds, with_verdict=True)]
+              ("Per seed: mean of (papers' better - papers' worse) ± s.e. (images); reproduced: significant in "
+               "the papers' direction on every seed (at least three); contradicted: significant against it on "
+               "every seed; otherwise inconclusive."), "", *paired_table(out, pairs, seeds, with_verdict=True)]
     return "\n".join(lines) + "\n"
 
 
@@ -328,8 +338,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.suite in ("pyro", "ladder-curve"):
         from pyro_suite import BUDGETS as PYRO_BUDGETS
-        from pyro_suite import markdown as pyro_markdown
         from pyro_suite import allowed_methods, run_pyro
+        from pyro_suite import markdown as pyro_markdown
 
         if args.budget not in PYRO_BUDGETS:
             raise SystemExit(f"error: --suite {args.suite} has budgets {', '.join(PYRO_BUDGETS)}, not {args.budget!r}")

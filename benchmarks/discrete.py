@@ -34,7 +34,7 @@ from inferkit.runs import PluginSpec, RunSpec, TrainConfig, build_objects, write
 from inferkit.trainer import train
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script or imported by compare.py
-from compare import mnist_folder, parse_seeds  # noqa: E402
+from compare import mnist_folder, parse_seeds
 
 SAMPLERS = ("vimco", "rws")
 
@@ -173,8 +173,8 @@ def paired_rows(results: dict[str, Any]) -> list[str]:
 
 def markdown(results: dict[str, Any]) -> str:
     """The results table (negative log-likelihoods in nats, lower is better) and the paired differences."""
-    lines = [f"# rbm-prior on statically binarised MNIST ({results.get('data_source', '?')}), budget "
-             f"`{results['budget_name']}`, seeds {', '.join(map(str, results['seeds']))}", "",
+    lines = [(f"# rbm-prior on statically binarised MNIST ({results.get('data_source', '?')}), budget "
+              f"`{results['budget_name']}`, seeds {', '.join(map(str, results['seeds']))}"), "",
              ("| run | iterations | train s | log Z (AIS) | test NLL, AIS (eq. 6) | NLL, AIS on RAISE's images "
              "| test NLL, RAISE |"), "|---|---|---|---|---|---|---|"]
     lines += [_row(name, run) for name, run in results["runs"].items()]
@@ -186,9 +186,9 @@ def markdown(results: dict[str, Any]) -> str:
               f"{RBM_OPTIMIZER_WORDS[results.get('rbm_optimizer', 'sgd')]}. ± is one standard error over test images "
               "(the spread between images; for log Z the delta-method error over AIS chains, not included in the "
               "NLL's)."),
-              "", "Paired per-image differences of test NLL on the same images (nats; negative: the first is lower; "
-              "significant: paired t-test p < 0.05 and |mean| > 2 s.e.; the shared log Z estimate of each run "
-              "shifts all its images alike):", "", *paired_rows(results)]
+              "", ("Paired per-image differences of test NLL on the same images (nats; negative: the first is "
+                   "lower; significant: paired t-test p < 0.05 and |mean| > 2 s.e.; the shared log Z estimate of "
+                   "each run shifts all its images alike):"), "", *paired_rows(results)]
     return "\n".join(lines) + "\n"
 
 

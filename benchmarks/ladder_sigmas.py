@@ -18,10 +18,10 @@ import sys
 from pathlib import Path
 
 import torch
+from inferkit_ladder.model import LOG_VARIANCE_MAX, LadderModel
 
 from inferkit.errors import UserError
 from inferkit.runs import CHECKPOINT_FILE, RunSpec, build_objects, restore_checkpoint
-from inferkit_ladder.model import LOG_VARIANCE_MAX, LadderModel
 
 CLAMP = math.exp(0.5 * LOG_VARIANCE_MAX)
 

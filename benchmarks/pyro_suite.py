@@ -43,6 +43,7 @@ from one iteration count to the next, and how the methods compare at equal itera
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -195,11 +196,11 @@ def run_one(method: str, iterations: int, seed: int, data_dir: Path, run_dir: Pa
     run_dir.mkdir(parents=True, exist_ok=True)
     if method == "pyro-svi":
         data, model, encoder, seconds = _train_pyro_svi(iterations, seed, data_dir)
-        own = lambda x: _guide_errors(model, encoder, x)  # noqa: E731 - the guide's mean
+        own = lambda x: _guide_errors(model, encoder, x)
         step_size = math.nan
     else:
         data, model, sampler, seconds = _train_inferkit(method, iterations, seed, data_dir, run_dir, model_key)
-        own = lambda x: reconstruction_errors(model, sampler, x, batch_size=250).tolist()  # noqa: E731
+        own = lambda x: reconstruction_errors(model, sampler, x, batch_size=250).tolist()
         step_size = float(sampler.hyperparameters().get("step_size", torch.tensor(math.nan)).mean())
     result = {"model": model_key, "method": method, "iterations": iterations, "seed": seed,
               "seconds_per_iteration": seconds / iterations,
@@ -240,16 +241,16 @@ def run_pyro(data_dir: Path, out: Path, budget: str, model: str = "pyro", method
     methods = tuple(methods or MODELS[model][1])
     runs = []
     for seed in settings["seeds"]:
-        for iterations in settings["iterations"]:
+        for count in settings["iterations"]:
             for method in methods:
-                run_dir = out / "runs" / f"{method}-{iterations}-seed{seed}"
+                run_dir = out / "runs" / f"{method}-{count}-seed{seed}"
                 done = run_dir / "result.json"
                 if report and not done.is_file():
                     continue
                 result = json.loads(done.read_text()) if done.is_file() else one_run(
-                    method, iterations, seed, data_dir, run_dir, settings["reference_steps"], model)
+                    method, count, seed, data_dir, run_dir, settings["reference_steps"], model)
                 mean_own = sum(result["own"]) / len(result["own"])
-                print(f"  {method} {iterations} seed {seed}: MSE own {mean_own:.4f}, "
+                print(f"  {method} {count} seed {seed}: MSE own {mean_own:.4f}, "
                       f"{result['seconds_per_iteration']:.4f} s/iteration", flush=True)
                 runs.append(result)
     return {"budget": budget, "model": model, "methods": methods, "settings": settings, "runs": runs,
@@ -289,7 +290,7 @@ def _claims(results: dict[str, Any]) -> list[str]:
     iterations, seeds = results["settings"]["iterations"], results["settings"]["seeds"]
     lines = ["| claim | inference | " + " | ".join(f"seed {s}" for s in seeds) + " |", "|---|---|" + "---:|" * len(seeds)]
     methods = _methods(results)
-    pairs = [(f"{m}: T={b} below T={a}", (m, b), (m, a)) for m in methods for a, b in zip(iterations, iterations[1:])]
+    pairs = [(f"{m}: T={b} below T={a}", (m, b), (m, a)) for m in methods for a, b in itertools.pairwise(iterations)]
     pairs += [(f"{m} below {o} at T={t}", (m, t), (o, t)) for t in iterations
               for m, o in COMPARED if {m, o} <= set(methods)]
     for label, (m1, t1), (m2, t2) in pairs:
@@ -327,13 +328,13 @@ def markdown(results: dict[str, Any]) -> str:
     model = MODELS[results.get("model", "pyro")][0]
     title = "Short-run inference against Pyro SVI" if results.get("model", "pyro") == "pyro" else "Learning curves"
     lines = [f"# {title} on `{model}` (`--budget {results['budget']}`)", "",
-             f"{results['machine']}. Test MSE on all test images: mean over seeds ± standard error over seeds "
-             "(number of seeds).", "",
+             (f"{results['machine']}. Test MSE on all test images: mean over seeds ± standard error over seeds "
+              "(number of seeds)."), "",
              *_table(results), "",
              "Training seconds per run (mean over seeds; seconds per iteration: "
              + ", ".join(f"{m} {t:.4f}" for m, t in times.items()) + "):", "", *_seconds(results), "",
-             "Paired per-image differences of test MSE (mean ± s.e. over images; yes: below zero by more than "
-             "two standard errors, no: above zero by more than two):", "", *_claims(results)]
+             ("Paired per-image differences of test MSE (mean ± s.e. over images; yes: below zero by more than "
+              "two standard errors, no: above zero by more than two):"), "", *_claims(results)]
     return "\n".join(lines) + "\n"
 
 

@@ -22,13 +22,15 @@ interrupted benchmark continues where it stopped.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import shutil
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from inferkit.eval.paired import compare_records, read_per_image
 
@@ -107,9 +109,9 @@ def claims(tables: dict[str, list[Cell]], equal_time: Cell | None) -> list[Claim
         found.append(Claim("shortrun below vae at equal wall time", by_sampler["shortrun"], equal_time))
     for key, what in (("layers-paper", "papers' dims"), ("layers-matched", "28 latent units")):
         cells = tables.get(key, [])
-        found += [Claim(f"L={b.num_layers} below L={a.num_layers} ({what})", b, a) for a, b in zip(cells, cells[1:])]
+        found += [Claim(f"L={b.num_layers} below L={a.num_layers} ({what})", b, a) for a, b in itertools.pairwise(cells)]
     steps = tables.get("steps", [])
-    found += [Claim(f"K={b.num_steps} below K={a.num_steps}", b, a) for a, b in zip(steps, steps[1:])]
+    found += [Claim(f"K={b.num_steps} below K={a.num_steps}", b, a) for a, b in itertools.pairwise(steps)]
     return found
 
 

@@ -29,8 +29,8 @@ from pathlib import Path
 import torch
 
 from inferkit.eval.reconstruction import reconstruction_mse
-from inferkit.runs import CHECKPOINT_FILE, RunSpec, build_objects, restore_checkpoint
 from inferkit.registry import load_tuner
+from inferkit.runs import CHECKPOINT_FILE, RunSpec, build_objects, restore_checkpoint
 from inferkit.tuners.kl_grid import PAPER_GRID, SEARCHES
 
 TUNERS = ("kl-grid", "kl-grad")

@@ -28,8 +28,17 @@ from inferkit.errors import TrainingInterrupted, UserError
 from inferkit.loggers import check_logger
 from inferkit.options import INT64_MAX, INT64_MIN, first_line, is_out_of_memory, parse_assignments, suggest
 from inferkit.registry import list_plugins
-from inferkit.runs import CHECKPOINT_FILE, CONFIG_FILE, check_model_trusted, PluginSpec, RunSpec, TrainConfig, build_objects, resolve_device
-from inferkit.runs import restore_checkpoint
+from inferkit.runs import (
+    CHECKPOINT_FILE,
+    CONFIG_FILE,
+    PluginSpec,
+    RunSpec,
+    TrainConfig,
+    build_objects,
+    check_model_trusted,
+    resolve_device,
+    restore_checkpoint,
+)
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
                   help="Short-run inference and learning for deep latent-variable models.")

@@ -34,14 +34,32 @@ from torch.distributions import constraints
 
 from inferkit.devices import module_device
 from inferkit.errors import UserError
-from inferkit.eval import ais, classifier, figures, frechet, hierarchy, inception, inpainting, iwae, paired, units
+from inferkit.eval import (
+    ais,
+    classifier,
+    figures,
+    frechet,
+    hierarchy,
+    inception,
+    inpainting,
+    iwae,
+    paired,
+    units,
+)
 from inferkit.eval.rbm import BUDGETS as RBM_BUDGETS
 from inferkit.eval.rbm import rbm_log_likelihood
 from inferkit.eval.reconstruction import reconstruct, reconstruction_errors
 from inferkit.eval.reference import reference_sampler
 from inferkit.images import is_image_shape
-from inferkit.interfaces import (DataSet, HasBernoulliEncoder, Model, RBMPriorModel, Sampler, SimulatesObservations,
-                                 UnnormalizedModel)
+from inferkit.interfaces import (
+    DataSet,
+    HasBernoulliEncoder,
+    Model,
+    RBMPriorModel,
+    Sampler,
+    SimulatesObservations,
+    UnnormalizedModel,
+)
 from inferkit.seeding import seeded_generator
 
 

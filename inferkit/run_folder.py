@@ -112,7 +112,7 @@ class RunLock:
     def acquire(self) -> None:
         """Take the lock, or raise :class:`UserError` naming the process that holds it."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(self.path, "a+")
+        handle = open(self.path, "a+")  # noqa: SIM115 - held open while the lock is: release() closes it
         if fcntl is not None:
             try:
                 fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)

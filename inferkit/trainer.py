@@ -27,11 +27,12 @@ import math
 import time
 import warnings
 from bisect import bisect_right
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from rich.console import Console
@@ -41,7 +42,14 @@ from inferkit.acceleration import autocast
 from inferkit.callbacks import CallbackHandler, ProgressDisplay, RunWriter
 from inferkit.errors import UserError
 from inferkit.eval.reconstruction import reconstruction_mse
-from inferkit.interfaces import HasObservationNoise, Model, Sampler, Tuner, UnnormalizedModel, require_compatible
+from inferkit.interfaces import (
+    HasObservationNoise,
+    Model,
+    Sampler,
+    Tuner,
+    UnnormalizedModel,
+    require_compatible,
+)
 from inferkit.loggers import check_logger, make_logger
 from inferkit.optimizers import RunOptimizer, model_sgd_groups
 from inferkit.run_folder import (

@@ -98,7 +98,7 @@ def test_idx_binarisation_is_static_and_split_50k_10k_10k_style(tmp_path):
 
 
 def test_threshold_is_u_over_255_above_one_half(tmp_path):
-    train_grey, test_grey = idx_folder(tmp_path)
+    train_grey, _ = idx_folder(tmp_path)
     data = BinarizedMNISTDataset(str(tmp_path), binarize="threshold")
     expected = torch.from_numpy((train_grey[:10] >= 128).astype(np.float32))[:, None] * 2 - 1
     assert torch.equal(data.train.x, expected)

@@ -5,19 +5,19 @@ from __future__ import annotations
 import json
 import math
 import sys
-import tomllib
 from pathlib import Path
 
 import numpy as np
 import pytest
+import tomllib
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-import compare  # noqa: E402
-import tables_suite as ts  # noqa: E402
+import compare
+import tables_suite as ts
 
 FLOW = ("shortrun", "langevin")
 
@@ -36,7 +36,7 @@ def test_the_main_shortrun_cell_is_one_run_across_tables():
     tables = ts.table_cells(["shortrun", "vae"], 3, 20, FLOW)
     main = tables["samplers"][0]
     assert main in tables["layers-matched"] and main in tables["steps"]
-    unique = set(c for cells in tables.values() for c in cells)
+    unique = {c for cells in tables.values() for c in cells}
     assert len(unique) == 2 + 3 + 2 + 3  # samplers, papers' L, matched L=1,5, K=5,10,40
     assert tables["samplers"][1].num_steps == 0  # K is a flow sampler's option only
     assert len({c.name(0) for c in unique}) == len(unique)

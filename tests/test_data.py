@@ -33,7 +33,6 @@ from inferkit.data.shapes import BACKGROUND_COLOURS, FOREGROUND_COLOURS
 from inferkit.errors import UserError
 
 
-
 @pytest.fixture(scope="module")
 def small_shapes() -> ShapesDataset:
     return ShapesDataset(num_train=300, num_test=60, image_size=16, seed=3)

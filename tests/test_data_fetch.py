@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cli_helpers import one_line_error, run_cli
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from cli_helpers import one_line_error, run_cli
 
 from inferkit.data import catalog
 from inferkit.data.catalog import CHECKSUMS, SOURCES, Checksum, default_data_dir
@@ -55,7 +55,7 @@ class Server:
         server = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):  # noqa: N802 - http.server's name
+            def do_GET(self):
                 server.requests.append(self.path)
                 path = server.folder / self.path.lstrip("/")
                 if not path.is_file():
@@ -128,7 +128,6 @@ def test_fetch_reports_each_file_verified(served, tmp_path, capsys):
 
 def test_fetched_mnist_loads_through_the_data_set(served, tmp_path, capsys):
     """What was fetched is what MNISTDataset reads: the pixels written above come back."""
-    _, files = served
     root = tmp_path / "root"
     assert run_cli(["data", "fetch", "mnist", "--root", root, "--quiet"], capsys)[0] == 0
     data = MNISTDataset(str(root / "mnist"))

@@ -142,7 +142,7 @@ def test_relative_data_dir_is_stored_absolute(tmp_path, capsys, monkeypatch):
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
-    code, out, err = run_cli(["sample", tmp_path / "run", "--num", "4"], capsys)
+    code, _, err = run_cli(["sample", tmp_path / "run", "--num", "4"], capsys)
     assert code == 0, err
     assert (tmp_path / "run" / "samples.png").is_file()
 

@@ -17,7 +17,7 @@ import inferkit
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-import ladder_sigmas  # noqa: E402
+import ladder_sigmas
 
 
 def small_ladder(**options):

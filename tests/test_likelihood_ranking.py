@@ -24,7 +24,7 @@ from inferkit.interfaces import DataSet, DataSplit
 LOG_2PI = math.log(2 * math.pi)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from ais_accuracy import TanhDecoder  # noqa: E402  (the curved posterior the benchmark reports on)
+from ais_accuracy import TanhDecoder
 
 
 def _simulate(model, n, seed):

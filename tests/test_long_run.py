@@ -11,7 +11,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-import long_run  # noqa: E402
+import long_run
 
 TINY = ["--model", "ladder", "--sampler", "shortrun", "--sampler-opt", "num_steps=2", "--tuner", "fixed",
         "--data", "mnist", "--data-opt", "num_train=32", "--data-opt", "num_test=16", "--batch-size", "8",

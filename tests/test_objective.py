@@ -19,8 +19,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from inferkit import Inference, LogDetEstimator, Model, Sampler, UserError, kl_objective
-from inferkit.models.linear_gaussian import LinearGaussian
 from inferkit.latents import flatten_latents, unflatten_latents
+from inferkit.models.linear_gaussian import LinearGaussian
 from inferkit.objective import BoundFlow, KLObjective, exact_log_det, stepwise_log_det
 from inferkit.samplers import Langevin, ShortRun
 

@@ -11,7 +11,7 @@ import pytest
 from cli_helpers import one_line_error, run_cli
 from rich.console import Console
 
-import inferkit.cli as cli
+from inferkit import cli
 from inferkit.errors import UserError
 
 TINY = ["--model", "ladder", "--model-opt", "num_layers=1", "--model-opt", "latent_dims=2", "--model-opt", "nf=4",

@@ -233,7 +233,7 @@ def test_train_config_round_trips_lr_values_and_betas():
 def test_svhn_reads_the_mat_files(tmp_path):
     from inferkit.data.svhn import SVHNDataset
 
-    train_x, train_y, test_x, test_y = tiny_svhn(tmp_path)
+    train_x, train_y, _, _ = tiny_svhn(tmp_path)
     data = SVHNDataset(str(tmp_path))
     assert data.data_shape == (3, 32, 32) and data.name == "svhn" and data.num_classes == 10
     assert len(data.train) == 12 and len(data.test) == 6

@@ -12,7 +12,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-import pyro_suite  # noqa: E402
+import pyro_suite
 
 
 @pytest.mark.parametrize("method", ["shortrun", "shortrun-full-grid", "shortrun-one-se"])

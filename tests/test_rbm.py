@@ -10,10 +10,10 @@ from importlib.metadata import entry_points
 
 import pytest
 import torch
-from torch.distributions import constraints
 from cli_helpers import one_line_error, run_cli
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from torch.distributions import constraints
 
 from inferkit import UserError
 from inferkit.eval.rbm import (

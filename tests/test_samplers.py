@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 
 import inferkit
 from inferkit import GradientFlow, Inference, UserError
-from inferkit.models.linear_gaussian import LinearGaussian
 from inferkit.latents import flatten_latents, unflatten_latents
+from inferkit.models.linear_gaussian import LinearGaussian
 from inferkit.samplers import Langevin, ShortRun
 
 F64 = torch.float64

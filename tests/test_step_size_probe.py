@@ -18,7 +18,7 @@ from inferkit.samplers.shortrun import ShortRun
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-import step_size_probe  # noqa: E402
+import step_size_probe
 
 
 @pytest.fixture

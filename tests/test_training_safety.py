@@ -24,7 +24,8 @@ TINY = ["--model", "ladder", "--sampler", "shortrun", "--tuner", "fixed",
 
 def tiny_spec(**train) -> RunSpec:
     """The run of ``TINY`` as a RunSpec, with training settings ``train``."""
-    settings = dict(iterations=8, batch_size=8, tune_every=0, log_every=1, image_every=1000, eval_examples=8)
+    settings = {"iterations": 8, "batch_size": 8, "tune_every": 0, "log_every": 1, "image_every": 1000,
+                "eval_examples": 8}
     return RunSpec(model=PluginSpec("ladder", {"num_layers": 2, "latent_dims": [4, 2], "nf": 8}),
                    sampler=PluginSpec("shortrun", {"num_steps": 3}), tuner=PluginSpec("fixed"),
                    data=PluginSpec("shapes", {"num_train": 32, "num_test": 8, "image_size": 16}),
@@ -175,7 +176,7 @@ def test_a_locked_run_folder_is_refused_and_a_released_lock_is_not_stale(tmp_pat
 
 
 def test_default_run_folders_started_in_the_same_second_differ(tmp_path, capsys, monkeypatch):
-    import inferkit.cli as cli
+    from inferkit import cli
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(cli.time, "strftime", lambda *args: "20250101-000000")

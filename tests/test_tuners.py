@@ -16,8 +16,8 @@ import inferkit
 from inferkit import Inference, Model, Sampler, TuneResult, UserError
 from inferkit.samplers import Langevin, ShortRun
 from inferkit.tuners import Fixed, KLGrid
-from inferkit.tuners.kl_grad import KLGrad
 from inferkit.tuners.kl_common import paired_mean_over_processes
+from inferkit.tuners.kl_grad import KLGrad
 from inferkit.tuners.kl_grid import PAPER_GRID, PER_EXAMPLE
 
 F64 = torch.float64
@@ -517,7 +517,7 @@ def test_local_search_walks_to_the_grids_argmin_with_fewer_evaluations(tiny_line
     lam = lambda_max(model)
     grid = tuple(r / lam for r in (0.01, 0.02, 0.04, 0.08, 0.15, 0.3, 0.5, 0.7, 0.9))
     x = noisy_data(model, 4)
-    options = dict(grid=grid, num_samples=64, batch_size=4, max_extensions=0)
+    options = {"grid": grid, "num_samples": 64, "batch_size": 4, "max_extensions": 0}
     sampler = ShortRun(num_steps=4, step_size=start / lam, units="raw")
     full = WholeGrid(**options).tune(model, sampler, x)
     local = KLGrid(search="local", **options).tune(model, sampler, x)

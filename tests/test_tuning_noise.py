@@ -13,7 +13,7 @@ from cli_helpers import TINY_LADDER_RUN, run_cli
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-import tuning_noise  # noqa: E402
+import tuning_noise
 
 
 @pytest.mark.parametrize("tuner", tuning_noise.TUNERS)

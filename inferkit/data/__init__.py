@@ -18,8 +18,8 @@ from inferkit.data.base import (
     make_loader,
     step_indices,
 )
-from inferkit.data.catalog import default_data_dir
 from inferkit.data.binarized_mnist import BinarizedMNISTDataset, read_amat
+from inferkit.data.catalog import default_data_dir
 from inferkit.data.mnist import MNISTDataset, read_idx
 from inferkit.data.shapes import ShapesDataset, render_shapes
 from inferkit.data.svhn import SVHNDataset

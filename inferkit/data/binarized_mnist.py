@@ -45,8 +45,8 @@ import numpy as np
 import torch
 
 from inferkit.data.base import ImageData, TensorSplit, as_int
-from inferkit.data.mnist import FILES, MNISTDataset, _find
 from inferkit.data.catalog import default_data_dir
+from inferkit.data.mnist import FILES, MNISTDataset, _find
 from inferkit.errors import UserError
 
 __all__ = ["AMAT_FILES", "BINARIZATIONS", "BinarizedMNISTDataset", "read_amat", "static_bernoulli"]

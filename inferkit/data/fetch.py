@@ -24,7 +24,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from inferkit.data.catalog import CHECKSUMS, MIRROR_ENV, Checksum, data_root, holds_files, search_folders, source
+from inferkit.data.catalog import (
+    CHECKSUMS,
+    MIRROR_ENV,
+    Checksum,
+    data_root,
+    holds_files,
+    search_folders,
+    source,
+)
 from inferkit.errors import UserError
 
 __all__ = ["FileState", "download", "fetch", "file_digest", "file_url", "inspect", "locate", "mirror_base"]
@@ -90,7 +98,7 @@ def file_url(base: str, file: str) -> str:
 def _open(url: str):
     request = urllib.request.Request(url, headers={"User-Agent": "inferkit"})
     try:
-        return urllib.request.urlopen(request, timeout=TIMEOUT_SECONDS)  # noqa: S310 - schemes checked
+        return urllib.request.urlopen(request, timeout=TIMEOUT_SECONDS)
     except urllib.error.HTTPError as exc:
         raise UserError(f"cannot download {url} (HTTP {exc.code} {exc.reason}); try again later, or give "
                         "--mirror URL") from None
@@ -136,7 +144,7 @@ def download(url: str, dest: Path, checksum: Checksum | None, *, expected_size: 
             length = _length(response)
             advance = progress(dest.name, length or expected_size) if progress is not None else (lambda n: None)
             try:
-                out = open(tmp, "wb")
+                out = open(tmp, "wb")  # noqa: SIM115 - an OSError here is the user's; the with below closes it
             except OSError as exc:
                 raise UserError(f"cannot write into {dest.parent} ({exc.strerror or exc})") from None
             with out:

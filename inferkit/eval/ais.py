@@ -376,7 +376,7 @@ def reverse_ais_log_likelihood(model: Model, x: Tensor, z: Tensor, *, num_chains
     settings = AISSettings(num_chains, num_steps, leapfrog_steps, base, target_acceptance, pilot_iterations,
                            step_size, full_hessian_max)
     x = x.detach()
-    base_q, path, step = _prepare(model, x, settings, generator)
+    _, path, step = _prepare(model, x, settings, generator)
     u = path.base.from_z(z.detach().to(x.dtype).repeat_interleave(num_chains, 0))
     betas = sigmoid_schedule(num_steps).flip(0)
     log_w, acceptance, step = _anneal(path, u, betas, step, settings, base == "prior", generator)

@@ -1,7 +1,7 @@
 """Small reference models shipped with inferkit."""
 
-from inferkit.models.linear_gaussian import LinearGaussian
 from inferkit.lazy import lazy_exports
+from inferkit.models.linear_gaussian import LinearGaussian
 
 __all__ = ["LinearGaussian", "PyroModel", "RBMPrior"]
 

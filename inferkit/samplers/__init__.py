@@ -1,12 +1,12 @@
 """Samplers: short-run gradient flow and Langevin; the baselines ABP (persistent chains), VAE and
 Ladder-VAE (amortized encoders)."""
 
+from inferkit.lazy import lazy_exports
 from inferkit.samplers.abp import ABP
 from inferkit.samplers.langevin import Langevin
 from inferkit.samplers.lvae import LadderVAE
 from inferkit.samplers.shortrun import ShortRun
 from inferkit.samplers.vae import VAE
-from inferkit.lazy import lazy_exports
 
 __all__ = ["ABP", "RWS", "VAE", "VIMCO", "LadderVAE", "Langevin", "ShortRun", "ShortRunMomentum"]
 

@@ -1,8 +1,8 @@
 """Tuners: set a sampler's hyperparameters, by the KL objective or by hand."""
 
+from inferkit.lazy import lazy_exports
 from inferkit.tuners.fixed import Fixed
 from inferkit.tuners.kl_grid import KLGrid
-from inferkit.lazy import lazy_exports
 
 __all__ = ["Fixed", "KLGrad", "KLGrid"]
 

@@ -89,8 +89,12 @@ from torch import Tensor
 
 from inferkit.errors import UserError
 from inferkit.interfaces import Model, Reduce, Sampler, Tuner, TuneResult, require_real_latents
-from inferkit.tuners.kl_common import (KLObjectiveOptions, mean_over_processes, paired_mean_over_processes,
-                                       require_step_size)
+from inferkit.tuners.kl_common import (
+    KLObjectiveOptions,
+    mean_over_processes,
+    paired_mean_over_processes,
+    require_step_size,
+)
 
 PAPER_GRID = tuple(round(0.01 * i, 2) for i in range(1, 16))  # 0.01, 0.02, ..., 0.15
 SEARCHES = ("grid", "local")
