@@ -271,7 +271,7 @@ def parse_seeds(text: str | None, budget: Budget | None) -> list[int]:
 
 
 def parse_methods(text: str | None, allowed: tuple[str, ...], suite: str) -> tuple[str, ...] | None:
-    """``--methods`` as a tuple of names from ``allowed`` (``None``: the suite's own), or exit with one line."""
+    """``--methods`` as names from ``allowed`` (``None``: the suite's own), or exit with one line."""
     if text is None:
         return None
     methods = tuple(part.strip() for part in text.split(",") if part.strip())
@@ -291,7 +291,8 @@ def parse_iterations(text: str | None) -> tuple[int, ...] | None:
     except ValueError:
         counts = ()
     if not counts or any(c < 1 for c in counts) or list(counts) != sorted(set(counts)):
-        raise SystemExit(f"error: --iterations takes increasing positive integers, e.g. 300,1200; got {text!r}")
+        raise SystemExit(f"error: --iterations takes increasing positive integers, e.g. 300,1200; "
+                         f"got {text!r}")
     return counts
 
 
@@ -308,8 +309,8 @@ def main(argv: list[str] | None = None) -> int:
                              "benchmarks/discrete.py, budgets smoke and cpu); pyro: short-run inference against "
                              "Pyro's SVI VAE on examples/pyro_mnist.py (benchmarks/pyro_suite.py, budgets smoke and "
                              "cpu); ladder-curve: the same learning curves on the ladder generator")
-    parser.add_argument("--methods", default=None, help="--suite pyro / ladder-curve: comma-separated methods "
-                        "[default: the suite's]")
+    parser.add_argument("--methods", default=None, help="--suite pyro / ladder-curve: comma-separated "
+                        "methods [default: the suite's]")
     parser.add_argument("--iterations", default=None, help="--suite pyro / ladder-curve: comma-separated "
                         "iteration counts [default: the budget's]")
     parser.add_argument("--seeds", default=None, help="comma-separated training seeds [default: the budget's]")
@@ -349,7 +350,8 @@ def main(argv: list[str] | None = None) -> int:
         stem = "results_pyro" if model == "pyro" else "results_ladder_curve"
         seeds = tuple(args.seeds) if seeds_given else None
         iterations = parse_iterations(args.iterations)
-        results = run_pyro(args.data_dir, out, args.budget, model, methods, seeds, iterations, report=args.report)
+        results = run_pyro(args.data_dir, out, args.budget, model, methods, seeds, iterations,
+                           report=args.report)
         return write_results(out, stem, results, pyro_markdown)
     budget = BUDGETS[args.budget]
     out = args.out or Path("bench") / args.budget

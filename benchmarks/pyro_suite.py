@@ -227,9 +227,9 @@ def allowed_methods(model: str) -> tuple[str, ...]:
     return METHODS if model == "pyro" else tuple(m for m in METHODS if m != "pyro-svi")
 
 
-def run_pyro(data_dir: Path, out: Path, budget: str, model: str = "pyro", methods: tuple[str, ...] | None = None,
-             seeds: tuple[int, ...] | None = None, iterations: tuple[int, ...] | None = None,
-             report: bool = False) -> dict[str, Any]:
+def run_pyro(data_dir: Path, out: Path, budget: str, model: str = "pyro",
+             methods: tuple[str, ...] | None = None, seeds: tuple[int, ...] | None = None,
+             iterations: tuple[int, ...] | None = None, report: bool = False) -> dict[str, Any]:
     """Every run of ``budget`` (its seeds and iteration counts, or ``seeds`` and ``iterations``) for
     ``methods`` (default the model's), reusing the runs under ``out/runs`` that have a ``result.json``;
     with ``report``, only those (the missing ones are ``-`` in the tables)."""

@@ -134,7 +134,8 @@ def test_methods_option():
     import pyro_suite
 
     assert compare.parse_methods(None, pyro_suite.METHODS, "pyro") is None
-    assert compare.parse_methods("shortrun-one-se, vae", pyro_suite.METHODS, "pyro") == ("shortrun-one-se", "vae")
+    chosen = compare.parse_methods("shortrun-one-se, vae", pyro_suite.METHODS, "pyro")
+    assert chosen == ("shortrun-one-se", "vae")
     assert "pyro-svi" not in pyro_suite.allowed_methods("ladder")
     for bad in ("", ",", "shortrun,hmc"):
         with pytest.raises(SystemExit, match="error: --methods for --suite pyro"):
@@ -156,10 +157,11 @@ def test_a_learning_curve_report_trains_nothing_and_shows_the_missing_runs_as_da
 
     done = tmp_path / "runs" / "vae-8-seed0"
     done.mkdir(parents=True)
-    (done / "result.json").write_text(json.dumps({"model": "pyro", "method": "vae", "iterations": 8, "seed": 0,
-                                                 "seconds_per_iteration": 0.1, "own": [0.2, 0.4],
-                                                 "reference": [0.1, 0.3]}))
-    results = pyro_suite.run_pyro(tmp_path / "no-data", tmp_path, "smoke", methods=("vae", "pyro-svi"), report=True)
+    result = {"model": "pyro", "method": "vae", "iterations": 8, "seed": 0, "seconds_per_iteration": 0.1,
+              "own": [0.2, 0.4], "reference": [0.1, 0.3]}
+    (done / "result.json").write_text(json.dumps(result))
+    results = pyro_suite.run_pyro(tmp_path / "no-data", tmp_path, "smoke", methods=("vae", "pyro-svi"),
+                                  report=True)
     assert [(r["method"], r["iterations"]) for r in results["runs"]] == [("vae", 8)]
     text = pyro_suite.markdown(results)
     assert "| vae | own | - | 0.3000 ± nan (1) |" in text and "| pyro-svi | own | - | - |" in text

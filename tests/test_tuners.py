@@ -623,7 +623,8 @@ def test_the_paired_standard_error_pools_every_processs_images(values, cut):
     cut = min(cut, len(values) - 1)
     first, second = torch.tensor(values[:cut], dtype=F64), torch.tensor(values[cut:], dtype=F64)
     alone = paired_mean_over_processes(torch.tensor(values, dtype=F64), None)
-    other = torch.stack([torch.tensor(float(second.numel()), dtype=F64), second.sum(), (second * second).sum()])
+    other = torch.stack([torch.tensor(float(second.numel()), dtype=F64), second.sum(),
+                         (second * second).sum()])
     pooled = paired_mean_over_processes(first, lambda packed: packed + other)
     reference = torch.tensor(values, dtype=F64)
     assert alone[0] == pytest.approx(float(reference.mean()), abs=1e-9)

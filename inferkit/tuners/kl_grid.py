@@ -22,10 +22,10 @@ The grid is in the sampler's units: by default the authors' ``s`` (gradient coef
 :mod:`inferkit.samplers.units`), so the default grid is the papers' ``{0.01, ..., 0.15}`` as they
 meant it.
 
-Choosing by J over every point (the default) or among invertible points (``require_invertible=True``). J is
-``KL(q_s || p(z|x)) - log p(x)`` when ``F_s`` is one-to-one, as it is when every ``I + s H_k`` is
-positive definite (each step is then the gradient map of a strictly convex function). A
-non-positive eigenvalue is where a step can fold the space (on ``linear-gaussian`` it does not: H is
+Choosing by J over every point (the default) or among invertible points
+(``require_invertible=True``). J is ``KL(q_s || p(z|x)) - log p(x)`` when ``F_s`` is one-to-one, as
+it is when every ``I + s H_k`` is positive definite (each step is then the gradient map of a
+strictly convex function). A non-positive eigenvalue is where a step can fold the space (on ``linear-gaussian`` it does not: H is
 constant, F is linear and one-to-one wherever ``det != 0``, and J is exactly the KL at every such s).
 Where F is not one-to-one the density of ``z_K = F_s(z_0)`` is the sum over all its preimages,
 ``q_s(z) = sum_{z' in F_s^{-1}(z)} p_0(z') / |det dF_s/dz_0 (z')|``, while J's change-of-variables
@@ -56,8 +56,8 @@ On the Pyro MNIST decoder after 4,800 iterations, tuning on 20 different trainin
 whole grid on 4 images chooses anywhere in 0.05-0.15 (test MSE at the choice 0.067 +- 0.010 sd),
 the local walk on 16 images mostly 0.07-0.11 (0.056 +- 0.006) in less time per tuning; trained
 with it (choosing J's argmin), that model's own-inference test MSE after 4,800 iterations is 0.058
-against 0.068 (3 seeds, benchmarks/RESULTS.md). J is the KL criterion, not the reconstruction error: it can be
-nearly flat over a range of s across which the reconstruction error changes by half, and its
+against 0.068 (3 seeds, benchmarks/RESULTS.md). J is the KL criterion, not the reconstruction
+error: it can be nearly flat over a range of s across which the reconstruction error changes by half, and its
 argmin can lie a grid step or two from the error's (on that model after 1,200 iterations J is
 lowest at 0.05, the test MSE at 0.07, and there the walk, which found 0.05, reconstructs worse than
 the whole grid on 4 images). ``search="grid"`` evaluates every grid point, as the papers' grid
