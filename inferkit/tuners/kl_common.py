@@ -79,12 +79,19 @@ def mean_over_processes(objective: Tensor, invertible: bool, reduce: Reduce | No
     over its examples: ``J = (1/W) sum_r J_r``, invertible only where every process's flow is (one
     call of ``reduce``, which sums over processes; ``None``: one process, ``J`` and ``invertible``
     themselves). The same on every process, so every process picks the same hyperparameters."""
+    (value,), invertible = means_over_processes(objective, invertible, reduce)
+    return value, invertible
+
+
+def means_over_processes(values: Tensor, invertible: bool, reduce: Reduce | None) -> tuple[list[float], bool]:
+    """:func:`mean_over_processes` for several per-process means at once (``values``, any shape, read
+    flat), in the same one call of ``reduce``."""
+    flat = values.detach().to(torch.float64).reshape(-1)
     if reduce is None:
-        return float(objective.detach()), bool(invertible)
-    flags = torch.tensor([0.0 if invertible else 1.0, 1.0], dtype=torch.float64, device=objective.device)
-    packed = torch.cat([objective.detach().to(torch.float64).reshape(1), flags])
-    total, singular, processes = reduce(packed).tolist()
-    return total / processes, singular == 0
+        return flat.tolist(), bool(invertible)
+    flags = torch.tensor([0.0 if invertible else 1.0, 1.0], dtype=torch.float64, device=flat.device)
+    *totals, singular, processes = reduce(torch.cat([flat, flags])).tolist()
+    return [total / processes for total in totals], singular == 0
 
 
 def paired_mean_over_processes(difference: Tensor, reduce: Reduce | None) -> tuple[float, float]:

@@ -92,7 +92,7 @@ from inferkit.errors import UserError
 from inferkit.interfaces import Model, Reduce, Sampler, Tuner, TuneResult, require_real_latents
 from inferkit.tuners.kl_common import (
     KLObjectiveOptions,
-    mean_over_processes,
+    means_over_processes,
     paired_mean_over_processes,
     require_step_size,
 )
@@ -229,8 +229,8 @@ class KLGrid(Tuner):
         under :data:`PER_EXAMPLE`, for :meth:`_break_tie`."""
         result = self.objective.evaluate(model, sampler, x, mask, {"step_size": torch.full_like(step_size, s)},
                                          differentiable=False)
-        value, invertible = mean_over_processes(result.objective.mean(), result.info.invertible, reduce)
-        energy, _ = mean_over_processes(result.info.energy.mean(), True, reduce)
+        means = torch.stack([result.objective.mean(), result.info.energy.mean()])
+        (value, energy), invertible = means_over_processes(means, result.info.invertible, reduce)
         return {"step_size": s, "J": value, "energy": energy, "invertible": invertible,
                 "min_eigenvalue": result.info.min_eigenvalue, "evaluated": True,
                 PER_EXAMPLE: result.objective.detach()}
@@ -241,10 +241,9 @@ class KLGrid(Tuner):
         ``n`` tuning images of all processes (the same ``z_0`` at every s, so the difference is paired)."""
         tied = [best]
         for point in usable:
-            if point is best or PER_EXAMPLE not in point:
+            if point is best:
                 continue
-            difference = (point[PER_EXAMPLE] - best[PER_EXAMPLE]).to(torch.float64)
-            mean, standard_error = paired_mean_over_processes(difference, reduce)
+            mean, standard_error = paired_mean_over_processes(point[PER_EXAMPLE] - best[PER_EXAMPLE], reduce)
             if mean <= self.tie_se * standard_error:
                 tied.append(point)
         return min(tied, key=lambda h: (h["energy"], h["J"]))
