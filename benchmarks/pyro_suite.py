@@ -18,6 +18,9 @@ same 8,000 / 2,000 MNIST split, each for every iteration count and seed of the b
   ``batch_size=32``);
 - ``shortrun-one-se``: the default walk, choosing among the step sizes whose J is within one standard
   error (paired over the tuning images) of the smallest the one with the lowest energy (``tie_se=1``);
+- ``shortrun-averaged`` and ``shortrun-one-se-averaged``: ``shortrun`` and ``shortrun-one-se`` with
+  the applied step size an exponential moving average in ``log s`` of the tunings' choices
+  (``memory=0.7``);
 - ``shortrun-fixed``: the same K steps at the authors' fixed step size s = 0.05 (their code's
   ``z_step_size``), never tuned: the control that separates what the decoder learns from where the
   tuner moves s;
@@ -57,18 +60,21 @@ import torch
 
 REPO = Path(__file__).resolve().parent.parent
 MODEL = "pyro:examples.pyro_mnist:model"
-METHODS = ("shortrun", "shortrun-full-grid", "shortrun-batch32", "shortrun-one-se", "shortrun-fixed", "vae",
-           "pyro-svi", "vae-constant-lr")
+METHODS = ("shortrun", "shortrun-full-grid", "shortrun-batch32", "shortrun-one-se", "shortrun-averaged",
+           "shortrun-one-se-averaged", "shortrun-fixed", "vae", "pyro-svi", "vae-constant-lr")
 TUNERS = {"shortrun": {}, "shortrun-full-grid": {"search": "grid", "batch_size": 4},
-          "shortrun-batch32": {"search": "grid", "batch_size": 32}, "shortrun-one-se": {"tie_se": 1.0}}
+          "shortrun-batch32": {"search": "grid", "batch_size": 32}, "shortrun-one-se": {"tie_se": 1.0},
+          "shortrun-averaged": {"memory": 0.7}, "shortrun-one-se-averaged": {"tie_se": 1.0, "memory": 0.7}}
 """``kl-grid``'s options per short-run method (the others keep their sampler's step size)."""
-SAMPLERS = {"shortrun-full-grid": "shortrun", "shortrun-batch32": "shortrun", "shortrun-one-se": "shortrun",
-            "shortrun-fixed": "shortrun", "vae-constant-lr": "vae"}
+SAMPLERS = {**{method: "shortrun" for method in TUNERS if method != "shortrun"}, "shortrun-fixed": "shortrun",
+            "vae-constant-lr": "vae"}
 """The sampler of each method whose name is not a sampler's."""
 COMPARED = (("shortrun", "shortrun-full-grid"), ("shortrun-batch32", "shortrun-full-grid"),
             ("shortrun-one-se", "shortrun"), ("shortrun", "shortrun-fixed"), ("shortrun", "pyro-svi"),
             ("shortrun", "vae"), ("vae", "pyro-svi"), ("vae-constant-lr", "vae"), ("vae-constant-lr", "pyro-svi"),
-            ("shortrun-one-se", "pyro-svi"), ("shortrun-one-se", "vae"))
+            ("shortrun-one-se", "pyro-svi"), ("shortrun-one-se", "vae"), ("shortrun-averaged", "shortrun"),
+            ("shortrun-one-se-averaged", "shortrun-one-se"), ("shortrun-averaged", "pyro-svi"),
+            ("shortrun-one-se-averaged", "pyro-svi"))
 """The pairs ``(m, o)`` the claims table tests as "m below o" at every iteration count."""
 MODELS = {"pyro": (MODEL, METHODS), "ladder": ("ladder", ("shortrun", "vae"))}
 """``--model`` of the suite: the model plugin and the methods run on it by default. ``ladder`` is the

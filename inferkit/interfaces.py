@@ -500,3 +500,12 @@ class Tuner(abc.ABC):
     def check(self, model: Model, sampler: Sampler) -> None:
         """Raise :class:`~inferkit.errors.UserError` if this tuner cannot work with ``sampler`` (the
         trainer calls it before training starts). Default: every sampler will do."""
+
+    def state_dict(self) -> dict[str, int]:
+        """What the tuner carries from one tuning to the next, as plain numbers (the trainer keeps it in
+        the run's checkpoint). Default: nothing."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned (read from a checkpoint: untrusted, so validated;
+        :class:`~inferkit.errors.UserError` if it does not fit). Default: nothing to restore."""

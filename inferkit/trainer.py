@@ -362,7 +362,8 @@ def _checkpoint(run: Run, iteration: int) -> None:
                         + checkpoint_name(run.run_dir, run.last_checkpoint, run.config.checkpoint_every))
     if distributed.context().is_main:
         save_atomic({"iteration": iteration, "model": run.model.state_dict(), "sampler": run.sampler.state_dict(),
-                     "optimizer": run.optimizer.state_dict(), "test_mse_start": run.mse_start,
+                     "optimizer": run.optimizer.state_dict(), "tuner": run.tuner.state_dict(),
+                     "test_mse_start": run.mse_start,
                      "seconds": run.seconds(), "spec": run.spec.to_dict()}, run.run_dir / CHECKPOINT_FILE)
     run.last_checkpoint = iteration
 
@@ -432,6 +433,10 @@ def _resume(run: Run, console: Console) -> None:
         raise UserError(f"{run.run_dir} has no checkpoint to resume from; start a new run instead")
     state = restore_checkpoint(path, run.device, run.model, run.sampler, run.optimizer)
     run.start = run.last_checkpoint = int(state["iteration"])
+    tuner_state = state.get("tuner", {})
+    if not isinstance(tuner_state, dict):
+        raise UserError(f"checkpoint {path} cannot be read (its tuner state is not a table); it may be damaged")
+    run.tuner.load_state_dict(tuner_state)
     run.mse_start = float(state.get("test_mse_start", math.nan))
     run.elapsed_before = float(state.get("seconds", 0.0))
     if run.start > run.config.iterations:

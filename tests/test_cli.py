@@ -186,3 +186,31 @@ def test_toml_config_file(tmp_path, capsys):
     code, _, err = run_cli(["run", "--config", bad], capsys)
     assert code == 2 and "not valid TOML" in err
 
+
+
+@pytest.mark.slow
+def test_resume_restores_the_tuners_state(tmp_path, capsys):
+    """``kl-grid`` with ``memory`` counts its tunings; the checkpoint keeps the count, so a resumed run
+    averages its later choices exactly as the uninterrupted one, and a damaged count is one user error."""
+    from inferkit.runs import RunSpec
+    options = [*TINY, "--tuner-opt", "memory=0.5", "--iterations", "6", "--tune-every", "2"]
+    full = tmp_path / "full"
+    assert run_cli(["run", *options, "--out", full], capsys)[0] == 0
+    stopped = tmp_path / "stopped"
+    train_until_crash(RunSpec.load(full), stopped, 3)
+    assert torch.load(stopped / "checkpoint.pt", weights_only=True)["tuner"] == {"tunings": 2}
+    code, _, err = run_cli(["run", "--resume", stopped, "--quiet"], capsys)
+    assert code == 0, err
+    a, b = (torch.load(f / "checkpoint.pt", weights_only=True) for f in (full, stopped))
+    assert a["tuner"] == b["tuner"] == {"tunings": 3}
+    assert torch.equal(a["sampler"]["step_size"], b["sampler"]["step_size"])
+    tunings = [[json.loads(x)["hyperparameters"] for x in (f / "tuner.jsonl").read_text().splitlines()]
+               for f in (full, stopped)]
+    assert tunings[0] == tunings[1]
+    damaged = tmp_path / "damaged"
+    train_until_crash(RunSpec.load(full), damaged, 3)
+    state = torch.load(damaged / "checkpoint.pt", weights_only=True)
+    torch.save({**state, "tuner": {"tunings": -1}}, damaged / "checkpoint.pt")
+    code, _, err = run_cli(["run", "--resume", damaged, "--quiet"], capsys)
+    assert code == 2 and err.strip().startswith("error:") and "tunings must be a count" in err
+    assert len(err.strip().splitlines()) == 1

@@ -655,3 +655,59 @@ def test_kl_grid_records_the_energy_part_of_j(tiny_linear_gaussian, noisy_data):
                                         generator=torch.Generator().manual_seed(0), entropy=False)
         assert point["energy"] == pytest.approx(float(mode_seeking.objective.mean()), rel=1e-12)
         assert point["energy"] == pytest.approx(float(mode_seeking.info.energy.mean()), rel=1e-12)
+
+
+GRID_FOR_MEMORY = (0.01, 0.02, 0.03, 0.04, 0.05)
+
+
+def tune_with_argmin(tuner_options: dict, model, sampler, argmin: float, state: dict | None = None):
+    """One tuning by a ``ScriptedJ`` whose J is lowest at ``argmin``; returns (result, tuner)."""
+    tuner = ScriptedJ({s: (s - argmin) ** 2 for s in GRID_FOR_MEMORY}, batch_size=4, search="grid",
+                      max_extensions=0, **tuner_options)
+    if state is not None:
+        tuner.load_state_dict(state)
+    return tuner.tune(model, sampler, torch.zeros(4, *model.data_shape)), tuner
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.sampled_from(GRID_FOR_MEMORY), st.floats(0.005, 0.2), st.floats(0.0, 0.95), st.integers(0, 12))
+def test_memory_moves_the_step_size_towards_the_choice_by_its_weight(tiny_linear_gaussian, argmin, current,
+                                                                     memory, before):
+    """After ``before`` tunings the applied step size is ``exp((1 - w) log s_current + w log s*)`` with
+    ``w = max(1 - m, 1 / (before + 1))``; J and the history stay those of the grid's argmin."""
+    model = tiny_linear_gaussian()
+    result, tuner = tune_with_argmin({"memory": memory}, model, ShortRun(num_steps=4, step_size=current),
+                                     argmin, state={"tunings": before})
+    weight = max(1 - memory, 1 / (before + 1))
+    expected = math.exp((1 - weight) * math.log(current) + weight * math.log(argmin))
+    assert result.hyperparameters["step_size"].item() == pytest.approx(expected, rel=1e-5)
+    assert result.objective == pytest.approx(0.0) and tuner.state_dict() == {"tunings": before + 1}
+
+
+def test_memory_is_the_running_mean_of_log_s_then_a_moving_average(tiny_linear_gaussian):
+    """With ``m = 0.75``: the geometric mean of the first four choices (the sampler's starting step size
+    counts for nothing), then each new choice weighted 1/4."""
+    model = tiny_linear_gaussian()
+    sampler = ShortRun(num_steps=4, step_size=0.15)
+    choices = (0.05, 0.02, 0.04, 0.01, 0.05, 0.03)
+    state = {"tunings": 0}
+    applied = []
+    for choice in choices:
+        result, tuner = tune_with_argmin({"memory": 0.75}, model, sampler, choice, state)
+        sampler.set_hyperparameters(result.hyperparameters)
+        state = tuner.state_dict()
+        applied.append(float(sampler.step_size.mean()))
+    logs = [math.log(c) for c in choices]
+    expected = [math.exp(sum(logs[:n]) / n) for n in range(1, 5)]
+    for log_choice in logs[4:]:
+        expected.append(math.exp(0.75 * math.log(expected[-1]) + 0.25 * log_choice))
+    assert applied == pytest.approx(expected, rel=1e-5)
+    without = tune_with_argmin({}, model, sampler, 0.02, {"tunings": 5})[0]
+    assert without.hyperparameters["step_size"].item() == pytest.approx(0.02)  # memory=0: the choice
+
+
+def test_memory_is_validated_and_read_by_name():
+    assert inferkit.load_tuner("kl-grid", memory="0.7").memory == 0.7 and KLGrid().memory == 0.0
+    for bad in (-0.1, 1.0, 2.0, math.nan):
+        with pytest.raises(UserError, match=r"memory must be a number in \[0, 1\)"):
+            KLGrid(memory=bad)
