@@ -97,7 +97,9 @@ after them. The sampling noise of the choice shrinks by ``sqrt((1 - m) / (1 + m)
 following a moving optimum about ``m / (1 - m)`` tunings late (the averaged iterate of Stan's dual
 averaging plays the same part). The count n is the tuner's state (``state_dict``, kept in the
 run's checkpoint). ``objective`` and the history are J at the grid points; ``m = 0`` (the default)
-applies ``s*_n``.
+applies ``s*_n``. On that decoder, trained with the walk on 16 images and ``m = 0.7``, the own-inference
+test error fell from 300 to 1,200 to 4,800 iterations on each of three seeds (0.080 -> 0.073 -> 0.055
+over the seeds), where with ``m = 0`` it rose from 300 to 1,200 on two of them (benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
