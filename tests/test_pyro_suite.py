@@ -15,20 +15,20 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import pyro_suite
 
 
-@pytest.mark.parametrize("method", ["shortrun", "shortrun-full-grid", "shortrun-one-se", "shortrun-one-se-averaged"])
+@pytest.mark.parametrize("method", ["shortrun", "shortrun-last", "shortrun-full-grid", "shortrun-one-se"])
 def test_each_short_run_method_tunes_as_its_name_says(method, mnist_dir, tmp_path):
     result = pyro_suite.one_run(method, 2, 0, Path(mnist_dir), tmp_path / method, reference_steps=2)
     config = json.loads((tmp_path / method / "config.json").read_text())
     (tuning,) = [json.loads(line) for line in (tmp_path / method / "tuner.jsonl").read_text().splitlines()]
     options = config["tuner"]["options"]
     evaluated = [p for p in tuning["history"] if p["evaluated"] and not p["extended"]]
+    assert options["memory"] == (0.7 if method == "shortrun" else 0.0)  # the default averages, the others not
     if method == "shortrun-full-grid":
         assert options["search"] == "grid" and options["batch_size"] == 4
         assert sorted(p["step_size"] for p in evaluated) == pytest.approx(list(options["grid"]))
     else:
         assert options["search"] == "local" and options["batch_size"] == 16
-        assert options["tie_se"] == (1.0 if method.startswith("shortrun-one-se") else 0.0)
-        assert options["memory"] == (0.7 if method.endswith("-averaged") else 0.0)
+        assert options["tie_se"] == (1.0 if method == "shortrun-one-se" else 0.0)
         assert len(evaluated) < len(options["grid"])  # a walk, not the whole grid
     assert result["method"] == method and result["step_size"] == tuning["hyperparameters"]["step_size"]
     assert len(result["own"]) == len(result["reference"]) == 2000

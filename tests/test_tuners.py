@@ -702,12 +702,12 @@ def test_memory_is_the_running_mean_of_log_s_then_a_moving_average(tiny_linear_g
     for log_choice in logs[4:]:
         expected.append(math.exp(0.75 * math.log(expected[-1]) + 0.25 * log_choice))
     assert applied == pytest.approx(expected, rel=1e-5)
-    without = tune_with_argmin({}, model, sampler, 0.02, {"tunings": 5})[0]
+    without = tune_with_argmin({"memory": 0.0}, model, sampler, 0.02, {"tunings": 5})[0]
     assert without.hyperparameters["step_size"].item() == pytest.approx(0.02)  # memory=0: the choice
 
 
 def test_memory_is_validated_and_read_by_name():
-    assert inferkit.load_tuner("kl-grid", memory="0.7").memory == 0.7 and KLGrid().memory == 0.0
+    assert inferkit.load_tuner("kl-grid", memory="0.5").memory == 0.5 and KLGrid().memory == 0.7
     for bad in (-0.1, 1.0, 2.0, math.nan):
         with pytest.raises(UserError, match=r"memory must be a number in \[0, 1\)"):
             KLGrid(memory=bad)

@@ -3,6 +3,9 @@
     s* = argmin_{s in grid, J(s) finite} J(s),
     J(s) = E_{z_0 ~ p_0}[log p_0(z_0) - log|det dF_s/dz_0| - log p(x, F_s(z_0))]
 
+By default the step size applied is a moving average in ``log s`` of the tunings' choices ``s*``
+(``memory``, "Averaging over tunings" below).
+
 Every grid point uses the same ``z_0`` draws (common random numbers), so differences in J are
 differences in s. Every evaluated point is recorded in the history with its J, ``invertible``
 (every eigenvalue of every ``I + s H_k`` along the paths is > 0) and ``min_eigenvalue``.
@@ -47,7 +50,7 @@ near its minimum J is flat in s while each image's own minimum lies elsewhere, s
 few images follows the images more than the generator. By default J is estimated on 16 images of
 the training batch the trainer hands over (``batch_size=16``) and the search is local
 (``search="local"``): from the grid point nearest the sampler's current step size (the last
-tuning's choice, or the sampler's starting s) it walks to a lower neighbour while there is one, a
+applied value, or the sampler's starting s) it walks to a lower neighbour while there is one, a
 local minimum of J on the grid, then extended as above where the walk reached an end of the grid.
 Where J changes little between tunings that takes three to five evaluations instead of one per grid
 point, which pays for the larger batch, and a choice moves away from the last one only where J on the
@@ -55,7 +58,7 @@ new images says so.
 On the Pyro MNIST decoder after 4,800 iterations, tuning on 20 different training batches, the
 whole grid on 4 images chooses anywhere in 0.05-0.15 (test MSE at the choice 0.067 +- 0.010 sd),
 the local walk on 16 images mostly 0.07-0.11 (0.056 +- 0.006) in less time per tuning; trained
-with it (choosing J's argmin), that model's own-inference test MSE after 4,800 iterations is 0.058
+with it (applying J's argmin, ``memory=0``), that model's own-inference test MSE after 4,800 iterations is 0.058
 against 0.068 (3 seeds, benchmarks/RESULTS.md). J is the KL criterion, not the reconstruction
 error: it can be nearly flat over a range of s across which the reconstruction error changes by half, and its
 argmin can lie a grid step or two from the error's (on that model after 1,200 iterations J is
@@ -65,20 +68,21 @@ search does (Figure 6); where J has one minimum on the grid both searches choose
 and where it has several the walk stays with the one nearest the current s.
 
 Ties (``tie_se``). Where J is flat, the step sizes the tuning batch cannot tell apart are ties, and
-the argmin among them follows the batch. With ``tie_se=c > 0`` a point ``s`` is a tie with the argmin
-``s*`` when the paired per-image difference ``d_i = J_i(s) - J_i(s*)`` (the same ``z_0`` at both) has
-``mean(d) <= c * sd(d) / sqrt(n)`` over the ``n`` tuning images, the one-standard-error rule of model
-selection; among the ties (the evaluated points: with ``search="local"`` the argmin's neighbours at
-least) the one with the lowest energy ``E_q[-log p(x, z_K)]``, J's reconstruction part, is chosen.
-J itself is unchanged, and so is the choice wherever J's minimum is sharp on the batch; ``c = 0``
-(the default) is the argmin. Every point's ``energy`` is recorded in the history. On the Pyro MNIST
-decoder, trained with the walk on 16 images, the argmin's own-inference test error rose from 300 to
-1,200 iterations on two of three seeds while the generator improved (the error follows where in J's
-flat stretch the last tuning lands); with ``c = 1`` it fell from 300 to 1,200 on every seed and was
-lower than the argmin's at 300 and 1,200 iterations on every seed. On the ladder generator on MNIST
-(two seeds, 300 iterations) the same rule chose 0.09 where the argmin chose 0.08 at the first
-tuning of seed 0, and that run's generator stopped depending on z before iteration 100; on seed 1
-it reconstructed as well as the argmin (benchmarks/RESULTS.md). It is not the default.
+the argmin among them follows the batch. With ``tie_se=c > 0`` a point ``s`` is a tie with the
+argmin ``s*`` when the paired per-image difference ``d_i = J_i(s) - J_i(s*)`` (the same ``z_0`` at
+both) has ``mean(d) <= c * sd(d) / sqrt(n)`` over the ``n`` tuning images, the one-standard-error
+rule of model selection; among the ties (the evaluated points: with ``search="local"`` the argmin's
+neighbours at least) the one with the lowest energy ``E_q[-log p(x, z_K)]``, J's reconstruction
+part, is chosen. J itself is unchanged, and so is the choice wherever J's minimum is sharp on the
+batch; ``c = 0`` (the default) is the argmin. Every point's ``energy`` is recorded in the history.
+On the Pyro MNIST decoder, trained with the walk on 16 images and ``memory=0``, the argmin's
+own-inference test error rose from 300 to 1,200 iterations on two of three seeds while the generator
+improved (the error follows where in J's flat stretch the last tuning lands); with ``c = 1`` it fell
+from 300 to 1,200 on every seed and was lower than the argmin's at 300 and 1,200 iterations on every
+seed. On the ladder generator on MNIST (two seeds, 300 iterations, ``memory=0``) the same rule chose
+0.09 where the argmin chose 0.08 at the first tuning of seed 0, and that run's generator stopped
+depending on z before iteration 100; on seed 1 it reconstructed as well as the argmin
+(benchmarks/RESULTS.md). It is not the default.
 
 Averaging over tunings (``memory``). One tuning batch decides the step size until the next tuning,
 and late in training, where the generator changes little between tunings, the choice still moves
@@ -96,10 +100,11 @@ choice, not the sampler's starting step size), an exponential moving average wit
 after them. The sampling noise of the choice shrinks by ``sqrt((1 - m) / (1 + m))``, at the cost of
 following a moving optimum about ``m / (1 - m)`` tunings late (the averaged iterate of Stan's dual
 averaging plays the same part). The count n is the tuner's state (``state_dict``, kept in the
-run's checkpoint). ``objective`` and the history are J at the grid points; ``m = 0`` (the default)
-applies ``s*_n``. On that decoder, trained with the walk on 16 images and ``m = 0.7``, the own-inference
-test error fell from 300 to 1,200 to 4,800 iterations on each of three seeds (0.080 -> 0.073 -> 0.055
-over the seeds), where with ``m = 0`` it rose from 300 to 1,200 on two of them (benchmarks/RESULTS.md).
+run's checkpoint). ``objective`` and the history are J at the grid points; ``m = 0`` applies
+``s*_n``. On that decoder, trained with the walk on 16 images and ``m = 0.7`` (the default), the
+own-inference test error fell from 300 to 1,200 to 4,800 iterations on each of three seeds (0.080 ->
+0.073 -> 0.055 over the seeds), where with ``m = 0`` it rose from 300 to 1,200 on two of them
+(benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -157,16 +162,16 @@ class KLGrid(Tuner):
             is above the smallest by at most ``c`` standard errors of the paired per-image difference
             (points J cannot tell apart on this batch), the one with the lowest energy
             ``E_q[-log p(x, z_K)]`` (module docstring, "Ties").
-        memory: ``0`` (default): apply each tuning's choice. ``0 < m < 1``: apply a moving average in
-            ``log s`` of the choices, the last one weighted ``max(1 - m, 1 / n)`` at the n-th tuning
-            (module docstring, "Averaging over tunings").
+        memory: ``m`` in ``[0, 1)``, default 0.7: apply a moving average in ``log s`` of the choices, the
+            last one weighted ``max(1 - m, 1 / n)`` at the n-th tuning (module docstring, "Averaging over
+            tunings"); ``0``: apply each tuning's choice.
     """
 
     def __init__(self, grid: tuple[float, ...] = PAPER_GRID, num_samples: int = 1, batch_size: int = 16,
                  logdet: str = "stepwise", seed: int = 0, require_invertible: bool = False,
                  extend_factor: float | None = None, max_extensions: int = 8, shrink: float = 0.25,
                  max_shrinks: int = 4, stop_at_singular: bool | None = None, num_probes: int = 4,
-                 lanczos_steps: int = 4, search: str = "local", tie_se: float = 0.0, memory: float = 0.0):
+                 lanczos_steps: int = 4, search: str = "local", tie_se: float = 0.0, memory: float = 0.7):
         grid = tuple(sorted(float(s) for s in grid))
         if not grid or not all(math.isfinite(s) and s > 0 for s in grid):
             raise UserError(f"kl-grid: grid must be positive, finite step sizes, got {grid}")
