@@ -73,7 +73,7 @@ def test_preset_parses_with_the_papers_settings(name):
     assert observation_sigma(train, 0) == 0.2 and observation_sigma(train, 299_999) == pytest.approx(0.05)
     assert observation_sigma(train, 40_000) == pytest.approx(0.05)  # 80 of 600 epochs of the code
     assert config["sampler"] == {"name": "shortrun", "options": {"num_steps": 20, "step_size": 0.05}}
-    assert config["tuner"] == {"name": "kl-grid"}
+    assert config["tuner"] == {"name": "kl-grid", "options": {"memory": 0.0}}  # each choice applied, as the papers do
     model = config["model"]
     assert model["name"] == "ladder"
     assert model["options"] == {"num_layers": 5, "latent_dims": [128, 96, 64, 64, 64], "nf": 64,
