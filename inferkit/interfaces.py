@@ -487,7 +487,8 @@ Reduce = Callable[[Tensor], Tensor]
 
 
 class Tuner(abc.ABC):
-    """Chooses a sampler's hyperparameters for a model and a batch of data; changes nothing."""
+    """Chooses a sampler's hyperparameters for a model and a batch of data; changes nothing but what it
+    carries from one tuning to the next (:meth:`state_dict`)."""
 
     @abc.abstractmethod
     def tune(self, model: Model, sampler: Sampler, x: Tensor, mask: Tensor | None = None, *,

@@ -58,8 +58,8 @@ new images says so.
 On the Pyro MNIST decoder after 4,800 iterations, tuning on 20 different training batches, the
 whole grid on 4 images chooses anywhere in 0.05-0.15 (test MSE at the choice 0.067 +- 0.010 sd),
 the local walk on 16 images mostly 0.07-0.11 (0.056 +- 0.006) in less time per tuning; trained
-with it (applying J's argmin, ``memory=0``), that model's own-inference test MSE after 4,800 iterations is 0.058
-against 0.068 (3 seeds, benchmarks/RESULTS.md). J is the KL criterion, not the reconstruction
+with it (applying J's argmin, ``memory=0``), that model's own-inference test MSE after 4,800
+iterations is 0.058 against 0.068 (3 seeds, benchmarks/RESULTS.md). J is the KL criterion, not the reconstruction
 error: it can be nearly flat over a range of s across which the reconstruction error changes by half, and its
 argmin can lie a grid step or two from the error's (on that model after 1,200 iterations J is
 lowest at 0.05, the test MSE at 0.07, and there the walk, which found 0.05, reconstructs worse than
