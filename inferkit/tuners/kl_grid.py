@@ -253,8 +253,10 @@ class KLGrid(Tuner):
         if self.tie_se > 0:
             best = self._break_tie(best, usable, reduce)
         history = [{k: v for k, v in h.items() if k != PER_EXAMPLE} for h in history]
-        return TuneResult(hyperparameters={"step_size": self._averaged(step_size, best["step_size"])},
-                          objective=best["J"], history=history, per=sampler.per)
+        self.tunings += 1
+        applied = self._averaged(step_size, best["step_size"], self.tunings)
+        return TuneResult(hyperparameters={"step_size": applied}, objective=best["J"], history=history,
+                          per=sampler.per)
 
     def state_dict(self) -> dict[str, int]:
         return {"tunings": self.tunings}
@@ -265,12 +267,11 @@ class KLGrid(Tuner):
             raise UserError(f"kl-grid: the tuner state's tunings must be a count >= 0, got {tunings!r}")
         self.tunings = tunings
 
-    def _averaged(self, step_size: Tensor, chosen: float) -> Tensor:
-        """``exp((1 - w_n) log step_size + w_n log chosen)``, ``w_n = max(1 - memory, 1 / n)`` at the n-th
-        tuning: the step size to apply."""
-        self.tunings += 1
+    def _averaged(self, step_size: Tensor, chosen: float, n: int) -> Tensor:
+        """The step size to apply at the n-th tuning: ``exp((1 - w_n) log step_size + w_n log chosen)``,
+        ``w_n = max(1 - memory, 1 / n)``."""
         choice = torch.full_like(step_size, chosen)
-        weight = max(1 - self.memory, 1 / self.tunings)
+        weight = max(1 - self.memory, 1 / n)
         if weight == 1:
             return choice
         return torch.exp((1 - weight) * step_size.detach().log() + weight * choice.log())
