@@ -95,7 +95,10 @@ def objective_curves(records: Sequence[dict[str, Any]]) -> list[ObjectiveCurve]:
         if step_sizes.shape[1] == 1:
             order = np.argsort(step_sizes[:, 0], kind="stable")
             step_sizes, J, invertible = step_sizes[order], J[order], invertible[order]
-        chosen = (record.get("hyperparameters") or {}).get("step_size")
+        # the point the tuner chose (kl-grid marks it; the step size it applied can lie between points)
+        chosen = next((p["step_size"] for p in points if p.get("chosen")), None)
+        if chosen is None:
+            chosen = (record.get("hyperparameters") or {}).get("step_size")
         objective = record.get("objective")
         curves.append(ObjectiveCurve(
             iteration=int(record.get("iteration", len(curves))), step_sizes=step_sizes, J=J,

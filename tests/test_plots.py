@@ -70,6 +70,17 @@ def test_grid_curves_are_sorted_by_s_drop_unevaluated_points_and_keep_invertibil
     assert curves[1].chosen_step_size.tolist() == [0.02] and curves[1].chosen_J == 15.0
 
 
+def test_the_star_is_the_point_chosen_not_the_averaged_step_size_applied():
+    """With ``memory`` kl-grid applies a step size between grid points and marks its choice in the
+    history; the star sits on the curve at that choice."""
+    record = grid_record(0, chosen=0.017)  # the applied, averaged step size
+    record["history"] = [{**p, "chosen": p["step_size"] == 0.02} for p in record["history"]]
+    (curve,) = objective_curves([record])
+    assert curve.chosen_step_size.tolist() == [0.02] and curve.chosen_J == 10.0
+    (unmarked,) = objective_curves([grid_record(0, chosen=0.017)])  # a record without the marks
+    assert unmarked.chosen_step_size.tolist() == [0.017]
+
+
 def test_objective_and_step_size_plots_of_a_grid_history(tmp_path):
     records = [grid_record(t, chosen=0.01 * (1 + t % 3)) for t in range(0, 60, 5)]  # 12 curves: colourbar
     curves = plot_objective_curves(records, tmp_path / "J.png")

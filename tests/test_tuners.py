@@ -219,7 +219,8 @@ def test_a_grid_entirely_above_the_optimum_is_extended_down_until_the_argmin_is_
     # max_extensions bounds the search: two points, the last of them chosen (still at the end).
     bounded = WholeGrid(require_invertible=False, grid=grid, num_samples=64, batch_size=batch, max_extensions=2).tune(
         model, ShortRun(num_steps=num_steps, units="raw"), x)
-    assert bounded.history == history[:5]
+    unmarked = lambda points: [{k: v for k, v in h.items() if k != "chosen"} for h in points]
+    assert unmarked(bounded.history) == unmarked(history[:5]) and bounded.history[-1]["chosen"]
     assert bounded.hyperparameters["step_size"].item() == pytest.approx(history[4]["step_size"])
 
 
@@ -711,3 +712,13 @@ def test_memory_is_validated_and_read_by_name():
     for bad in (-0.1, 1.0, 2.0, math.nan):
         with pytest.raises(UserError, match=r"memory must be a number in \[0, 1\)"):
             KLGrid(memory=bad)
+
+
+def test_the_history_marks_the_choice_where_the_applied_step_size_is_averaged(tiny_linear_gaussian):
+    """``chosen`` flags exactly one evaluated point, the choice ``s*``, also when the step size applied is
+    the moving average (between grid points)."""
+    model = tiny_linear_gaussian()
+    result, _ = tune_with_argmin({"memory": 0.5}, model, ShortRun(num_steps=4, step_size=0.05), 0.02,
+                                 state={"tunings": 3})
+    marked = [h["step_size"] for h in result.history if h["chosen"]]
+    assert marked == [0.02] and result.hyperparameters["step_size"].item() != pytest.approx(0.02)

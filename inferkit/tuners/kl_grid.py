@@ -8,7 +8,8 @@ By default the step size applied is a moving average in ``log s`` of the tunings
 
 Every grid point uses the same ``z_0`` draws (common random numbers), so differences in J are
 differences in s. Every evaluated point is recorded in the history with its J, ``invertible``
-(every eigenvalue of every ``I + s H_k`` along the paths is > 0) and ``min_eigenvalue``.
+(every eigenvalue of every ``I + s H_k`` along the paths is > 0), ``min_eigenvalue`` and ``chosen``
+(whether it is this tuning's choice ``s*``).
 
 When J at an end of the grid is below J at its neighbour (a minimum of J may lie beyond that end;
 in particular whenever the chosen point is at an end), the grid is extended on that side,
@@ -252,7 +253,7 @@ class KLGrid(Tuner):
         best = min(usable, key=lambda h: h["J"])
         if self.tie_se > 0:
             best = self._break_tie(best, usable, reduce)
-        history = [{k: v for k, v in h.items() if k != PER_EXAMPLE} for h in history]
+        history = [{**{k: v for k, v in h.items() if k != PER_EXAMPLE}, "chosen": h is best} for h in history]
         self.tunings += 1
         applied = self._averaged(step_size, best["step_size"], self.tunings)
         return TuneResult(hyperparameters={"step_size": applied}, objective=best["J"], history=history,
