@@ -222,6 +222,7 @@ def run(
             _resume_run(request)
         else:
             _new_run(request)
+        distributed.barrier()  # no process leaves the group while another still works (gloo aborts then)
     except KeyboardInterrupt as exc:  # past typer, which would swallow a KeyboardInterrupt and its message
         raise _Interrupted(str(exc) if isinstance(exc, TrainingInterrupted) else "interrupted") from None
     finally:
