@@ -184,13 +184,15 @@ def _guide_errors(model, encoder, x: torch.Tensor) -> list[float]:
 
 def _evaluate(data, model, own_errors, reference_steps: int) -> dict[str, Any]:
     """Per-image test MSE by the method's own inference (``own_errors(x)``) and by the common
-    reference inference, batches of 250 seeded by their first row."""
+    reference inference, batches of 250 seeded by their first row; and the own inference's per-image
+    MSE on as many training images (the first ones), which shows how much of the test error is a gap
+    between the images the generator learned from and new ones."""
     from inferkit.eval.reconstruction import reconstruction_errors
     from inferkit.eval.reference import reference_sampler
 
     x = data.test.x
     reference, record = reference_sampler(model, x[:64], num_steps=reference_steps)
-    return {"own": own_errors(x),
+    return {"own": own_errors(x), "own_train": own_errors(data.train.x[:x.shape[0]]),
             "reference": reconstruction_errors(model, reference, x, batch_size=250).tolist(),
             "reference_inference": record}
 
@@ -268,16 +270,23 @@ def _methods(results: dict[str, Any]) -> tuple[str, ...]:
     return tuple(results.get("methods") or MODELS[results.get("model", "pyro")][1])
 
 
+def _inferences(results: dict[str, Any]) -> tuple[str, ...]:
+    """The per-image error lists the runs hold: ``own`` and ``reference`` on the test images, and
+    ``own_train`` (the own inference on training images) where some run measured it."""
+    with_train = any("own_train" in r for r in results["runs"])
+    return ("own", "own_train", "reference") if with_train else ("own", "reference")
+
+
 def _table(results: dict[str, Any]) -> list[str]:
     iterations = results["settings"]["iterations"]
     lines = ["| method | inference | " + " | ".join(f"T={t}" for t in iterations) + " |",
              "|---|---|" + "---:|" * len(iterations)]
     for method in _methods(results):
-        for which in ("own", "reference"):
+        for which in _inferences(results):
             cells = []
             for t in iterations:
                 per_seed = [sum(r[which]) / len(r[which]) for r in results["runs"]
-                            if r["method"] == method and r["iterations"] == t]
+                            if r["method"] == method and r["iterations"] == t and which in r]
                 if not per_seed:
                     cells.append("-")
                     continue
@@ -301,11 +310,11 @@ def _claims(results: dict[str, Any]) -> list[str]:
     pairs += [(f"{m} below {o} at T={t}", (m, t), (o, t)) for t in iterations
               for m, o in COMPARED if {m, o} <= set(methods)]
     for label, (m1, t1), (m2, t2) in pairs:
-        for which in ("own", "reference"):
+        for which in _inferences(results):
             cells = []
             for seed in seeds:
                 a, b = _find(results, m1, t1, seed), _find(results, m2, t2, seed)
-                if a is None or b is None:
+                if a is None or b is None or which not in a or which not in b:
                     cells.append("-")
                     continue
                 mean, se = paired(a[which], b[which])

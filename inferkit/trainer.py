@@ -27,7 +27,7 @@ import math
 import time
 import warnings
 from bisect import bisect_right
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing, contextmanager, nullcontext
 from dataclasses import dataclass
@@ -39,7 +39,7 @@ from rich.console import Console
 
 from inferkit import distributed
 from inferkit.acceleration import autocast
-from inferkit.callbacks import CallbackHandler, ProgressDisplay, RunWriter
+from inferkit.callbacks import Callback, CallbackHandler, ProgressDisplay, RunWriter
 from inferkit.errors import UserError
 from inferkit.eval.reconstruction import reconstruction_mse
 from inferkit.interfaces import (
@@ -220,7 +220,8 @@ class Run:
 
 def train(model: Model, sampler: Sampler, tuner: Tuner, data, spec: RunSpec, run_dir: str | Path, *,
           resume: bool = False, progress: bool = True, console: Console | None = None,
-          notes: tuple[str, ...] = (), logger: str | None = None) -> TrainResult:
+          notes: tuple[str, ...] = (), logger: str | None = None,
+          callbacks: Sequence[Callback] = ()) -> TrainResult:
     """Run Algorithm 1 and write the run folder (config, checkpoint, metrics, tuner history and its
     figures, images, summary). With ``resume`` continue from the folder's checkpoint. In a process
     group (``torchrun``) every process calls it; rank 0 alone writes.
@@ -230,7 +231,9 @@ def train(model: Model, sampler: Sampler, tuner: Tuner, data, spec: RunSpec, run
     checkpoint); SIGINT / SIGTERM stop it at the next iteration boundary after a checkpoint there
     (:class:`~inferkit.errors.TrainingInterrupted`). ``notes`` are lines for the run's log, shown by
     rank 0 once the folder is locked and the checkpoint read. ``logger`` names an optional logger
-    of :mod:`inferkit.loggers` (``"tensorboard"``) that rank 0 runs beside the run folder's writer."""
+    of :mod:`inferkit.loggers` (``"tensorboard"``) that rank 0 runs beside the run folder's writer.
+    ``callbacks`` (:class:`~inferkit.callbacks.Callback`) run on rank 0 after the built-in ones, so
+    ``on_checkpoint`` sees the checkpoint written and ``model`` / ``sampler`` as they were saved."""
     console = console or Console(stderr=True)
     check_logger(logger)  # before anything is written
     run = _prepare(model, sampler, tuner, data, spec, Path(run_dir), resume=resume, console=console)
@@ -242,12 +245,12 @@ def train(model: Model, sampler: Sampler, tuner: Tuner, data, spec: RunSpec, run
             _begin(run)
         for note in notes if main else ():
             console.print(note, markup=False, highlight=False, soft_wrap=True)
-        callbacks = CallbackHandler(_callbacks(run, progress=progress, console=console, logger=logger)
-                                    if main else [])
-        with closing(callbacks):
-            run_iterations(run, stop, callbacks)
+        handler = CallbackHandler(_callbacks(run, progress=progress, console=console, logger=logger)
+                                  + list(callbacks) if main else [])
+        with closing(handler):
+            run_iterations(run, stop, handler)
             summary = _summary(run)
-            callbacks.on_train_end(summary)
+            handler.on_train_end(summary)
     distributed.barrier()  # nobody leaves before rank 0 has written the run folder
     return TrainResult(model=model, sampler=sampler, run_dir=run.run_dir, summary=summary)
 

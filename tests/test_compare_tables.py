@@ -196,3 +196,21 @@ def test_learning_curve_tables_name_only_the_suites_methods():
     text = pyro_suite.markdown(results)
     assert "pyro-svi" not in text and "vae-constant-lr" not in text
     assert "| shortrun: T=8 below T=4 | own |" in text and "| shortrun below vae at T=8 | own |" in text
+
+
+def test_learning_curve_tables_show_the_own_error_on_training_images_where_it_was_measured():
+    import pyro_suite
+
+    runs = [{"method": "shortrun", "iterations": t, "seed": 0, "seconds_per_iteration": 0.1, "own": [0.2, 0.4],
+             "own_train": [0.1, 0.1 * t / 8], "reference": [0.1, 0.05]} for t in (4, 8)]
+    results = {"budget": "smoke", "model": "ladder", "methods": ("shortrun",),
+               "settings": pyro_suite.BUDGETS["smoke"], "runs": runs, "machine": "CPU"}
+    text = pyro_suite.markdown(results)
+    assert "| shortrun | own_train | 0.0750 ± nan (1) | 0.1000 ± nan (1) |" in text
+    assert "| shortrun: T=8 below T=4 | own_train | +0.0250 ± 0.0250 (inconclusive) |" in text
+    del runs[0]["own_train"]  # an older result: its cell is a dash, its pair is not compared
+    text = pyro_suite.markdown(results)
+    assert "| shortrun | own_train | - | 0.1000 ± nan (1) |" in text
+    assert "| shortrun: T=8 below T=4 | own_train | - |" in text
+    runs[1].pop("own_train")  # none measured: no such rows at all
+    assert "own_train" not in pyro_suite.markdown(results)

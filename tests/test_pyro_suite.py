@@ -1,5 +1,6 @@
 """``benchmarks/pyro_suite.py``: each short-run method is tuned (or not) the way its name says, in its own
-process, and its result holds one error per test image under both inferences."""
+process, and its result holds one error per test image under both inferences (and per training image
+under its own)."""
 
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ def test_each_short_run_method_tunes_as_its_name_says(method, mnist_dir, tmp_pat
         assert options["tie_se"] == (1.0 if method == "shortrun-one-se" else 0.0)
         assert len(evaluated) < len(options["grid"])  # a walk, not the whole grid
     assert result["method"] == method and result["step_size"] == tuning["hyperparameters"]["step_size"]
-    assert len(result["own"]) == len(result["reference"]) == 2000
+    assert len(result["own"]) == len(result["reference"]) == len(result["own_train"]) == 2000
 
 
 def test_the_fixed_step_size_control_is_never_tuned(mnist_dir, tmp_path):

@@ -1,0 +1,92 @@
+"""``train(callbacks=...)`` and ``benchmarks/inference_gap.py``: a caller's callback sees each checkpoint as
+it was written, measuring there leaves the training untouched, and each line of ``gap.jsonl`` is the own
+and reference reconstruction error of the checkpoint's model on the first training and test images."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from test_training_safety import tiny_spec
+
+from inferkit.callbacks import Callback
+from inferkit.eval.reconstruction import reconstruction_errors
+from inferkit.eval.reference import reference_sampler
+from inferkit.runs import CHECKPOINT_FILE, RunSpec, build_objects, load_checkpoint, restore_checkpoint
+from inferkit.trainer import train
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import inference_gap
+
+
+class Recorder(Callback):
+    def __init__(self, model, run_dir: Path) -> None:
+        self.model, self.run_dir, self.seen = model, run_dir, []
+
+    def on_checkpoint(self, done: int, *, more_to_come: bool) -> None:
+        saved = load_checkpoint(self.run_dir / CHECKPOINT_FILE)
+        same = all(torch.equal(saved["model"][name], value) for name, value in self.model.state_dict().items())
+        self.seen.append((done, more_to_come, saved["iteration"], same))
+
+
+def test_a_callers_callback_sees_every_checkpoint_as_written(tmp_path):
+    spec = tiny_spec(iterations=4, checkpoint_every=2)
+    data, model, sampler, tuner = build_objects(spec)
+    recorder = Recorder(model, tmp_path / "run")
+    train(model, sampler, tuner, data, spec, tmp_path / "run", progress=False, callbacks=[recorder])
+    assert recorder.seen == [(2, True, 2, True), (4, False, 4, True)]
+
+
+def _final_parameters(tmp_path: Path, name: str, with_gap: bool) -> list[torch.Tensor]:
+    spec = tiny_spec(iterations=4, checkpoint_every=1)
+    data, model, sampler, tuner = build_objects(spec)
+    callbacks = ([inference_gap.InferenceGap(model, sampler, data.train.x[:4], data.test.x[:4],
+                                             tmp_path / f"{name}.jsonl", reference_steps=2)] if with_gap else [])
+    train(model, sampler, tuner, data, spec, tmp_path / name, progress=False, callbacks=callbacks)
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def test_measuring_at_every_checkpoint_leaves_the_training_as_it_was(tmp_path):
+    torch.manual_seed(123)  # the global stream the measurement would disturb if it used it unguarded
+    plain = _final_parameters(tmp_path, "plain", with_gap=False)
+    torch.manual_seed(123)
+    measured = _final_parameters(tmp_path, "measured", with_gap=True)
+    assert len((tmp_path / "measured.jsonl").read_text().splitlines()) == 4
+    assert all(torch.equal(a, b) for a, b in zip(plain, measured))
+
+
+def test_each_line_is_the_checkpoints_own_and_reference_error(mnist_dir, tmp_path):
+    out = tmp_path / "gap"
+    code = inference_gap.main(["--out", str(out), "--data-dir", mnist_dir, "--iterations", "4", "--every", "2",
+                               "--num-train", "64", "--examples", "8", "--reference-steps", "3",
+                               "--sampler-opt", "num_steps=3", "--tuner-opt", "grid=[0.05, 0.1]",
+                               "--tuner-opt", "search=grid", "--tuner-opt", "batch_size=2",
+                               "--train-opt", "tune_every=2", "--train-opt", "batch_size=8"])
+    assert code == 0
+    lines = [json.loads(line) for line in (out / "gap.jsonl").read_text().splitlines()]
+    assert [line["iteration"] for line in lines] == [2, 4]
+    config = json.loads((out / "run" / "config.json").read_text())
+    assert config["data"]["options"]["num_train"] == 64 and config["tuner"]["options"]["search"] == "grid"
+    data, model, sampler, _ = build_objects(RunSpec.load(out / "run"))
+    restore_checkpoint(out / "run" / CHECKPOINT_FILE, "cpu", model, sampler)  # the last: iteration 4
+    x_train, x_test = data.train.x[:8], data.test.x[:8]
+    reference, _ = reference_sampler(model, x_train, num_steps=3)
+    last = lines[-1]
+    assert last["own_test"] == pytest.approx(reconstruction_errors(model, sampler, x_test).mean().item(), rel=1e-5)
+    assert last["own_train"] == pytest.approx(reconstruction_errors(model, sampler, x_train).mean().item(), rel=1e-5)
+    assert last["ref_test"] == pytest.approx(reconstruction_errors(model, reference, x_test).mean().item(), rel=1e-5)
+    assert last["own_train"] != last["own_test"]
+
+
+def test_an_existing_output_and_a_bad_option_are_one_line_errors(mnist_dir, tmp_path, capsys):
+    (tmp_path / "used" / "run").mkdir(parents=True)
+    assert inference_gap.main(["--out", str(tmp_path / "used"), "--data-dir", mnist_dir]) == 2
+    assert inference_gap.main(["--out", str(tmp_path / "new"), "--data-dir", mnist_dir,
+                               "--train-opt", "no-equals-sign"]) == 2
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert len(errors) == 2 and all(line.startswith("error: ") for line in errors)
