@@ -2,9 +2,10 @@
 
     python benchmarks/step_size_probe.py RUN [--model SPEC] [--examples 256] [--j-examples 16]
         [--step-sizes 0.01,0.02,...] [--logdet stepwise|exact|stochastic] [--j-split test|train]
+        [--num-steps K]
 
 For the run's trained model (at the observation sigma it was checkpointed with) and a noise-free
-short-run sampler with the run's K, for every step size s of a geometric range, or of
+short-run sampler with the run's K (or ``--num-steps``), for every step size s of a geometric range, or of
 ``--step-sizes`` (the authors' units, gradient coefficient s^2 / 2), it reports:
 
 - the test MSE of the reconstruction from ``z_K`` (the first ``--examples`` test images);
@@ -37,7 +38,7 @@ from inferkit.samplers.shortrun import ShortRun
 
 
 def probe(run: Path, model_name: str | None, step_sizes: list[float], examples: int, j_examples: int,
-          draws: int, logdet: str = "stepwise", j_split: str = "test") -> list[dict]:
+          draws: int, logdet: str = "stepwise", j_split: str = "test", num_steps: int | None = None) -> list[dict]:
     spec = RunSpec.load(run, model=model_name)
     data, model, sampler, _ = build_objects(spec)
     restore_checkpoint(run / CHECKPOINT_FILE, "cpu", model, sampler)
@@ -46,7 +47,7 @@ def probe(run: Path, model_name: str | None, step_sizes: list[float], examples: 
     x_j = {"test": data.test, "train": data.train}[j_split].x[:j_examples]
     rows = []
     for s in step_sizes:
-        flow = ShortRun(num_steps=sampler.num_steps, step_size=s)
+        flow = ShortRun(num_steps=num_steps or sampler.num_steps, step_size=s)
         mse = reconstruction_mse(model, flow, x)
         with torch.no_grad():
             result = kl_objective(model, flow, x_j, num_samples=draws,
@@ -89,14 +90,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--logdet", choices=LOGDET_METHODS, default="stepwise")
     parser.add_argument("--j-split", choices=("test", "train"), default="test",
                         help="the images J is estimated on")
+    parser.add_argument("--num-steps", type=int, default=None,
+                        help="K of the probed flows (default: the run's); more than the run's shows how far its K "
+                             "steps are from where the flow goes")
     args = parser.parse_args(argv)
+    if args.num_steps is not None and args.num_steps < 1:
+        parser.error(f"--num-steps must be a positive integer, got {args.num_steps}")
     if args.step_sizes:
         grid = args.step_sizes
     else:
         ratio = (args.largest / args.smallest) ** (1 / (args.points - 1))
         grid = [args.smallest * ratio ** i for i in range(args.points)]
     rows = probe(args.run, args.model, grid, args.examples, args.j_examples, args.draws,
-                 logdet=args.logdet, j_split=args.j_split)
+                 logdet=args.logdet, j_split=args.j_split, num_steps=args.num_steps)
     best = {key: min((r for r in rows if math.isfinite(r[key])), key=lambda r: r[key])["step_size"]
             for key in ("test_mse", "J_mean", "J_median")}
     invertible = [r["step_size"] for r in rows if r["invertible"]]

@@ -59,3 +59,18 @@ def test_bad_step_sizes_are_refused_by_the_parser(text):
 
 def test_step_sizes_are_parsed_in_order():
     assert step_size_probe.step_size_list("0.05,0.01,0.2") == [0.05, 0.01, 0.2]
+
+
+def test_more_steps_than_the_run_probe_a_longer_flow(trained_run):
+    rows = step_size_probe.probe(trained_run, None, [0.1], examples=4, j_examples=1, draws=1, num_steps=7)
+    data, model, sampler, _ = build_objects(RunSpec.load(trained_run))
+    restore_checkpoint(trained_run / CHECKPOINT_FILE, "cpu", model, sampler)
+    model.eval()
+    assert sampler.num_steps == 3
+    longer = reconstruction_mse(model, ShortRun(num_steps=7, step_size=0.1), data.test.x[:4])
+    assert rows[0]["test_mse"] == pytest.approx(longer, rel=1e-6)
+    assert rows[0]["test_mse"] != pytest.approx(reconstruction_mse(model, ShortRun(num_steps=3, step_size=0.1),
+                                                                   data.test.x[:4]), rel=1e-6)
+    with pytest.raises(SystemExit) as refused:
+        step_size_probe.main([str(trained_run), "--num-steps", "0"])
+    assert refused.value.code == 2
