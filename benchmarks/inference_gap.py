@@ -24,14 +24,24 @@ level while the reference error falls is inference that no longer follows the ge
 with (the iterations past its planned total train at its final learning rate and sigma, as
 ``inferkit run --resume`` does) and its own settings; the other options are then ignored.
 
-Writes the run folder ``OUT/run`` and one JSON line per checkpoint to ``OUT/gap.jsonl``:
-``{"iteration", "own_train", "own_test", "ref_train", "ref_test", "step_size", "eval_seconds"}``.
+Writes the run folder ``OUT/run``, a copy of every checkpoint (``OUT/checkpoints/<iteration>.pt``),
+one JSON line per checkpoint to ``OUT/gap.jsonl`` (``{"iteration", "own_train", "own_test",
+"ref_train", "ref_test", "step_size", "eval_seconds", "per_image"}``: the means and the per-image
+errors) and ``OUT/gap.md``: the means, and each measure's paired per-image change from one
+checkpoint to the next (mean ± standard error over the images).
+
+    python benchmarks/inference_gap.py --out OUT --data-dir DIR --measure OUT/checkpoints/*.pt
+
+measures saved checkpoint files of ``OUT/run`` the same way, training nothing, into
+``OUT/measured.jsonl`` and ``OUT/measured.md``.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -45,34 +55,91 @@ from inferkit.eval.reconstruction import reconstruction_errors
 from inferkit.eval.reference import reference_sampler
 from inferkit.interfaces import Model, Sampler
 from inferkit.options import parse_assignments
-from inferkit.runs import PluginSpec, RunSpec, TrainConfig, build_objects
+from inferkit.runs import CHECKPOINT_FILE, PluginSpec, RunSpec, TrainConfig, build_objects, restore_checkpoint
 from inferkit.trainer import step_size_summary, train
+
+MEASURES = ("own_train", "own_test", "ref_train", "ref_test")
+
+
+def errors(model: Model, sampler: Sampler, x_train: torch.Tensor, x_test: torch.Tensor,
+           reference_steps: int) -> dict[str, list[float]]:
+    """Per-image squared errors of ``sampler``'s reconstructions and of the reference inference's
+    (its step size chosen on the first 64 of ``x_train``), on ``x_train`` and ``x_test``, under a
+    forked random-number state."""
+    def per_image(inference: Sampler, x: torch.Tensor) -> list[float]:
+        return reconstruction_errors(model, inference, x, batch_size=250).tolist()
+
+    with torch.random.fork_rng():
+        reference, _ = reference_sampler(model, x_train[:64], num_steps=reference_steps)
+        return {"own_train": per_image(sampler, x_train), "own_test": per_image(sampler, x_test),
+                "ref_train": per_image(reference, x_train), "ref_test": per_image(reference, x_test)}
+
+
+def record(iteration: int, model: Model, sampler: Sampler, x_train: torch.Tensor, x_test: torch.Tensor,
+           reference_steps: int) -> dict[str, Any]:
+    """One line of ``gap.jsonl``: the mean of every measure, the step size, and the per-image errors."""
+    began = time.perf_counter()
+    per_image = errors(model, sampler, x_train, x_test, reference_steps)
+    means = {name: sum(values) / len(values) for name, values in per_image.items()}
+    return {"iteration": iteration, **means, "step_size": step_size_summary(sampler),
+            "eval_seconds": time.perf_counter() - began, "per_image": per_image}
 
 
 class InferenceGap(Callback):
-    """At every checkpoint, one line of own and reference reconstruction errors on ``x_train`` and
-    ``x_test`` appended to ``path``."""
+    """At every checkpoint, one :func:`record` appended to ``path``; with ``keep``, a copy of the
+    checkpoint file first (``FOLDER/<iteration>.pt``)."""
 
     def __init__(self, model: Model, sampler: Sampler, x_train: torch.Tensor, x_test: torch.Tensor, path: Path,
-                 reference_steps: int) -> None:
+                 reference_steps: int, keep: tuple[Path, Path] | None = None) -> None:
         self.model, self.sampler = model, sampler
         self.x_train, self.x_test, self.path, self.reference_steps = x_train, x_test, path, reference_steps
+        self.keep = keep
 
     def on_checkpoint(self, done: int, *, more_to_come: bool) -> None:
-        began = time.perf_counter()
-        with torch.random.fork_rng():
-            record = {"iteration": done, **self.errors()}
-        record.update(step_size=step_size_summary(self.sampler), eval_seconds=time.perf_counter() - began)
+        if self.keep is not None:  # (the run's checkpoint file, the folder its copies go to)
+            checkpoint, folder = self.keep
+            folder.mkdir(exist_ok=True)
+            shutil.copyfile(checkpoint, folder / f"{done}.pt")
+        line = record(done, self.model, self.sampler, self.x_train, self.x_test, self.reference_steps)
         with open(self.path, "a") as out:
-            out.write(json.dumps(record) + "\n")
+            out.write(json.dumps(line) + "\n")
 
-    def errors(self) -> dict[str, float]:
-        def mse(sampler: Sampler, x: torch.Tensor) -> float:
-            return reconstruction_errors(self.model, sampler, x, batch_size=250).mean().item()
 
-        reference, _ = reference_sampler(self.model, self.x_train[:64], num_steps=self.reference_steps)
-        return {"own_train": mse(self.sampler, self.x_train), "own_test": mse(self.sampler, self.x_test),
-                "ref_train": mse(reference, self.x_train), "ref_test": mse(reference, self.x_test)}
+def paired_table(lines: list[dict[str, Any]]) -> str:
+    """Means per checkpoint, and each measure's paired per-image difference from one line to the next
+    (mean ± standard error over the images) where both hold their per-image errors."""
+    rows = ["| iteration | s | " + " | ".join(MEASURES) + " |", "|---:|---:|" + "---:|" * len(MEASURES)]
+    for line in lines:
+        rows.append(f"| {line['iteration']} | {line['step_size']:.3f} | "
+                    + " | ".join(f"{line[name]:.4f}" for name in MEASURES) + " |")
+    rows += ["", "| change | " + " | ".join(MEASURES) + " |", "|---|" + "---:|" * len(MEASURES)]
+    for before, after in itertools.pairwise(lines):
+        if "per_image" not in before or "per_image" not in after:
+            continue
+        cells = []
+        for name in MEASURES:
+            diffs = [b - a for a, b in zip(before["per_image"][name], after["per_image"][name])]
+            mean = sum(diffs) / len(diffs)
+            se = (sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1) / len(diffs)) ** 0.5
+            cells.append(f"{mean:+.4f} ± {se:.4f}")
+        rows.append(f"| {before['iteration']} -> {after['iteration']} | " + " | ".join(cells) + " |")
+    return "\n".join(rows) + "\n"
+
+
+def measure_checkpoints(run_dir: Path, checkpoints: list[Path], examples: int, reference_steps: int,
+                        path: Path) -> list[dict[str, Any]]:
+    """:func:`record` of each saved checkpoint file of the run in ``run_dir``, in order of iteration,
+    written to ``path``."""
+    spec = RunSpec.load(run_dir)
+    data, model, sampler, _ = build_objects(spec, resolve=False)
+    lines = []
+    for checkpoint in checkpoints:
+        state = restore_checkpoint(checkpoint, "cpu", model, sampler)
+        lines.append(record(int(state["iteration"]), model, sampler, data.train.x[:examples],
+                            data.test.x[:examples], reference_steps))
+    lines.sort(key=lambda line: line["iteration"])
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return lines
 
 
 def _options(items: list[str], flag: str) -> dict[str, Any]:
@@ -107,29 +174,50 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--examples", type=int, default=500, help="training and test images measured")
     parser.add_argument("--reference-steps", type=int, default=100)
     parser.add_argument("--resume", action="store_true", help="continue OUT/run to --iterations")
+    parser.add_argument("--measure", type=Path, nargs="+", default=None, metavar="CHECKPOINT",
+                        help="measure these saved checkpoint files of OUT/run (nothing is trained) into "
+                             "OUT/measured.jsonl")
     parser.add_argument("--sampler", default="shortrun")
     for flag in ("--sampler-opt", "--tuner-opt", "--train-opt"):
         parser.add_argument(flag, action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    run_dir = args.out / "run"
     try:
-        if args.resume:
-            spec = RunSpec.load(run_dir)
-            spec.train.resized(args.iterations)
-        elif run_dir.exists():
-            raise UserError(f"{run_dir} exists; give a new --out, or --resume to continue it")
-        else:
-            spec = run_spec(args)
-        data, model, sampler, tuner = build_objects(spec, resolve=not args.resume)
-        args.out.mkdir(parents=True, exist_ok=True)
-        gap = InferenceGap(model, sampler, data.train.x[:args.examples], data.test.x[:args.examples],
-                           args.out / "gap.jsonl", args.reference_steps)
-        train(model, sampler, tuner, data, spec, run_dir, resume=args.resume, progress=False, callbacks=[gap])
+        lines = measured(args) if args.measure else trained(args)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    table = paired_table(lines)
+    (args.out / ("measured.md" if args.measure else "gap.md")).write_text(table)
+    print(table, end="")
     return 0
+
+
+def trained(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Train (or continue) ``OUT/run``, measuring at every checkpoint; every line of ``OUT/gap.jsonl``."""
+    run_dir = args.out / "run"
+    if args.resume:
+        spec = RunSpec.load(run_dir)
+        spec.train.resized(args.iterations)
+    elif run_dir.exists():
+        raise UserError(f"{run_dir} exists; give a new --out, or --resume to continue it")
+    else:
+        spec = run_spec(args)
+    data, model, sampler, tuner = build_objects(spec, resolve=not args.resume)
+    args.out.mkdir(parents=True, exist_ok=True)
+    gap = InferenceGap(model, sampler, data.train.x[:args.examples], data.test.x[:args.examples],
+                       args.out / "gap.jsonl", args.reference_steps,
+                       keep=(run_dir / CHECKPOINT_FILE, args.out / "checkpoints"))
+    train(model, sampler, tuner, data, spec, run_dir, resume=args.resume, progress=False, callbacks=[gap])
+    return [json.loads(line) for line in (args.out / "gap.jsonl").read_text().splitlines()]
+
+
+def measured(args: argparse.Namespace) -> list[dict[str, Any]]:
+    missing = [str(path) for path in args.measure if not path.is_file()]
+    if missing:
+        raise UserError(f"no checkpoint file {missing[0]}; give files saved from OUT/run's checkpoint.pt")
+    return measure_checkpoints(args.out / "run", args.measure, args.examples, args.reference_steps,
+                               args.out / "measured.jsonl")
 
 
 if __name__ == "__main__":

@@ -81,6 +81,30 @@ def test_each_line_is_the_checkpoints_own_and_reference_error(mnist_dir, tmp_pat
     assert last["own_train"] == pytest.approx(reconstruction_errors(model, sampler, x_train).mean().item(), rel=1e-5)
     assert last["ref_test"] == pytest.approx(reconstruction_errors(model, reference, x_test).mean().item(), rel=1e-5)
     assert last["own_train"] != last["own_test"]
+    assert last["own_test"] == pytest.approx(sum(last["per_image"]["own_test"]) / 8, rel=1e-12)
+
+
+def test_a_saved_checkpoint_measures_as_it_did_in_training_and_changes_are_paired(mnist_dir, tmp_path, capsys):
+    out = tmp_path / "gap"
+    common = ["--out", str(out), "--data-dir", mnist_dir, "--examples", "6", "--reference-steps", "3"]
+    assert inference_gap.main([*common, "--iterations", "4", "--every", "2", "--num-train", "64",
+                               "--sampler-opt", "num_steps=3", "--train-opt", "tune_every=0"]) == 0
+    during = [json.loads(line) for line in (out / "gap.jsonl").read_text().splitlines()]
+    kept = sorted((out / "checkpoints").glob("*.pt"))
+    assert [path.name for path in kept] == ["2.pt", "4.pt"]
+    capsys.readouterr()
+    assert inference_gap.main([*common, "--measure", *map(str, reversed(kept))]) == 0
+    after = [json.loads(line) for line in (out / "measured.jsonl").read_text().splitlines()]
+    assert [line["iteration"] for line in after] == [2, 4]  # in order of iteration, whatever order given
+    for a, b in zip(during, after):
+        assert a["per_image"] == b["per_image"]
+    diffs = [b - a for a, b in zip(after[0]["per_image"]["own_test"], after[1]["per_image"]["own_test"])]
+    mean = sum(diffs) / 6
+    se = (sum((d - mean) ** 2 for d in diffs) / 5 / 6) ** 0.5
+    table = (out / "measured.md").read_text()
+    assert "| 2 -> 4 | " in table and f"{mean:+.4f} ± {se:.4f}" in table
+    assert table in capsys.readouterr().out
+    assert inference_gap.main([*common, "--measure", str(out / "checkpoints" / "9.pt")]) == 2
 
 
 def test_an_existing_output_and_a_bad_option_are_one_line_errors(mnist_dir, tmp_path, capsys):
