@@ -51,6 +51,7 @@ import torch
 
 from inferkit.callbacks import Callback
 from inferkit.errors import UserError
+from inferkit.eval.paired import paired_difference
 from inferkit.eval.reconstruction import reconstruction_errors
 from inferkit.eval.reference import reference_sampler
 from inferkit.interfaces import Model, Sampler
@@ -116,12 +117,8 @@ def paired_table(lines: list[dict[str, Any]]) -> str:
     for before, after in itertools.pairwise(lines):
         if "per_image" not in before or "per_image" not in after:
             continue
-        cells = []
-        for name in MEASURES:
-            diffs = [b - a for a, b in zip(before["per_image"][name], after["per_image"][name])]
-            mean = sum(diffs) / len(diffs)
-            se = (sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1) / len(diffs)) ** 0.5
-            cells.append(f"{mean:+.4f} ± {se:.4f}")
+        changes = [paired_difference(before["per_image"][name], after["per_image"][name]) for name in MEASURES]
+        cells = [f"{c['mean_difference']:+.4f} ± {c['standard_error']:.4f}" for c in changes]
         rows.append(f"| {before['iteration']} -> {after['iteration']} | " + " | ".join(cells) + " |")
     return "\n".join(rows) + "\n"
 
