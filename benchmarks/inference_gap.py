@@ -15,8 +15,9 @@ as JSON, else as text) change it.
 At every checkpoint (``--every`` iterations) a callback measures, on the first ``--examples`` training
 and test images, the mean per-pixel squared error of the run's own inference and of the common
 reference inference (noise-free gradient flow, ``--reference-steps`` steps, step size chosen on 64
-training images: :func:`inferkit.eval.reference.reference_sampler`), under its own random-number
-state so the run trains as it would without it. The own error falling on training images while it
+training images: :func:`inferkit.eval.reference.reference_sampler`). The measurement changes
+neither the model nor the global random state (``torch.random.fork_rng``, for samplers that draw from
+it), so the run trains as it would without it. The own error falling on training images while it
 stays level on test images is a gap between the images the generator learned from and new ones; both
 level while the reference error falls is inference that no longer follows the generator.
 

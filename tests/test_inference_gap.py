@@ -42,22 +42,23 @@ def test_a_callers_callback_sees_every_checkpoint_as_written(tmp_path):
     assert recorder.seen == [(2, True, 2, True), (4, False, 4, True)]
 
 
-def _final_parameters(tmp_path: Path, name: str, with_gap: bool) -> list[torch.Tensor]:
+def _final_state(tmp_path: Path, name: str, with_gap: bool) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """The trained parameters, and the global random state after training."""
+    torch.manual_seed(123)
     spec = tiny_spec(iterations=4, checkpoint_every=1)
     data, model, sampler, tuner = build_objects(spec)
     callbacks = ([inference_gap.InferenceGap(model, sampler, data.train.x[:4], data.test.x[:4],
                                              tmp_path / f"{name}.jsonl", reference_steps=2)] if with_gap else [])
     train(model, sampler, tuner, data, spec, tmp_path / name, progress=False, callbacks=callbacks)
-    return [p.detach().clone() for p in model.parameters()]
+    return [p.detach().clone() for p in model.parameters()], torch.random.get_rng_state()
 
 
 def test_measuring_at_every_checkpoint_leaves_the_training_as_it_was(tmp_path):
-    torch.manual_seed(123)  # the global stream the measurement would disturb if it used it unguarded
-    plain = _final_parameters(tmp_path, "plain", with_gap=False)
-    torch.manual_seed(123)
-    measured = _final_parameters(tmp_path, "measured", with_gap=True)
+    plain, plain_rng = _final_state(tmp_path, "plain", with_gap=False)
+    measured, measured_rng = _final_state(tmp_path, "measured", with_gap=True)
     assert len((tmp_path / "measured.jsonl").read_text().splitlines()) == 4
     assert all(torch.equal(a, b) for a, b in zip(plain, measured))
+    assert torch.equal(plain_rng, measured_rng)  # whatever a sampler draws while measuring, the caller's stream is kept
 
 
 def test_each_line_is_the_checkpoints_own_and_reference_error(mnist_dir, tmp_path):
