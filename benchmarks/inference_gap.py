@@ -12,8 +12,8 @@ iterations, batch 32, Adam at 1e-3 and the trainer's default schedules for the p
 images). ``--sampler``, ``--sampler-opt``, ``--tuner-opt`` and ``--train-opt KEY=VALUE`` (values read
 as JSON, else as text) change it.
 
-At every checkpoint (``--every`` iterations) a callback measures, on the first ``--examples`` training
-and test images, the mean per-pixel squared error of the run's own inference and of the common
+At every checkpoint (``--every`` iterations; ``--measure-at`` picks some of them) a callback
+measures, on the first ``--examples`` training and test images, the mean per-pixel squared error of the run's own inference and of the common
 reference inference (noise-free gradient flow, ``--reference-steps`` steps, step size chosen on 64
 training images: :func:`inferkit.eval.reference.reference_sampler`). The measurement changes
 neither the model nor the global random state (``torch.random.fork_rng``, for samplers that draw from
@@ -88,20 +88,23 @@ def record(iteration: int, model: Model, sampler: Sampler, x_train: torch.Tensor
 
 
 class InferenceGap(Callback):
-    """At every checkpoint, one :func:`record` appended to ``path``; with ``keep``, a copy of the
-    checkpoint file first (``FOLDER/<iteration>.pt``)."""
+    """At every checkpoint (or those of ``measure_at``), one :func:`record` appended to ``path``; with
+    ``keep``, a copy of every checkpoint file first (``FOLDER/<iteration>.pt``)."""
 
     def __init__(self, model: Model, sampler: Sampler, x_train: torch.Tensor, x_test: torch.Tensor, path: Path,
-                 reference_steps: int, keep: tuple[Path, Path] | None = None) -> None:
+                 reference_steps: int, keep: tuple[Path, Path] | None = None,
+                 measure_at: frozenset[int] | None = None) -> None:
         self.model, self.sampler = model, sampler
         self.x_train, self.x_test, self.path, self.reference_steps = x_train, x_test, path, reference_steps
-        self.keep = keep
+        self.keep, self.measure_at = keep, measure_at
 
     def on_checkpoint(self, done: int, *, more_to_come: bool) -> None:
         if self.keep is not None:  # (the run's checkpoint file, the folder its copies go to)
             checkpoint, folder = self.keep
             folder.mkdir(exist_ok=True)
             shutil.copyfile(checkpoint, folder / f"{done}.pt")
+        if self.measure_at is not None and done not in self.measure_at:
+            return
         line = record(done, self.model, self.sampler, self.x_train, self.x_test, self.reference_steps)
         with open(self.path, "a") as out:
             out.write(json.dumps(line) + "\n")
@@ -168,6 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--iterations", type=int, default=1200)
     parser.add_argument("--every", type=int, default=300, help="checkpoint (and measure) every this many iterations")
+    parser.add_argument("--measure-at", default=None, metavar="I,J,...",
+                        help="measure only at these checkpoint iterations (every checkpoint is still kept)")
     parser.add_argument("--num-train", type=int, default=0, help="keep the first this many training images (0: all)")
     parser.add_argument("--examples", type=int, default=500, help="training and test images measured")
     parser.add_argument("--reference-steps", type=int, default=100)
@@ -193,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def trained(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Train (or continue) ``OUT/run``, measuring at every checkpoint; every line of ``OUT/gap.jsonl``."""
-    run_dir = args.out / "run"
+    run_dir, measured_iterations = args.out / "run", measure_at(args)
     if args.resume:
         spec = RunSpec.load(run_dir)
         spec.train.resized(args.iterations)
@@ -205,9 +210,22 @@ def trained(args: argparse.Namespace) -> list[dict[str, Any]]:
     args.out.mkdir(parents=True, exist_ok=True)
     gap = InferenceGap(model, sampler, data.train.x[:args.examples], data.test.x[:args.examples],
                        args.out / "gap.jsonl", args.reference_steps,
-                       keep=(run_dir / CHECKPOINT_FILE, args.out / "checkpoints"))
+                       keep=(run_dir / CHECKPOINT_FILE, args.out / "checkpoints"), measure_at=measured_iterations)
     train(model, sampler, tuner, data, spec, run_dir, resume=args.resume, progress=False, callbacks=[gap])
     return [json.loads(line) for line in (args.out / "gap.jsonl").read_text().splitlines()]
+
+
+def measure_at(args: argparse.Namespace) -> frozenset[int] | None:
+    """``--measure-at``'s iterations (None: every checkpoint)."""
+    if args.measure_at is None:
+        return None
+    try:
+        iterations = frozenset(int(item) for item in args.measure_at.split(","))
+    except ValueError:
+        raise UserError(f"--measure-at takes iterations separated by commas, got {args.measure_at!r}") from None
+    if not iterations or min(iterations) <= 0 or any(i % args.every for i in iterations):
+        raise UserError(f"--measure-at takes positive multiples of --every ({args.every}), got {args.measure_at!r}")
+    return iterations
 
 
 def measured(args: argparse.Namespace) -> list[dict[str, Any]]:

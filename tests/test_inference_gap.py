@@ -115,3 +115,25 @@ def test_an_existing_output_and_a_bad_option_are_one_line_errors(mnist_dir, tmp_
                                "--train-opt", "no-equals-sign"]) == 2
     errors = capsys.readouterr().err.strip().splitlines()
     assert len(errors) == 2 and all(line.startswith("error: ") for line in errors)
+
+
+def test_measure_at_measures_only_there_and_keeps_every_checkpoint(tmp_path):
+    spec = tiny_spec(iterations=4, checkpoint_every=1)
+    data, model, sampler, tuner = build_objects(spec)
+    run_dir = tmp_path / "run"
+    gap = inference_gap.InferenceGap(model, sampler, data.train.x[:4], data.test.x[:4], tmp_path / "gap.jsonl",
+                                     reference_steps=2, keep=(run_dir / CHECKPOINT_FILE, tmp_path / "checkpoints"),
+                                     measure_at=frozenset({1, 4}))
+    train(model, sampler, tuner, data, spec, run_dir, progress=False, callbacks=[gap])
+    lines = [json.loads(line) for line in (tmp_path / "gap.jsonl").read_text().splitlines()]
+    assert [line["iteration"] for line in lines] == [1, 4]
+    assert sorted(path.name for path in (tmp_path / "checkpoints").iterdir()) == ["1.pt", "2.pt", "3.pt", "4.pt"]
+
+
+@pytest.mark.parametrize("measure_at", ["300,x", "0", "150", ""])
+def test_a_bad_measure_at_is_a_one_line_error(mnist_dir, tmp_path, capsys, measure_at):
+    code = inference_gap.main(["--out", str(tmp_path / "new"), "--data-dir", mnist_dir, "--every", "300",
+                               "--measure-at", measure_at])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("error: ") and "--measure-at" in err[0]
+    assert not (tmp_path / "new" / "run" / "metrics.jsonl").exists()

@@ -4,6 +4,7 @@ it cannot honour (and extends as documented), torn JSON lines, and strict JSON e
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import signal
@@ -12,8 +13,10 @@ import pytest
 import torch
 from cli_helpers import one_line_error, run_cli, start_cli, train_until_crash, wait_for_records
 
+from inferkit.callbacks import Callback
 from inferkit.errors import UserError
 from inferkit.runs import PluginSpec, RunSpec, TrainConfig, build_objects, write_json_atomic
+from inferkit.trainer import train as train_run
 
 TINY = ["--model", "ladder", "--sampler", "shortrun", "--tuner", "fixed",
         "--model-opt", "num_layers=2", "--model-opt", "latent_dims=4,2", "--model-opt", "nf=8",
@@ -240,6 +243,38 @@ def test_extending_a_run_keeps_its_planned_schedules(tmp_path, capsys):
     assert [m["sigma"] for m in metrics][2:] == pytest.approx([0.2] * 4)
     planned = TrainConfig(iterations=6)
     assert learning_rate(planned, 4) == pytest.approx(3e-4)  # a run planned with 6 differs at t = 4
+
+
+class _States(Callback):
+    """The model's parameters and the sampler's hyperparameters at every checkpoint."""
+
+    def __init__(self, model, sampler) -> None:
+        self.model, self.sampler, self.at = model, sampler, {}
+
+    def on_checkpoint(self, done: int, *, more_to_come: bool) -> None:
+        self.at[done] = ({k: v.clone() for k, v in self.model.state_dict().items()},
+                         {k: v.clone() for k, v in self.sampler.hyperparameters().items()})
+
+
+def _checkpoint_states(tmp_path, name: str, **train) -> dict:
+    fixed = {"lr_milestones": (), "schedule_iterations": 12, "sigma_anneal": 0.25, "tune_every": 2}
+    spec = dataclasses.replace(tiny_spec(**fixed, **train), tuner=PluginSpec("kl-grid", {"batch_size": 4}))
+    data, model, sampler, tuner = build_objects(spec)
+    states = _States(model, sampler)
+    train_run(model, sampler, tuner, data, spec, tmp_path / name, progress=False, callbacks=[states])
+    return states.at
+
+
+def test_with_fixed_schedules_a_shorter_run_is_the_prefix_of_a_longer_one(tmp_path):
+    """Learning rate held and sigma annealed over a fixed planned count: a run of T iterations trains as
+    the first T iterations of a longer run, whatever its logging and checkpoint intervals, so the longer
+    run's checkpoints stand for separate runs of each length."""
+    short = _checkpoint_states(tmp_path, "short", iterations=6, checkpoint_every=6, log_every=1)
+    long = _checkpoint_states(tmp_path, "long", iterations=12, checkpoint_every=3, log_every=5)
+    (model_short, hyper_short), (model_long, hyper_long) = short[6], long[6]
+    assert all(torch.equal(model_short[k], model_long[k]) for k in model_short)
+    assert all(torch.equal(hyper_short[k], hyper_long[k]) for k in hyper_short)
+    assert not all(torch.equal(model_long[k], long[12][0][k]) for k in model_long)  # it trained on
 
 
 def test_a_torn_last_jsonl_line_is_dropped_on_resume(tmp_path, capsys):
