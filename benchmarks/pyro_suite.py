@@ -29,7 +29,10 @@ same 8,000 / 2,000 MNIST split, each for every iteration count and seed of the b
   at the same learning rate (held constant, as Pyro's optimiser does) and batch size, and the same
   number of updates;
 - ``vae-constant-lr``: the ``vae`` run with the learning rate held constant (no decay at the
-  trainer's default milestones), the control that separates the encoder from the schedule.
+  trainer's default milestones), the control that separates the encoder from the schedule;
+- ``shortrun-constant-lr``: ``shortrun`` with the learning rate held constant and sigma (where the
+  model anneals it) annealed over the first :data:`HELD_SIGMA_ANNEAL` iterations whatever T, so that
+  every run is the first T iterations of the longest one (:data:`HELD_SCHEDULE`).
 
 Every run is a fresh process (the example's decoder is a module-level object, so runs in one
 process would share it); every run starts from the same decoder initialisation (the example's).
@@ -61,8 +64,8 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 MODEL = "pyro:examples.pyro_mnist:model"
 METHODS = ("shortrun", "shortrun-last", "shortrun-full-grid", "shortrun-batch32", "shortrun-one-se",
-           "shortrun-fixed", "vae", "pyro-svi", "vae-constant-lr")
-TUNERS = {"shortrun": {}, "shortrun-last": {"memory": 0.0},
+           "shortrun-fixed", "vae", "pyro-svi", "vae-constant-lr", "shortrun-constant-lr")
+TUNERS = {"shortrun": {}, "shortrun-constant-lr": {}, "shortrun-last": {"memory": 0.0},
           "shortrun-full-grid": {"search": "grid", "batch_size": 4, "memory": 0.0},
           "shortrun-batch32": {"search": "grid", "batch_size": 32, "memory": 0.0},
           "shortrun-one-se": {"tie_se": 1.0, "memory": 0.0}}
@@ -75,7 +78,7 @@ COMPARED = (("shortrun", "shortrun-last"), ("shortrun-last", "shortrun-full-grid
             ("shortrun", "shortrun-fixed"), ("shortrun-last", "shortrun-fixed"), ("shortrun", "pyro-svi"),
             ("shortrun", "vae"), ("shortrun-last", "pyro-svi"), ("shortrun-last", "vae"), ("vae", "pyro-svi"),
             ("vae-constant-lr", "vae"), ("vae-constant-lr", "pyro-svi"), ("shortrun-one-se", "pyro-svi"),
-            ("shortrun-one-se", "vae"))
+            ("shortrun-one-se", "vae"), ("shortrun-constant-lr", "shortrun"), ("shortrun-constant-lr", "vae"))
 """The pairs ``(m, o)`` the claims table tests as "m below o" at every iteration count."""
 MODELS = {"pyro": (MODEL, METHODS), "ladder": ("ladder", ("shortrun", "vae"))}
 """``--model`` of the suite: the model plugin and the methods run on it by default. ``ladder`` is the
@@ -87,6 +90,11 @@ BUDGETS = {
 }
 LEARNING_RATE = 1e-3
 BATCH_SIZE = 32
+HELD_SIGMA_ANNEAL = 600
+HELD_SCHEDULE = {"lr_milestones": (), "schedule_iterations": HELD_SIGMA_ANNEAL, "sigma_anneal": 1.0}
+"""``shortrun-constant-lr``'s training schedule: no learning-rate milestones, and sigma's annealing
+planned over its first ``HELD_SIGMA_ANNEAL`` iterations (held at its end value after them), the same for
+every T: a run of T iterations trains exactly as the first T of a longer one."""
 
 
 def _environment() -> dict[str, str]:
@@ -112,20 +120,27 @@ def _data(data_dir: Path):
     return plugin_class("dataset", "mnist")(data_dir=str(data_dir))
 
 
-def _train_inferkit(method: str, iterations: int, seed: int, data_dir: Path, run_dir: Path, model_key: str):
-    from inferkit.runs import PluginSpec, RunSpec, TrainConfig, build_objects
-    from inferkit.trainer import train
+def run_spec(method: str, iterations: int, seed: int, data_dir: Path, model_key: str):
+    """The run ``method`` trains for ``iterations`` on ``model`` (a key of :data:`MODELS`)."""
+    from inferkit.runs import PluginSpec, RunSpec, TrainConfig
 
     tuned = method in TUNERS
     tuner = PluginSpec("kl-grid", dict(TUNERS[method])) if tuned else PluginSpec("fixed")
-    schedule = {"lr_milestones": ()} if method == "vae-constant-lr" else {}
-    spec = RunSpec(model=PluginSpec(MODELS[model_key][0]), sampler=PluginSpec(SAMPLERS.get(method, method)),
+    schedule = {"vae-constant-lr": {"lr_milestones": ()}, "shortrun-constant-lr": HELD_SCHEDULE}.get(method, {})
+    return RunSpec(model=PluginSpec(MODELS[model_key][0]), sampler=PluginSpec(SAMPLERS.get(method, method)),
                    tuner=tuner,
                    data=PluginSpec("mnist", {"data_dir": str(data_dir)}),
                    train=TrainConfig(iterations=iterations, batch_size=BATCH_SIZE, learning_rate=LEARNING_RATE,
                                      seed=seed, tune_every=100 if tuned else 0,
                                      log_every=max(1, iterations // 20), checkpoint_every=iterations,
                                      image_every=iterations, **schedule))
+
+
+def _train_inferkit(method: str, iterations: int, seed: int, data_dir: Path, run_dir: Path, model_key: str):
+    from inferkit.runs import build_objects
+    from inferkit.trainer import train
+
+    spec = run_spec(method, iterations, seed, data_dir, model_key)
     data, model, sampler, tuner_object = build_objects(spec)
     trained = train(model, sampler, tuner_object, data, spec, run_dir, progress=False)
     return data, trained.model, trained.sampler, trained.summary["seconds"]

@@ -214,3 +214,20 @@ def test_learning_curve_tables_show_the_own_error_on_training_images_where_it_wa
     assert "| shortrun: T=8 below T=4 | own_train | - |" in text
     runs[1].pop("own_train")  # none measured: no such rows at all
     assert "own_train" not in pyro_suite.markdown(results)
+
+
+@pytest.mark.parametrize("model_key", ["ladder", "pyro"])
+def test_the_held_schedule_makes_every_run_the_prefix_of_the_longest(model_key, tmp_path):
+    import pyro_suite
+
+    from inferkit.trainer import learning_rate, observation_sigma
+
+    configs = {t: pyro_suite.run_spec("shortrun-constant-lr", t, 0, tmp_path, model_key).train
+               for t in (300, 1200, 4800)}
+    for t in range(0, 300, 7):
+        assert len({learning_rate(c, t) for c in configs.values()}) == 1
+        assert len({observation_sigma(c, t) for c in configs.values()}) == 1
+    assert {learning_rate(configs[4800], t) for t in (0, 4799)} == {pyro_suite.LEARNING_RATE}
+    assert observation_sigma(configs[4800], pyro_suite.HELD_SIGMA_ANNEAL) == pytest.approx(configs[4800].sigma_end)
+    default = {t: pyro_suite.run_spec("shortrun", t, 0, tmp_path, model_key).train for t in (300, 4800)}
+    assert observation_sigma(default[300], 200) != observation_sigma(default[4800], 200)  # the suite's default
