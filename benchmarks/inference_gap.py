@@ -13,9 +13,10 @@ images). ``--sampler``, ``--sampler-opt``, ``--tuner-opt`` and ``--train-opt KEY
 as JSON, else as text) change it.
 
 At every checkpoint (``--every`` iterations; ``--measure-at`` picks some of them) a callback
-measures, on the first ``--examples`` training and test images, the mean per-pixel squared error of the run's own inference and of the common
-reference inference (noise-free gradient flow, ``--reference-steps`` steps, step size chosen on 64
-training images: :func:`inferkit.eval.reference.reference_sampler`). The measurement changes
+measures, on the first ``--examples`` training and test images, the mean per-pixel squared error of
+the run's own inference and of the common reference inference (noise-free gradient flow,
+``--reference-steps`` steps, step size chosen on 64 training images:
+:func:`inferkit.eval.reference.reference_sampler`). The measurement changes
 neither the model nor the global random state (``torch.random.fork_rng``, for samplers that draw from
 it), so the run trains as it would without it. The own error falling on training images while it
 stays level on test images is a gap between the images the generator learned from and new ones; both
@@ -197,7 +198,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def trained(args: argparse.Namespace) -> list[dict[str, Any]]:
-    """Train (or continue) ``OUT/run``, measuring at every checkpoint; every line of ``OUT/gap.jsonl``."""
+    """Train (or continue) ``OUT/run``, measuring at every checkpoint (or those of ``--measure-at``);
+    every line of ``OUT/gap.jsonl``."""
     run_dir, measured_iterations = args.out / "run", measure_at(args)
     if args.resume:
         spec = RunSpec.load(run_dir)
