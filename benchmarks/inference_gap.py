@@ -200,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
 def trained(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Train (or continue) ``OUT/run``, measuring at every checkpoint (or those of ``--measure-at``);
     every line of ``OUT/gap.jsonl``."""
-    run_dir, measured_iterations = args.out / "run", measure_at(args)
+    run_dir = args.out / "run"
     if args.resume:
         spec = RunSpec.load(run_dir)
         spec.train.resized(args.iterations)
@@ -208,6 +208,7 @@ def trained(args: argparse.Namespace) -> list[dict[str, Any]]:
         raise UserError(f"{run_dir} exists; give a new --out, or --resume to continue it")
     else:
         spec = run_spec(args)
+    measured_iterations = measure_at(args.measure_at, spec.train.checkpoint_every)
     data, model, sampler, tuner = build_objects(spec, resolve=not args.resume)
     args.out.mkdir(parents=True, exist_ok=True)
     gap = InferenceGap(model, sampler, data.train.x[:args.examples], data.test.x[:args.examples],
@@ -217,16 +218,18 @@ def trained(args: argparse.Namespace) -> list[dict[str, Any]]:
     return [json.loads(line) for line in (args.out / "gap.jsonl").read_text().splitlines()]
 
 
-def measure_at(args: argparse.Namespace) -> frozenset[int] | None:
-    """``--measure-at``'s iterations (None: every checkpoint)."""
-    if args.measure_at is None:
+def measure_at(text: str | None, every: int) -> frozenset[int] | None:
+    """``--measure-at``'s iterations, checkpoints of a run that checkpoints every ``every`` iterations
+    (None: every checkpoint)."""
+    if text is None:
         return None
     try:
-        iterations = frozenset(int(item) for item in args.measure_at.split(","))
+        iterations = frozenset(int(item) for item in text.split(","))
     except ValueError:
-        raise UserError(f"--measure-at takes iterations separated by commas, got {args.measure_at!r}") from None
-    if not iterations or min(iterations) <= 0 or any(i % args.every for i in iterations):
-        raise UserError(f"--measure-at takes positive multiples of --every ({args.every}), got {args.measure_at!r}")
+        raise UserError(f"--measure-at takes iterations separated by commas, got {text!r}") from None
+    if not iterations or min(iterations) <= 0 or any(i % every for i in iterations):
+        raise UserError(f"--measure-at takes positive multiples of the run's checkpoint interval ({every}), "
+                        f"got {text!r}")
     return iterations
 
 
