@@ -32,7 +32,10 @@ same 8,000 / 2,000 MNIST split, each for every iteration count and seed of the b
   trainer's default milestones), the control that separates the encoder from the schedule;
 - ``shortrun-constant-lr``: ``shortrun`` with the learning rate held constant and sigma (where the
   model anneals it) annealed over the first :data:`HELD_SIGMA_ANNEAL` iterations whatever T, so that
-  every run is the first T iterations of the longest one (:data:`HELD_SCHEDULE`).
+  every run is the first T iterations of the longest one (:data:`HELD_SCHEDULE`);
+- ``shortrun-momentum``: ``shortrun`` with heavy-ball steps (the ``shortrun-momentum`` sampler, momentum
+  0.5, the same K = 20 gradient evaluations) and ``kl-grid``'s defaults: the flow that goes further
+  in K steps along the directions where the posterior is flat.
 
 Every run is a fresh process (the example's decoder is a module-level object, so runs in one
 process would share it); every run starts from the same decoder initialisation (the example's).
@@ -64,13 +67,14 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 MODEL = "pyro:examples.pyro_mnist:model"
 METHODS = ("shortrun", "shortrun-last", "shortrun-full-grid", "shortrun-batch32", "shortrun-one-se",
-           "shortrun-fixed", "vae", "pyro-svi", "vae-constant-lr", "shortrun-constant-lr")
-TUNERS = {"shortrun": {}, "shortrun-constant-lr": {}, "shortrun-last": {"memory": 0.0},
+           "shortrun-fixed", "vae", "pyro-svi", "vae-constant-lr", "shortrun-constant-lr", "shortrun-momentum")
+TUNERS = {"shortrun": {}, "shortrun-constant-lr": {}, "shortrun-momentum": {}, "shortrun-last": {"memory": 0.0},
           "shortrun-full-grid": {"search": "grid", "batch_size": 4, "memory": 0.0},
           "shortrun-batch32": {"search": "grid", "batch_size": 32, "memory": 0.0},
           "shortrun-one-se": {"tie_se": 1.0, "memory": 0.0}}
 """``kl-grid``'s options per short-run method (the others keep their sampler's step size)."""
-SAMPLERS = {**{method: "shortrun" for method in TUNERS if method != "shortrun"}, "shortrun-fixed": "shortrun",
+SAMPLERS = {**{method: "shortrun" for method in TUNERS if method not in ("shortrun", "shortrun-momentum")},
+            "shortrun-fixed": "shortrun",
             "vae-constant-lr": "vae"}
 """The sampler of each method whose name is not a sampler's."""
 COMPARED = (("shortrun", "shortrun-last"), ("shortrun-last", "shortrun-full-grid"),
@@ -78,7 +82,8 @@ COMPARED = (("shortrun", "shortrun-last"), ("shortrun-last", "shortrun-full-grid
             ("shortrun", "shortrun-fixed"), ("shortrun-last", "shortrun-fixed"), ("shortrun", "pyro-svi"),
             ("shortrun", "vae"), ("shortrun-last", "pyro-svi"), ("shortrun-last", "vae"), ("vae", "pyro-svi"),
             ("vae-constant-lr", "vae"), ("vae-constant-lr", "pyro-svi"), ("shortrun-one-se", "pyro-svi"),
-            ("shortrun-one-se", "vae"), ("shortrun-constant-lr", "shortrun"), ("shortrun-constant-lr", "vae"))
+            ("shortrun-one-se", "vae"), ("shortrun-constant-lr", "shortrun"), ("shortrun-constant-lr", "vae"),
+            ("shortrun-momentum", "shortrun"), ("shortrun-momentum", "vae"), ("shortrun-momentum", "pyro-svi"))
 """The pairs ``(m, o)`` the claims table tests as "m below o" at every iteration count."""
 MODELS = {"pyro": (MODEL, METHODS), "ladder": ("ladder", ("shortrun", "vae"))}
 """``--model`` of the suite: the model plugin and the methods run on it by default. ``ladder`` is the

@@ -231,3 +231,19 @@ def test_the_held_schedule_makes_every_run_the_prefix_of_the_longest(model_key, 
     assert observation_sigma(configs[4800], pyro_suite.HELD_SIGMA_ANNEAL) == pytest.approx(configs[4800].sigma_end)
     default = {t: pyro_suite.run_spec("shortrun", t, 0, tmp_path, model_key).train for t in (300, 4800)}
     assert observation_sigma(default[300], 200) != observation_sigma(default[4800], 200)  # the suite's default
+
+
+@pytest.mark.parametrize("model_key", ["ladder", "pyro"])
+def test_the_momentum_method_is_heavy_ball_short_run_tuned_by_kl_grid(model_key, tmp_path):
+    import pyro_suite
+
+    from inferkit.registry import plugin_class
+    from inferkit.samplers.shortrun_momentum import ShortRunMomentum
+
+    spec = pyro_suite.run_spec("shortrun-momentum", 300, 0, tmp_path, model_key)
+    assert (spec.sampler.name, spec.tuner.name, spec.tuner.options, spec.train.tune_every) == (
+        "shortrun-momentum", "kl-grid", {}, 100)
+    assert spec.train == pyro_suite.run_spec("shortrun", 300, 0, tmp_path, model_key).train
+    sampler = plugin_class("sampler", spec.sampler.name)(**spec.sampler.options)
+    assert isinstance(sampler, ShortRunMomentum)
+    assert (sampler.num_steps, float(sampler.momentum), sampler.nesterov) == (20, 0.5, False)
