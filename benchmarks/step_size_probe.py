@@ -2,10 +2,12 @@
 
     python benchmarks/step_size_probe.py RUN [--model SPEC] [--examples 256] [--j-examples 16]
         [--step-sizes 0.01,0.02,...] [--logdet stepwise|exact|stochastic] [--j-split test|train]
-        [--num-steps K]
+        [--num-steps K] [--momentum MU]
 
 For the run's trained model (at the observation sigma it was checkpointed with) and a noise-free
-short-run sampler with the run's K (or ``--num-steps``), for every step size s of a geometric range, or of
+short-run sampler with the run's K (or ``--num-steps``) and the run's kind of steps (gradient flow, or
+heavy-ball steps at the run's momentum; ``--momentum MU`` probes heavy-ball steps at MU, 0 plain gradient
+flow), for every step size s of a geometric range, or of
 ``--step-sizes`` (the authors' units, gradient coefficient s^2 / 2), it reports:
 
 - the test MSE of the reconstruction from ``z_K`` (the first ``--examples`` test images);
@@ -31,14 +33,18 @@ from pathlib import Path
 
 import torch
 
+from inferkit.errors import UserError
 from inferkit.eval.reconstruction import reconstruction_mse
+from inferkit.interfaces import Sampler
 from inferkit.objective import LOGDET_METHODS, LogDetEstimator, kl_objective
 from inferkit.runs import CHECKPOINT_FILE, RunSpec, build_objects, restore_checkpoint
 from inferkit.samplers.shortrun import ShortRun
+from inferkit.samplers.shortrun_momentum import ShortRunMomentum
 
 
 def probe(run: Path, model_name: str | None, step_sizes: list[float], examples: int, j_examples: int,
-          draws: int, logdet: str = "stepwise", j_split: str = "test", num_steps: int | None = None) -> list[dict]:
+          draws: int, logdet: str = "stepwise", j_split: str = "test", num_steps: int | None = None,
+          momentum: float | None = None) -> list[dict]:
     spec = RunSpec.load(run, model=model_name)
     data, model, sampler, _ = build_objects(spec)
     restore_checkpoint(run / CHECKPOINT_FILE, "cpu", model, sampler)
@@ -47,7 +53,7 @@ def probe(run: Path, model_name: str | None, step_sizes: list[float], examples: 
     x_j = {"test": data.test, "train": data.train}[j_split].x[:j_examples]
     rows = []
     for s in step_sizes:
-        flow = ShortRun(num_steps=num_steps or sampler.num_steps, step_size=s)
+        flow = probed_flow(sampler, s, num_steps or sampler.num_steps, momentum)
         mse = reconstruction_mse(model, flow, x)
         with torch.no_grad():
             result = kl_objective(model, flow, x_j, num_samples=draws,
@@ -62,6 +68,18 @@ def probe(run: Path, model_name: str | None, step_sizes: list[float], examples: 
         print(f"s={s:.4g}  MSE {mse:.4f}  J mean {rows[-1]['J_mean']:.1f}  median {rows[-1]['J_median']:.1f}  "
               f"min eig {result.info.min_eigenvalue:.3g}", flush=True)
     return rows
+
+
+def probed_flow(run_sampler: Sampler, step_size: float, num_steps: int, momentum: float | None) -> ShortRun:
+    """The noise-free flow probed at ``step_size``: heavy-ball steps at ``momentum`` where it is given and
+    positive, plain gradient flow where it is 0, else the run's kind of steps (its momentum and Nesterov
+    look-ahead where it ran ``shortrun-momentum``)."""
+    if momentum is None and isinstance(run_sampler, ShortRunMomentum):
+        return ShortRunMomentum(num_steps=num_steps, step_size=step_size, momentum=float(run_sampler.momentum),
+                                nesterov=run_sampler.nesterov)
+    if momentum:
+        return ShortRunMomentum(num_steps=num_steps, step_size=step_size, momentum=momentum)
+    return ShortRun(num_steps=num_steps, step_size=step_size)
 
 
 def step_size_list(text: str) -> list[float]:
@@ -93,16 +111,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-steps", type=int, default=None,
                         help="K of the probed flows (default: the run's); more than the run's shows how far its K "
                              "steps are from where the flow goes")
+    parser.add_argument("--momentum", type=float, default=None,
+                        help="probe heavy-ball steps at this momentum in [0, 1) (0: plain gradient flow; default: "
+                             "the run's kind of steps)")
     args = parser.parse_args(argv)
     if args.num_steps is not None and args.num_steps < 1:
         parser.error(f"--num-steps must be a positive integer, got {args.num_steps}")
+    if args.momentum is not None and not 0 <= args.momentum < 1:
+        parser.error(f"--momentum must lie in [0, 1), got {args.momentum}")
+    if args.momentum and args.logdet == "stochastic":
+        parser.error("--logdet stochastic does not apply to the heavy-ball steps of --momentum; use stepwise or exact")
     if args.step_sizes:
         grid = args.step_sizes
     else:
         ratio = (args.largest / args.smallest) ** (1 / (args.points - 1))
         grid = [args.smallest * ratio ** i for i in range(args.points)]
-    rows = probe(args.run, args.model, grid, args.examples, args.j_examples, args.draws,
-                 logdet=args.logdet, j_split=args.j_split, num_steps=args.num_steps)
+    try:
+        rows = probe(args.run, args.model, grid, args.examples, args.j_examples, args.draws,
+                     logdet=args.logdet, j_split=args.j_split, num_steps=args.num_steps, momentum=args.momentum)
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     best = {key: min((r for r in rows if math.isfinite(r[key])), key=lambda r: r[key])["step_size"]
             for key in ("test_mse", "J_mean", "J_median")}
     invertible = [r["step_size"] for r in rows if r["invertible"]]

@@ -74,3 +74,43 @@ def test_more_steps_than_the_run_probe_a_longer_flow(trained_run):
     with pytest.raises(SystemExit) as refused:
         step_size_probe.main([str(trained_run), "--num-steps", "0"])
     assert refused.value.code == 2
+
+
+def test_momentum_probes_heavy_ball_steps_and_zero_probes_gradient_flow(trained_run):
+    from inferkit.samplers.shortrun_momentum import ShortRunMomentum
+
+    data, model, sampler, _ = build_objects(RunSpec.load(trained_run))
+    restore_checkpoint(trained_run / CHECKPOINT_FILE, "cpu", model, sampler)
+    model.eval()
+    x = data.test.x[:4]
+    heavy_ball = ShortRunMomentum(num_steps=3, step_size=0.1, momentum=0.5)
+    rows = {mu: step_size_probe.probe(trained_run, None, [0.1], examples=4, j_examples=1, draws=1, momentum=mu)[0]
+            for mu in (0.5, 0.0)}
+    assert rows[0.5]["test_mse"] == pytest.approx(reconstruction_mse(model, heavy_ball, x), rel=1e-6)
+    assert rows[0.0]["test_mse"] == pytest.approx(reconstruction_mse(model, ShortRun(num_steps=3, step_size=0.1), x),
+                                                  rel=1e-6)
+    assert rows[0.5]["test_mse"] != pytest.approx(rows[0.0]["test_mse"], rel=1e-6)
+    with torch.no_grad():
+        expected = kl_objective(model, heavy_ball, data.test.x[:1], estimator=LogDetEstimator("stepwise"),
+                                generator=torch.Generator().manual_seed(0))
+    assert rows[0.5]["J_mean"] == pytest.approx(float(expected.objective.mean()), rel=1e-9)
+
+
+def test_a_momentum_run_is_probed_with_its_own_steps(trained_run):
+    from inferkit.samplers.shortrun_momentum import ShortRunMomentum
+
+    run_sampler = ShortRunMomentum(num_steps=3, momentum=0.3, nesterov=True)
+    flow = step_size_probe.probed_flow(run_sampler, 0.07, 5, None)
+    assert isinstance(flow, ShortRunMomentum)
+    assert (flow.num_steps, float(flow.momentum), flow.nesterov) == (5, pytest.approx(0.3), True)
+    assert type(step_size_probe.probed_flow(run_sampler, 0.07, 5, 0.0)) is ShortRun
+    assert type(step_size_probe.probed_flow(ShortRun(num_steps=3), 0.07, 5, None)) is ShortRun
+
+
+@pytest.mark.parametrize("argv", [["--momentum", "1.0"], ["--momentum", "-0.1"],
+                                  ["--momentum", "0.5", "--logdet", "stochastic"]])
+def test_bad_momentum_options_are_refused(argv, capsys):
+    with pytest.raises(SystemExit) as refused:
+        step_size_probe.main(["run", *argv])
+    assert refused.value.code == 2
+    assert "momentum" in capsys.readouterr().err
