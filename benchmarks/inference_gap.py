@@ -36,6 +36,11 @@ checkpoint to the next (mean ± standard error over the images).
 
 measures saved checkpoint files of ``OUT/run`` the same way, training nothing, into
 ``OUT/measured.jsonl`` and ``OUT/measured.md``.
+
+    python benchmarks/inference_gap.py --out OUT --data-dir DIR --report
+
+writes ``OUT/gap.md`` from the lines ``OUT/gap.jsonl`` holds, training and measuring nothing: the
+table of a run that was stopped before its end.
 """
 
 from __future__ import annotations
@@ -181,13 +186,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--measure", type=Path, nargs="+", default=None, metavar="CHECKPOINT",
                         help="measure these saved checkpoint files of OUT/run (nothing is trained) into "
                              "OUT/measured.jsonl")
+    parser.add_argument("--report", action="store_true",
+                        help="write OUT/gap.md from OUT/gap.jsonl (nothing is trained or measured)")
     parser.add_argument("--sampler", default="shortrun")
     for flag in ("--sampler-opt", "--tuner-opt", "--train-opt"):
         parser.add_argument(flag, action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     try:
-        lines = measured(args) if args.measure else trained(args)
+        lines = reported(args.out) if args.report else measured(args) if args.measure else trained(args)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -216,6 +223,14 @@ def trained(args: argparse.Namespace) -> list[dict[str, Any]]:
                        keep=(run_dir / CHECKPOINT_FILE, args.out / "checkpoints"), measure_at=measured_iterations)
     train(model, sampler, tuner, data, spec, run_dir, resume=args.resume, progress=False, callbacks=[gap])
     return [json.loads(line) for line in (args.out / "gap.jsonl").read_text().splitlines()]
+
+
+def reported(out: Path) -> list[dict[str, Any]]:
+    """The lines of ``out/gap.jsonl``, whole runs' or a stopped run's."""
+    path = out / "gap.jsonl"
+    if not path.is_file():
+        raise UserError(f"{path} does not exist; --report reads the lines of a run made with --out {out}")
+    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 def measure_at(text: str | None, every: int) -> frozenset[int] | None:

@@ -137,3 +137,20 @@ def test_a_bad_measure_at_is_a_one_line_error(mnist_dir, tmp_path, capsys, measu
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and err[0].startswith("error: ") and "--measure-at" in err[0]
     assert not (tmp_path / "new" / "run" / "metrics.jsonl").exists()
+
+
+def test_report_writes_the_table_of_the_lines_a_stopped_run_left(tmp_path, capsys):
+    out = tmp_path / "gap"
+    assert inference_gap.main(["--out", str(out), "--data-dir", str(tmp_path), "--report"]) == 2
+    assert capsys.readouterr().err.startswith("error: ") and not out.exists()
+    out.mkdir()
+    per_image = [{name: [0.1 * i + 0.01 * k * i for k in range(4)] for name in inference_gap.MEASURES} for i in (1, 2)]
+    lines = [{"iteration": 300 * (i + 1), "step_size": 0.07, **{name: sum(per_image[i][name]) / 4
+                                                               for name in inference_gap.MEASURES},
+              "per_image": per_image[i]} for i in (0, 1)]
+    (out / "gap.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    assert inference_gap.main(["--out", str(out), "--data-dir", str(tmp_path), "--report"]) == 0
+    table = (out / "gap.md").read_text()
+    assert table == inference_gap.paired_table(lines) and table in capsys.readouterr().out
+    assert "| 300 -> 600 | +0.1150 ± 0.0065 |" in table  # differences 0.10, 0.11, 0.12, 0.13
+    assert sorted(path.name for path in out.iterdir()) == ["gap.jsonl", "gap.md"]
