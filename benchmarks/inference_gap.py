@@ -22,6 +22,7 @@ it), so the run trains as it would without it. The own error falling on training
 stays level on test images is a gap between the images the generator learned from and new ones; both
 level while the reference error falls is inference that no longer follows the generator.
 
+A run stopped by SIGINT or SIGTERM saves its checkpoint and says how to continue it (exit code 130).
 ``--resume`` continues ``OUT/run`` to ``--iterations`` in total with the schedules it was planned
 with (the iterations past its planned total train at its final learning rate and sigma, as
 ``inferkit run --resume`` does) and its own settings; the other options are then ignored.
@@ -57,7 +58,7 @@ from typing import Any
 import torch
 
 from inferkit.callbacks import Callback
-from inferkit.errors import UserError
+from inferkit.errors import TrainingInterrupted, UserError
 from inferkit.eval.paired import paired_difference
 from inferkit.eval.reconstruction import reconstruction_errors
 from inferkit.eval.reference import reference_sampler
@@ -198,6 +199,10 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except TrainingInterrupted:  # SIGINT/SIGTERM: the run stopped after its checkpoint
+        print(f"error: interrupted; continue with python benchmarks/inference_gap.py --out {args.out} "
+              f"--data-dir {args.data_dir} --resume --iterations {args.iterations}", file=sys.stderr)
+        return 130
     table = paired_table(lines)
     (args.out / ("measured.md" if args.measure else "gap.md")).write_text(table)
     print(table, end="")

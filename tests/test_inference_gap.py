@@ -16,6 +16,7 @@ from inferkit.callbacks import Callback
 from inferkit.eval.reconstruction import reconstruction_errors
 from inferkit.eval.reference import reference_sampler
 from inferkit.runs import CHECKPOINT_FILE, RunSpec, build_objects, load_checkpoint, restore_checkpoint
+from inferkit.stopping import interrupted
 from inferkit.trainer import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -154,3 +155,15 @@ def test_report_writes_the_table_of_the_lines_a_stopped_run_left(tmp_path, capsy
     assert table == inference_gap.paired_table(lines) and table in capsys.readouterr().out
     assert "| 300 -> 600 | +0.1150 ± 0.0065 |" in table  # differences 0.10, 0.11, 0.12, 0.13
     assert sorted(path.name for path in out.iterdir()) == ["gap.jsonl", "gap.md"]
+
+
+def test_an_interrupted_run_says_how_to_continue_it_in_one_line(mnist_dir, tmp_path, capsys, monkeypatch):
+    def stopped(model, sampler, tuner, data, spec, run_dir, **options):
+        raise interrupted(3, run_dir)
+
+    monkeypatch.setattr(inference_gap, "train", stopped)
+    out = tmp_path / "gap"
+    code = inference_gap.main(["--out", str(out), "--data-dir", mnist_dir, "--iterations", "6", "--every", "3"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 130 and len(err) == 1 and err[0].startswith("error: interrupted")
+    assert f"inference_gap.py --out {out} --data-dir {mnist_dir} --resume --iterations 6" in err[0]
