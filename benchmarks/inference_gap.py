@@ -200,8 +200,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except TrainingInterrupted:  # SIGINT/SIGTERM: the run stopped after its checkpoint
+        measure = f" --measure-at {args.measure_at}" if args.measure_at else ""
         print(f"error: interrupted; continue with python benchmarks/inference_gap.py --out {args.out} "
-              f"--data-dir {args.data_dir} --resume --iterations {args.iterations}", file=sys.stderr)
+              f"--data-dir {args.data_dir} --resume --iterations {args.iterations}{measure}", file=sys.stderr)
         return 130
     table = paired_table(lines)
     (args.out / ("measured.md" if args.measure else "gap.md")).write_text(table)

@@ -163,7 +163,8 @@ def test_an_interrupted_run_says_how_to_continue_it_in_one_line(mnist_dir, tmp_p
 
     monkeypatch.setattr(inference_gap, "train", stopped)
     out = tmp_path / "gap"
-    code = inference_gap.main(["--out", str(out), "--data-dir", mnist_dir, "--iterations", "6", "--every", "3"])
+    code = inference_gap.main(["--out", str(out), "--data-dir", mnist_dir, "--iterations", "6", "--every", "3",
+                               "--measure-at", "6"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 130 and len(err) == 1 and err[0].startswith("error: interrupted")
-    assert f"inference_gap.py --out {out} --data-dir {mnist_dir} --resume --iterations 6" in err[0]
+    assert f"inference_gap.py --out {out} --data-dir {mnist_dir} --resume --iterations 6 --measure-at 6" in err[0]
