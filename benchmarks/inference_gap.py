@@ -26,6 +26,7 @@ A run stopped by SIGINT or SIGTERM saves its checkpoint and says how to continue
 ``--resume`` continues ``OUT/run`` to ``--iterations`` in total with the schedules it was planned
 with (the iterations past its planned total train at its final learning rate and sigma, as
 ``inferkit run --resume`` does) and its own settings; the other options are then ignored.
+``--threads`` (default 1) sets torch's CPU threads, for this call only.
 
 Writes the run folder ``OUT/run``, a copy of every checkpoint (``OUT/checkpoints/<iteration>.pt``),
 one JSON line per checkpoint to ``OUT/gap.jsonl`` (``{"iteration", "own_train", "own_test",
@@ -190,10 +191,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report", action="store_true",
                         help="write OUT/gap.md from OUT/gap.jsonl (nothing is trained or measured)")
     parser.add_argument("--sampler", default="shortrun")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch's CPU threads (values differ from another count's in the last digits)")
     for flag in ("--sampler-opt", "--tuner-opt", "--train-opt"):
         parser.add_argument(flag, action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args(argv)
-    torch.set_num_threads(1)
+    if args.threads < 1:
+        print(f"error: --threads must be 1 or more, got {args.threads}", file=sys.stderr)
+        return 2
+    torch.set_num_threads(args.threads)
     try:
         lines = reported(args.out) if args.report else measured(args) if args.measure else trained(args)
     except UserError as error:

@@ -140,6 +140,14 @@ def test_a_bad_measure_at_is_a_one_line_error(mnist_dir, tmp_path, capsys, measu
     assert not (tmp_path / "new" / "run" / "metrics.jsonl").exists()
 
 
+@pytest.mark.parametrize("threads", ["0", "-2"])
+def test_a_thread_count_below_one_is_a_one_line_error(mnist_dir, tmp_path, capsys, threads):
+    code = inference_gap.main(["--out", str(tmp_path / "new"), "--data-dir", mnist_dir, "--threads", threads])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("error: ") and "--threads" in err[0]
+    assert not (tmp_path / "new").exists()
+
+
 def test_report_writes_the_table_of_the_lines_a_stopped_run_left(tmp_path, capsys):
     out = tmp_path / "gap"
     assert inference_gap.main(["--out", str(out), "--data-dir", str(tmp_path), "--report"]) == 2
