@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -247,3 +248,15 @@ def test_the_momentum_method_is_heavy_ball_short_run_tuned_by_kl_grid(model_key,
     sampler = plugin_class("sampler", spec.sampler.name)(**spec.sampler.options)
     assert isinstance(sampler, ShortRunMomentum)
     assert (sampler.num_steps, float(sampler.momentum), sampler.nesterov) == (20, 0.5, False)
+
+
+@pytest.mark.parametrize("model_key", ["ladder", "pyro"])
+def test_the_epoch_method_is_shortrun_tuned_once_per_pass_over_the_training_images(model_key, tmp_path):
+    import pyro_suite
+
+    epoch = pyro_suite.run_spec("shortrun-epoch", 300, 0, tmp_path, model_key)
+    every_100 = pyro_suite.run_spec("shortrun", 300, 0, tmp_path, model_key)
+    assert (epoch.sampler, epoch.tuner) == (every_100.sampler, every_100.tuner)
+    assert (epoch.train.tune_every, every_100.train.tune_every) == (250, 100)
+    assert replace(epoch.train, tune_every=100) == every_100.train
+    assert 250 * pyro_suite.BATCH_SIZE == 8000  # one pass over the suite's 8,000 training images
