@@ -11,8 +11,8 @@ Three ways to learn the same decoder (``z ~ N(0, I_16)``, ``x ~ N(tanh(MLP(z)), 
 same 8,000 / 2,000 MNIST split, each for every iteration count and seed of the budget:
 
 - ``shortrun``: inferkit's short-run inference (K = 20) with its step size tuned by ``kl-grid`` with
-  its defaults every 100 iterations (the walk on 16 images of the batch, the applied step size a moving average in
-  ``log s`` of the tunings' choices);
+  its defaults every 100 iterations (the walk on 16 images of the batch, the applied step size a
+  moving average in ``log s`` of the tunings' choices);
 - ``shortrun-last``: the same, applying each tuning's choice (``memory=0``);
 - ``shortrun-full-grid``: ``shortrun-last`` with ``kl-grid`` evaluating the whole grid on 4 images of
   the training batch at every tuning (``search=grid``, ``batch_size=4``), the control that measures

@@ -259,4 +259,4 @@ def test_the_epoch_method_is_shortrun_tuned_once_per_pass_over_the_training_imag
     assert (epoch.sampler, epoch.tuner) == (every_100.sampler, every_100.tuner)
     assert (epoch.train.tune_every, every_100.train.tune_every) == (250, 100)
     assert replace(epoch.train, tune_every=100) == every_100.train
-    assert 250 * pyro_suite.BATCH_SIZE == 8000  # one pass over the suite's 8,000 training images
+    assert epoch.train.tune_every * epoch.train.batch_size == 8000  # one pass over the 8,000 training images
