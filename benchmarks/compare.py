@@ -39,6 +39,7 @@ from inferkit.trainer import train
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from tables_suite import (
+    TABLES,
     Cell,
     CellRunner,
     cell_dict,
@@ -282,6 +283,14 @@ def parse_methods(text: str | None, allowed: tuple[str, ...], suite: str) -> tup
     return methods
 
 
+def parse_tables(text: str) -> tuple[str, ...]:
+    """``--tables`` as names from :data:`TABLES` in their order, or exit with one line."""
+    names = {part.strip() for part in text.split(",") if part.strip()}
+    if not names or not names <= set(TABLES):
+        raise SystemExit(f"error: --tables takes comma-separated names from {', '.join(TABLES)}; got {text!r}")
+    return tuple(t for t in TABLES if t in names)
+
+
 def parse_iterations(text: str | None) -> tuple[int, ...] | None:
     """``--iterations`` as increasing positive integers (``None``: the budget's), or exit with one line."""
     if text is None:
@@ -302,7 +311,10 @@ def main(argv: list[str] | None = None) -> int:
                         "[default: $INFERKIT_DATA/mnist, else the cache of `inferkit data fetch mnist`]")
     parser.add_argument("--budget", choices=sorted(BUDGETS), default="smoke")
     parser.add_argument("--samplers", default=",".join(SAMPLERS), help="comma-separated sampler names")
-    parser.add_argument("--no-ablations", action="store_true", help="skip Tables 2 and 3")
+    parser.add_argument("--no-ablations", action="store_true", help="skip Tables 2 and 3 (--tables samplers)")
+    parser.add_argument("--tables", default=",".join(TABLES), help="comma-separated tables to run, from "
+                        f"{', '.join(TABLES)}; without samplers the main shortrun cell is one ablation cell "
+                        "(evaluated as those are: give it its own --out)")
     parser.add_argument("--suite", choices=("tables", "ebm", "discrete", "pyro", "ladder-curve"), default="tables",
                         help="tables: the papers' Tables 1-3; ebm: Gaussian vs energy-based top prior; discrete: "
                              "rbm-prior trained by vimco and rws, AIS and RAISE log-likelihoods ("
@@ -321,6 +333,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--inception-weights", type=Path, default=None, help="FID weights file (no download)")
     parser.add_argument("--out", type=Path, default=None, help="output folder [default: bench/<budget>]")
     args = parser.parse_args(argv)
+    args.tables = parse_tables(args.tables)
     seeds_given = args.seeds is not None
     args.seeds = parse_seeds(args.seeds, BUDGETS.get(args.budget))
     args.data_dir = mnist_folder(args.data_dir)
@@ -398,19 +411,19 @@ def main(argv: list[str] | None = None) -> int:
 def run_tables(args, budget: Budget, samplers: list[str], out: Path, main_eval: EvalConfig,
                ablation_eval: EvalConfig, results: dict[str, Any]) -> None:
     """Every cell of Tables 1-3 (and the equal-time VAE) for every seed, into ``results['records']``."""
-    tables = table_cells(samplers, budget.num_layers, budget.num_steps, FLOW_SAMPLERS)
-    if args.no_ablations:
-        tables = {"samplers": tables["samplers"]}
+    every = table_cells(samplers, budget.num_layers, budget.num_steps, FLOW_SAMPLERS)
+    tables = {key: every[key] for key in (("samplers",) if args.no_ablations else args.tables)}
+    main_cells = tables.get("samplers", [])
     results["tables"] = {key: [cell_dict(c) for c in cells] for key, cells in tables.items()}
     runner = CellRunner(out, None if args.report else train_and_evaluate)
     records = results["records"]
     ablations = list(dict.fromkeys(c for key in ("layers-matched", "layers-paper", "steps") if key in tables
-                                   for c in tables[key] if c not in tables["samplers"]))
-    by_sampler = {c.sampler: c for c in tables["samplers"]}
+                                   for c in tables[key] if c not in main_cells))
+    by_sampler = {c.sampler: c for c in main_cells}
     for seed in args.seeds:
-        print(f"seed {seed}: {len(tables['samplers'])} samplers, then {len(ablations)} ablation cells", flush=True)
+        print(f"seed {seed}: {len(main_cells)} samplers, then {len(ablations)} ablation cells", flush=True)
         equal_time_done = False
-        for cell in tables["samplers"]:
+        for cell in main_cells:
             keep(records, cell.name(seed), runner.run(cell, seed, cell_spec(budget, cell, seed, args), main_eval))
             names = {"shortrun", "vae"}
             if not equal_time_done and names <= set(by_sampler) and all(by_sampler[m].name(seed) in records

@@ -75,6 +75,10 @@ class Claim:
     measure: str = "reconstruction_mse"
 
 
+TABLES = ("samplers", "layers-paper", "layers-matched", "steps")
+"""Table 1 (samplers), Table 2 twice (layers at the papers' dims, at matched units), Table 3 (steps)."""
+
+
 def table_cells(samplers: list[str], num_layers: int, num_steps: int, flow_samplers: tuple[str, ...],
                 ) -> dict[str, list[Cell]]:
     """The cells of Tables 1-3, keyed by table; cells equal across tables are the same run."""
@@ -98,7 +102,7 @@ def equal_time_iterations(shortrun_seconds: float, vae_seconds_per_iteration: fl
 
 def claims(tables: dict[str, list[Cell]], equal_time: Cell | None) -> list[Claim]:
     """The papers' orderings that these cells can test."""
-    by_sampler = {c.sampler: c for c in tables["samplers"]}
+    by_sampler = {c.sampler: c for c in tables.get("samplers", [])}
     found = []
     for other in ("vae", "lvae"):
         if "shortrun" in by_sampler and other in by_sampler:
@@ -226,10 +230,11 @@ def paired_table(out: Path, pairs: list[tuple[str, Cell, Cell, str]], seeds: lis
 
 def sampler_pairs(tables: dict[str, list[Cell]], equal_time: Cell | None) -> list[tuple[str, Cell, Cell, str]]:
     """Every Table-1 sampler (and the equal-time VAE) against ``shortrun``, for each measure."""
-    base = next((c for c in tables["samplers"] if c.sampler == "shortrun"), None)
+    samplers = tables.get("samplers", [])
+    base = next((c for c in samplers if c.sampler == "shortrun"), None)
     if base is None:
         return []
-    others = [c for c in tables["samplers"] if c != base] + ([equal_time] if equal_time else [])
+    others = [c for c in samplers if c != base] + ([equal_time] if equal_time else [])
     return [(f"{c.label or c.sampler} - shortrun", c, base, m) for c in others for m, _ in MEASURES]
 
 

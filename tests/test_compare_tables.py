@@ -187,6 +187,23 @@ def test_claims_without_the_ablations():
     assert [c.text for c in ts.claims(tables, None)] == ["shortrun below vae (equal iterations)"] * 2
 
 
+def test_claims_of_the_ablations_alone():
+    every = ts.table_cells(["shortrun", "vae"], 3, 20, FLOW)
+    tables = {key: every[key] for key in ("layers-matched", "steps")}
+    assert [c.text for c in ts.claims(tables, None)] == [
+        "L=3 below L=1 (28 latent units)", "L=5 below L=3 (28 latent units)",
+        "K=10 below K=5", "K=20 below K=10", "K=40 below K=20"]
+    assert ts.sampler_pairs(tables, None) == []
+
+
+def test_tables_option():
+    assert compare.parse_tables("steps, layers-paper") == ("layers-paper", "steps")  # in the tables' order
+    assert compare.parse_tables(",".join(ts.TABLES)) == ts.TABLES
+    for bad in ("", ",", "steps,layers"):
+        with pytest.raises(SystemExit, match="error: --tables takes comma-separated names"):
+            compare.parse_tables(bad)
+
+
 def test_learning_curve_tables_name_only_the_suites_methods():
     import pyro_suite
 
