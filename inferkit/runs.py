@@ -61,6 +61,11 @@ class TrainConfig:
     tune_every: int = 250
     """``T_s``: run the tuner every this many iterations (0: never). 250 is one pass over 8,000
     training images at batch 32; the papers tune once per epoch."""
+    retune_sigma_ratio: float = math.sqrt(2)
+    """Between those tunings, also tune where the annealed observation sigma has fallen by this factor
+    since the last tuning (0: only every ``T_s``). The likelihood's curvature grows as ``1 / sigma^2``:
+    at ``sqrt(2)`` a step ``s`` chosen at the last tuning meets twice the curvature it was chosen for,
+    which is where a gradient step that was near its best becomes one that overshoots."""
     seed: int = 0
     log_every: int = 10
     checkpoint_every: int = 100
@@ -113,6 +118,8 @@ class TrainConfig:
             raise UserError(f"shards must be >= 0 (0: one per process), got {self.shards}")
         if self.tune_every < 0:
             raise UserError(f"tune-every must be >= 0, got {self.tune_every}")
+        if not (self.retune_sigma_ratio == 0 or (math.isfinite(self.retune_sigma_ratio) and self.retune_sigma_ratio > 1)):
+            raise UserError(f"retune-sigma-ratio must be 0 (off) or a finite number above 1, got {self.retune_sigma_ratio}")
         for name in ("learning_rate", "lr_gamma", "sigma_start", "sigma_end"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):

@@ -1,7 +1,8 @@
 """Learning with short-run inference (the papers' Algorithm 1), for any model, sampler and tuner.
 
-Every iteration t: draw a batch ``x``; every ``T_s`` iterations let the tuner choose the sampler's
-hyperparameters and apply them; infer ``z ~ q(z | x)``; take one Adam step on ``sampler.loss`` (for
+Every iteration t: draw a batch ``x``; every ``T_s`` iterations, and where the annealed sigma has
+fallen by ``retune_sigma_ratio`` since the last tuning (:func:`tuning_iterations`), let the tuner
+choose the sampler's hyperparameters and apply them; infer ``z ~ q(z | x)``; take one Adam step on ``sampler.loss`` (for
 short-run samplers ``-mean log p_theta(x, z_K)`` with ``z_K`` held fixed). The learning rate decays
 step-wise and the observation sigma anneals linearly (:func:`learning_rate`, :func:`observation_sigma`).
 :func:`run_iterations` is that loop; the rest of this module prepares it and resumes it.
@@ -94,6 +95,22 @@ def observation_sigma(config: TrainConfig, iteration: int) -> float:
     span = config.sigma_anneal * config.schedule_total
     fraction = 1.0 if span <= 0 else min(1.0, iteration / span)
     return config.sigma_start + fraction * (config.sigma_end - config.sigma_start)
+
+
+def tuning_iterations(config: TrainConfig, anneal: bool) -> frozenset[int]:
+    """The iterations at which Algorithm 1 runs the tuner: every ``T_s`` (``tune_every``; none when it is
+    0) and, where sigma anneals, wherever sigma has fallen by ``retune_sigma_ratio`` since the tuning
+    before. A function of the config alone, so a resumed run tunes where an uninterrupted one does."""
+    if not config.tune_every:
+        return frozenset()
+    ratio = config.retune_sigma_ratio if anneal else 0.0
+    found, sigma_tuned = [], math.inf
+    for t in range(config.iterations):
+        sigma = observation_sigma(config, t)
+        if t % config.tune_every == 0 or (ratio and sigma * ratio <= sigma_tuned):
+            found.append(t)
+            sigma_tuned = sigma
+    return frozenset(found)
 
 
 def step_size_summary(sampler: Sampler) -> float:
@@ -256,18 +273,19 @@ def train(model: Model, sampler: Sampler, tuner: Tuner, data, spec: RunSpec, run
 
 
 def run_iterations(run: Run, stop: StopRequest, callbacks: CallbackHandler) -> None:
-    """Algorithm 1 from ``run.start`` to the planned total: schedules, tuning every ``T_s``
-    iterations, the sharded learning step behind a finite check, logs, images and checkpoints."""
+    """Algorithm 1 from ``run.start`` to the planned total: schedules, tuning at
+    :func:`tuning_iterations`, the sharded learning step behind a finite check, logs, images and checkpoints."""
     config = run.config
     source = BatchSource(run.train_split, config, config.shards, run.my_shards)
     run.began = time.perf_counter()
     callbacks.on_train_begin(run.start, config.iterations, step_size_summary(run.sampler))
+    tunings = tuning_iterations(config, run.anneal)
     stop.deferring = True  # from here a signal stops the run at an iteration boundary, with a checkpoint
     with closing(source):
         for t in range(run.start, config.iterations):
             _apply_schedules(run, t)
             batches = source.get(t)
-            if config.tune_every and t % config.tune_every == 0:
+            if t in tunings:
                 _tune(run, batches[0]["x"], t, callbacks)
             logged = (t + 1) % config.log_every == 0 or t + 1 == config.iterations
             totals = _learning_step(run, t, batches, with_mse=logged)
