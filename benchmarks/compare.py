@@ -153,7 +153,7 @@ def run_spec(budget: Budget, sampler: str, num_layers: int, num_steps: int, args
                                sigma_start=budget.sigma_start, sigma_end=budget.sigma_end,
                                log_every=max(1, iterations // 20),
                                checkpoint_every=iterations, image_every=iterations)
-    model_options: dict[str, Any] = {"num_layers": num_layers, "nf": budget.nf}
+    model_options: dict[str, Any] = {"num_layers": num_layers, "nf": budget.nf, **args.model_opt}
     if latent_dims:
         model_options["latent_dims"] = tuple(latent_dims)
     return RunSpec(model=PluginSpec(model, model_options),
@@ -208,6 +208,9 @@ def markdown(results: dict[str, Any]) -> str:
     header = (f"{results['device']}; seeds {', '.join(map(str, seeds))}; ladder nf={results['nf']}; "
               f"{results['iterations']} iterations of batch {results['batch_size']}; sigma "
               f"{results['sigma']}; wall time of this invocation {results['wall_seconds'] / 60:.1f} min.")
+    options = results.get("model_options")
+    if options:
+        header += " Generator options: " + ", ".join(f"{k}={v}" for k, v in options.items()) + "."
     lines = [f"# inferkit comparison on MNIST (`--budget {results['budget']}`)", "", header, ""]
     if results["skipped"]:
         lines += [f"Not installed, skipped: {', '.join(results['skipped'])}.", ""]
@@ -291,6 +294,26 @@ def parse_tables(text: str) -> tuple[str, ...]:
     return tuple(t for t in TABLES if t in names)
 
 
+CELL_SHAPE = ("num_layers", "latent_dims", "nf")
+"""Generator options a cell sets itself: ``--model-opt`` may not give them."""
+
+
+def parse_model_options(items: list[str]) -> dict[str, str]:
+    """``--model-opt KEY=VALUE`` items as a dict (the plugin checks the values), or exit with one line."""
+    from inferkit.errors import UserError
+    from inferkit.options import parse_assignments
+
+    try:
+        options = parse_assignments(items, "--model-opt")
+    except UserError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    fixed = sorted(set(options) & set(CELL_SHAPE))
+    if fixed:
+        raise SystemExit(f"error: --model-opt cannot set {', '.join(fixed)}: each cell sets the generator's "
+                         "layers, dims and nf")
+    return options
+
+
 def parse_iterations(text: str | None) -> tuple[int, ...] | None:
     """``--iterations`` as increasing positive integers (``None``: the budget's), or exit with one line."""
     if text is None:
@@ -328,12 +351,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", default=None, help="comma-separated training seeds [default: the budget's]")
     parser.add_argument("--report", action="store_true", help="train nothing: write the tables from the cells "
                         "of --out evaluated so far")
+    parser.add_argument("--model-opt", action="append", default=[], metavar="KEY=VALUE",
+                        help="--suite tables / ebm: a generator option for every cell (e.g. sigma_head=softplus); "
+                             "the cells' layers, dims and nf stay the budget's")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--inception-weights", type=Path, default=None, help="FID weights file (no download)")
     parser.add_argument("--out", type=Path, default=None, help="output folder [default: bench/<budget>]")
     args = parser.parse_args(argv)
     args.tables = parse_tables(args.tables)
+    args.model_opt = parse_model_options(args.model_opt)
     seeds_given = args.seeds is not None
     args.seeds = parse_seeds(args.seeds, BUDGETS.get(args.budget))
     args.data_dir = mnist_folder(args.data_dir)
@@ -392,7 +419,8 @@ def main(argv: list[str] | None = None) -> int:
                                "seed": args.seeds[0], "device": device_name, "main_layers": budget.num_layers,
                                "main_steps": budget.num_steps, "nf": budget.nf, "iterations": budget.iterations,
                                "batch_size": budget.batch_size, "skipped": skipped, "out": str(out),
-                               "sigma": f"{budget.sigma_start} -> {budget.sigma_end}", "records": {}}
+                               "sigma": f"{budget.sigma_start} -> {budget.sigma_end}", "records": {},
+                               "model_options": args.model_opt}
     if args.suite == "ebm":
         eval_config = replace(main_eval, ais_examples=0, iwae_samples=0)  # no nats for an unnormalised model
         results["ebm"] = []

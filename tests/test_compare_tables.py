@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import sys
@@ -202,6 +203,16 @@ def test_tables_option():
     for bad in ("", ",", "steps,layers"):
         with pytest.raises(SystemExit, match="error: --tables takes comma-separated names"):
             compare.parse_tables(bad)
+
+
+def test_model_options_reach_every_cell_but_not_its_shape(tmp_path):
+    args = argparse.Namespace(data_dir=tmp_path, seeds=[0], device="cpu",
+                              model_opt=compare.parse_model_options(["sigma_head=softplus"]))
+    spec = compare.run_spec(compare.BUDGETS["cpu"], "shortrun", 5, 20, args, latent_dims=(8, 6, 6, 4, 4))
+    assert spec.model.options == {"num_layers": 5, "nf": 16, "sigma_head": "softplus", "latent_dims": (8, 6, 6, 4, 4)}
+    for bad in (["nf=8"], ["latent_dims=4"], ["sigma_head"]):
+        with pytest.raises(SystemExit, match="error: --model-opt"):
+            compare.parse_model_options(bad)
 
 
 def test_learning_curve_tables_name_only_the_suites_methods():
