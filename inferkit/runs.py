@@ -118,8 +118,9 @@ class TrainConfig:
             raise UserError(f"shards must be >= 0 (0: one per process), got {self.shards}")
         if self.tune_every < 0:
             raise UserError(f"tune-every must be >= 0, got {self.tune_every}")
-        if not (self.retune_sigma_ratio == 0 or (math.isfinite(self.retune_sigma_ratio) and self.retune_sigma_ratio > 1)):
-            raise UserError(f"retune-sigma-ratio must be 0 (off) or a finite number above 1, got {self.retune_sigma_ratio}")
+        ratio = self.retune_sigma_ratio
+        if not (ratio == 0 or (math.isfinite(ratio) and ratio > 1)):
+            raise UserError(f"retune-sigma-ratio must be 0 (off) or a finite number above 1, got {ratio}")
         for name in ("learning_rate", "lr_gamma", "sigma_start", "sigma_end"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):

@@ -2,8 +2,8 @@
 
 Every iteration t: draw a batch ``x``; every ``T_s`` iterations, and where the annealed sigma has
 fallen by ``retune_sigma_ratio`` since the last tuning (:func:`tuning_iterations`), let the tuner
-choose the sampler's hyperparameters and apply them; infer ``z ~ q(z | x)``; take one Adam step on ``sampler.loss`` (for
-short-run samplers ``-mean log p_theta(x, z_K)`` with ``z_K`` held fixed). The learning rate decays
+choose the sampler's hyperparameters and apply them; infer ``z ~ q(z | x)``; take one Adam step on
+``sampler.loss`` (for short-run samplers ``-mean log p_theta(x, z_K)`` with ``z_K`` held fixed). The learning rate decays
 step-wise and the observation sigma anneals linearly (:func:`learning_rate`, :func:`observation_sigma`).
 :func:`run_iterations` is that loop; the rest of this module prepares it and resumes it.
 
@@ -274,7 +274,8 @@ def train(model: Model, sampler: Sampler, tuner: Tuner, data, spec: RunSpec, run
 
 def run_iterations(run: Run, stop: StopRequest, callbacks: CallbackHandler) -> None:
     """Algorithm 1 from ``run.start`` to the planned total: schedules, tuning at
-    :func:`tuning_iterations`, the sharded learning step behind a finite check, logs, images and checkpoints."""
+    :func:`tuning_iterations`, the sharded learning step behind a finite check, logs, images and
+    checkpoints."""
     config = run.config
     source = BatchSource(run.train_split, config, config.shards, run.my_shards)
     run.began = time.perf_counter()
