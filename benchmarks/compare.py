@@ -33,7 +33,9 @@ from typing import Any
 
 import torch
 
+from inferkit.errors import UserError
 from inferkit.evaluation import EvalConfig, evaluate
+from inferkit.options import parse_assignments
 from inferkit.runs import PluginSpec, RunSpec, TrainConfig, build_objects, resolve_device, write_json_atomic
 from inferkit.trainer import train
 
@@ -122,7 +124,6 @@ def mnist_folder(data_dir: Path | str | None) -> Path:
     if data_dir is not None:
         return Path(data_dir)
     from inferkit.data import default_data_dir
-    from inferkit.errors import UserError
 
     try:
         return Path(default_data_dir("mnist"))
@@ -300,9 +301,6 @@ CELL_SHAPE = ("num_layers", "latent_dims", "nf")
 
 def parse_model_options(items: list[str]) -> dict[str, str]:
     """``--model-opt KEY=VALUE`` items as a dict (the plugin checks the values), or exit with one line."""
-    from inferkit.errors import UserError
-    from inferkit.options import parse_assignments
-
     try:
         options = parse_assignments(items, "--model-opt")
     except UserError as exc:

@@ -69,3 +69,6 @@ def test_a_run_tunes_where_the_schedule_says(tmp_path):
     tuned = [json.loads(line)["iteration"] for line in lines]
     assert tuned == sorted(tuning_iterations(train_config, anneal=True))
     assert len(tuned) > 2  # the interval alone tunes at 0 and 8
+    # sigma(t) = 0.2 - 0.0125 t: 0.2 / sqrt(2) is reached at ceil(4.69) = 5; after the tuning at 8
+    # (sigma 0.1), 0.1 / sqrt(2) at ceil(10.34) = 11; after 11 (0.0625) sigma never falls to 0.0442
+    assert tuned == [0, 5, 8, 11]
